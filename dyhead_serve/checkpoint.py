@@ -1,0 +1,447 @@
+"""Read official checkpoints without executing pickled code, and load them with a clear report.
+
+Two file formats are read:
+
+- ``.pth`` / ``.pt``: :func:`torch.save` files, read with ``torch.load(..., weights_only=True)``.
+  The file holds either a bare state dict or Detectron2's ``DetectionCheckpointer`` dict, whose
+  ``model`` entry is the state dict (its ``optimizer``, ``scheduler``, ``iteration`` and
+  ``trainer`` entries are ignored).
+- ``.pkl``: Detectron2 model-zoo pickles (often written by Python 2 from Caffe2): a dict,
+  optionally with a ``model`` entry, of numpy arrays (or tensors). They are read with a
+  restricted unpickler that can rebuild arrays, tensors and plain containers and nothing else.
+
+A pickle names the functions it calls to rebuild its objects; a file that names any function
+outside those allowlists is refused with :class:`CheckpointError` before anything is called.
+
+:func:`load_state_dict` then compares the tensors with ``model.state_dict()`` (parameters and
+persistent buffers, integer buffers such as Swin's ``relative_position_index`` included) and
+either loads them or raises :class:`CheckpointMismatchError` carrying a :class:`LoadReport`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import importlib
+import io
+import logging
+import os
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "ShapeMismatch",
+    "compare_state_dicts",
+    "load_state_dict",
+    "read_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pth", ".pt")
+PICKLE_SUFFIXES = (".pkl",)
+# Lines per section of LoadReport.format() before "... and N more".
+MAX_REPORT_LINES = 20
+_DDP_PREFIX = "module."
+_REFUSAL = "the file contains arbitrary Python objects and we refuse to execute them"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read: missing, corrupt, or holding code we refuse to run.
+
+    The message is one line naming the file and the reason.
+    """
+
+
+@dataclass(frozen=True)
+class ShapeMismatch:
+    """A tensor present in both the checkpoint and the model, with different shapes."""
+
+    name: str
+    file_shape: tuple[int, ...]
+    model_shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.file_shape} in file vs {self.model_shape} in model"
+
+
+@dataclass
+class LoadReport:
+    """How a checkpoint's tensors match a model's ``state_dict()``.
+
+    Attributes:
+        missing_keys: in the model but not in the checkpoint, in the model's order.
+        unexpected_keys: in the checkpoint but not in the model, in the checkpoint's order.
+        shape_mismatches: in both, with different shapes; these are never loaded.
+        source: where the checkpoint came from (a path), for messages.
+    """
+
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    shape_mismatches: list[ShapeMismatch] = field(default_factory=list)
+    source: str = "the given state dict"
+
+    @property
+    def ok(self) -> bool:
+        """True when every model tensor has a same-shaped counterpart and nothing is left over."""
+        return not (self.missing_keys or self.unexpected_keys or self.shape_mismatches)
+
+    def format(self) -> str:
+        """A readable multi-line report.
+
+        Keys are grouped by their parent module (``head.cls_logits.{weight, bias}``) and each
+        section shows at most :data:`MAX_REPORT_LINES` lines, then ``... and N more``.
+        """
+        if self.ok:
+            return f"checkpoint {self.source} matches the model"
+        counts = ", ".join(
+            _plural(n, what)
+            for n, what in (
+                (len(self.missing_keys), "missing key"),
+                (len(self.unexpected_keys), "unexpected key"),
+                (len(self.shape_mismatches), "shape mismatch"),
+            )
+            if n
+        )
+        lines = [f"checkpoint {self.source} does not match the model: {counts}"]
+        lines += _section(
+            f"missing keys (in the model, not in the checkpoint): {len(self.missing_keys)}",
+            _group_keys(self.missing_keys),
+        )
+        lines += _section(
+            f"unexpected keys (in the checkpoint, not in the model): {len(self.unexpected_keys)}",
+            _group_keys(self.unexpected_keys),
+        )
+        lines += _section(
+            f"shape mismatches (not loaded): {len(self.shape_mismatches)}",
+            [str(mismatch) for mismatch in self.shape_mismatches],
+        )
+        return "\n".join(lines)
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose tensors do not match the model; ``report`` says how."""
+
+    def __init__(self, report: LoadReport) -> None:
+        super().__init__(report.format())
+        self.report = report
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read the model tensors of a checkpoint file, on the CPU, without running pickled code.
+
+    Args:
+        path: a ``.pth``/``.pt`` file (bare state dict or a dict with a ``model`` entry) or a
+            Detectron2 ``.pkl`` (dict of numpy arrays, optionally under ``model``).
+
+    Returns:
+        Tensor name -> tensor, in file order. Non-tensor entries (``__author__``,
+        ``matching_heuristics``, ...) are dropped, and a ``module.`` prefix that every key
+        carries (a model saved from DistributedDataParallel) is stripped.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, corrupt, of an unknown suffix, holds
+            no tensors, or names a Python global outside the allowlists.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TORCH_SUFFIXES + PICKLE_SUFFIXES:
+        known = ", ".join(TORCH_SUFFIXES + PICKLE_SUFFIXES)
+        raise CheckpointError(f"checkpoint {path}: unknown suffix {path.suffix!r} (expected one of {known})")
+    if not path.is_file():
+        reason = "is a directory, not a file" if path.is_dir() else "no such file"
+        raise CheckpointError(f"checkpoint {path}: {reason}")
+
+    contents = _torch_load(path) if suffix in TORCH_SUFFIXES else _pickle_load(path)
+    state_dict = _strip_ddp_prefix(_extract_tensors(contents, path), path)
+    logger.debug("read %d tensors from %s", len(state_dict), path)
+    return state_dict
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only names the global it refused, in wording that changes between versions
+        # ("Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module x is blocked").
+        match = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        if match:
+            raise CheckpointError(f"checkpoint {path}: refusing global {match.group(1)}: {_REFUSAL}") from exc
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read ({_reason(exc)})") from exc
+    except Exception as exc:  # any other failure to parse the file is a corrupt file
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
+
+
+def _pickle_load(path: Path) -> Any:
+    try:
+        with path.open("rb") as file:
+            return _RestrictedUnpickler(file, path).load()
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read ({_reason(exc)})") from exc
+    except Exception as exc:  # the unpickler and numpy raise many types on malformed data
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a pickle ({_reason(exc)})") from exc
+
+
+def _numpy_function(name: str, modules: tuple[str, ...]) -> Callable[..., Any]:
+    """``name`` from the first of ``modules`` that exists: numpy 2 moved ``numpy.core`` to
+    ``numpy._core`` and importing the old spelling warns."""
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {name} in any of {modules}")
+
+
+@functools.cache
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The globals a model-zoo pickle may name, by (module, name) as written in the file."""
+    multiarray = ("numpy._core.multiarray", "numpy.core.multiarray")
+    numeric = ("numpy._core.numeric", "numpy.core.numeric")
+    reconstruct = _numpy_function("_reconstruct", multiarray)
+    scalar = _numpy_function("scalar", multiarray)
+    frombuffer = _numpy_function("_frombuffer", numeric)  # protocol 5 arrays
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("collections", "OrderedDict"): OrderedDict,
+        # protocol 2 writes bytes as _codecs.encode(str, "latin1"), and b"" as bytes()
+        ("_codecs", "encode"): codecs.encode,
+        # tensors pickled with pickle.dump; their storage bytes are read by _load_storage_bytes
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    }
+    for module in ("numpy._core", "numpy.core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{module}.multiarray", "scalar")] = scalar
+        allowed[(f"{module}.numeric", "_frombuffer")] = frombuffer
+    for builtin in (set, frozenset, bytes, bytearray, complex):
+        # Python 2 pickles say __builtin__
+        for module in ("builtins", "__builtin__"):
+            allowed[(module, builtin.__name__)] = builtin
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays, tensors and plain containers, and nothing else."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        # latin1 as Detectron2 does: Python 2 str holding array bytes must map byte for byte.
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return self._load_storage_bytes
+        try:
+            return _allowed_globals()[(module, name)]
+        except KeyError:
+            raise CheckpointError(
+                f"checkpoint {self.path}: refusing global {module}.{name}: {_REFUSAL}"
+            ) from None
+
+    def _load_storage_bytes(self, data: bytes) -> Any:
+        """Stands in for ``torch.storage._load_from_bytes``, which loads with weights_only=False."""
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            match = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+            if match:
+                raise CheckpointError(
+                    f"checkpoint {self.path}: refusing global {match.group(1)} in a tensor: {_REFUSAL}"
+                ) from exc
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# From file contents to a flat state dict
+
+
+def _extract_tensors(contents: Any, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(contents, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path}: expected a dict of tensors, found {type(contents).__name__}"
+        )
+    if isinstance(contents.get("model"), Mapping):
+        others = [str(key) for key in contents if key != "model"]
+        if others:
+            logger.debug("%s: using the 'model' entry, ignoring %s", path, ", ".join(others))
+        contents = contents["model"]
+
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in contents.items():
+        tensor = _as_tensor(value)
+        if tensor is None or not isinstance(key, str):
+            logger.debug("%s: dropping non-tensor entry %r (%s)", path, key, type(value).__name__)
+            continue
+        tensors[key] = tensor
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path}: holds no tensors")
+    return tensors
+
+
+def _as_tensor(value: Any) -> torch.Tensor | None:
+    """A CPU tensor for a tensor or a numeric numpy array; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if not isinstance(value, np.ndarray):
+        return None
+    array = value
+    if not array.dtype.isnative:  # torch reads native byte order only
+        array = array.astype(array.dtype.newbyteorder("="))
+    if not array.flags.writeable:  # arrays rebuilt from bytes are read-only
+        array = array.copy()
+    try:
+        return torch.from_numpy(array)
+    except TypeError:  # object, string, ... arrays
+        return None
+
+
+def _strip_ddp_prefix(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    if not all(key.startswith(_DDP_PREFIX) for key in state_dict):
+        return state_dict
+    logger.info("%s: stripping the %r prefix of a DistributedDataParallel checkpoint", path, _DDP_PREFIX)
+    return {key[len(_DDP_PREFIX) :]: tensor for key, tensor in state_dict.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing and loading
+
+
+def compare_state_dicts(
+    checkpoint: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    *,
+    source: str = "the given state dict",
+) -> LoadReport:
+    """Compare a checkpoint's tensors with a model's ``state_dict()`` by name and shape."""
+    report = LoadReport(source=source)
+    for name, target in model_state.items():
+        if name not in checkpoint:
+            report.missing_keys.append(name)
+        elif checkpoint[name].shape != target.shape:
+            report.shape_mismatches.append(
+                ShapeMismatch(name, tuple(checkpoint[name].shape), tuple(target.shape))
+            )
+    report.unexpected_keys = [name for name in checkpoint if name not in model_state]
+    return report
+
+
+def load_state_dict(
+    model: nn.Module,
+    state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike[str],
+    *,
+    strict: bool = True,
+) -> LoadReport:
+    """Copy a checkpoint's tensors into ``model``, in place.
+
+    Args:
+        model: the module to load into; its ``state_dict()`` (parameters and persistent
+            buffers, integer ones included) defines what is expected.
+        state_dict_or_path: a flat name -> tensor mapping, or a checkpoint file for
+            :func:`read_state_dict`.
+        strict: if True, any missing key, unexpected key or shape mismatch raises and nothing
+            is loaded. If False, every same-named, same-shaped tensor is loaded, the rest of
+            the model keeps its values, and the report is logged at WARNING.
+
+    Returns:
+        The comparison report (``report.ok`` is True when everything matched).
+
+    Raises:
+        CheckpointError: the file cannot be read (see :func:`read_state_dict`).
+        CheckpointMismatchError: ``strict`` and the checkpoint does not match the model.
+    """
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        source = str(state_dict_or_path)
+        checkpoint = read_state_dict(state_dict_or_path)
+    else:
+        source = "the given state dict"
+        checkpoint = dict(state_dict_or_path)
+        not_tensors = [key for key, value in checkpoint.items() if not isinstance(value, torch.Tensor)]
+        if not_tensors:
+            raise TypeError(f"state dict values must be tensors; not for keys {not_tensors[:5]}")
+
+    model_state = model.state_dict()
+    report = compare_state_dicts(checkpoint, model_state, source=source)
+    if not report.ok:
+        if strict:
+            raise CheckpointMismatchError(report)
+        logger.warning("%s", report.format())
+
+    mismatched = {mismatch.name for mismatch in report.shape_mismatches}
+    names = [name for name in model_state if name in checkpoint and name not in mismatched]
+    with torch.no_grad():
+        for name in names:
+            # state_dict() tensors share storage with the parameters and buffers.
+            model_state[name].copy_(checkpoint[name])
+    logger.info("loaded %d tensors from %s", len(names), source)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Message helpers
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of an exception's message, on one line, with its type."""
+    text = str(exc)
+    # torch's weights_only errors bury the actual reason after a long preamble.
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    paragraphs = [paragraph for paragraph in re.split(r"\n\s*\n", text) if paragraph.strip()]
+    text = " ".join(paragraphs[0].split()) if paragraphs else ""
+    text = re.split(r"(?<=[a-z0-9])\. ", text, maxsplit=1)[0].rstrip(".")
+    if len(text) > 200:
+        text = text[:197] + "..."
+    if not text and isinstance(exc, EOFError):
+        text = "unexpected end of file"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _plural(count: int, noun: str) -> str:
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {noun}es" if noun.endswith("ch") else f"{count} {noun}s"
+
+
+def _group_keys(keys: Iterable[str]) -> list[str]:
+    """``a.b.weight, a.b.bias, c`` -> ``a.b.{weight, bias}, c``, in first-seen order."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        groups.setdefault(parent, []).append(leaf)
+    lines = []
+    for parent, leaves in groups.items():
+        prefix = f"{parent}." if parent else ""
+        lines.append(f"{prefix}{leaves[0]}" if len(leaves) == 1 else f"{prefix}{{{', '.join(leaves)}}}")
+    return lines
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    if not lines:
+        return []
+    shown = [f"  {line}" for line in lines[:MAX_REPORT_LINES]]
+    if len(lines) > MAX_REPORT_LINES:
+        shown.append(f"  ... and {len(lines) - MAX_REPORT_LINES} more")
+    return [title, *shown]

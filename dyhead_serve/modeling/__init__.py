@@ -1,0 +1,1 @@
+"""Detector modules: backbones, FPN, the DyHead tower, dense heads and their post-processing."""

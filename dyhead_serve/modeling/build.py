@@ -1,0 +1,180 @@
+"""Build detectors from a Detectron2-style config: the one table of named builders.
+
+Each builder reads the few config keys its module needs and passes them as plain arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dyhead_serve.modeling.anchors import broadcast_per_level
+from dyhead_serve.modeling.backbone.base import Backbone
+from dyhead_serve.modeling.backbone.resnet import build_resnet
+from dyhead_serve.modeling.dense_decoder import DenseDecoderSpec
+from dyhead_serve.modeling.detector import DenseDetector
+from dyhead_serve.modeling.dyhead import DyHeadBackbone
+from dyhead_serve.modeling.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from dyhead_serve.modeling.heads import ATSSHead, RetinaNetHead
+
+__all__ = ["BACKBONES", "META_ARCHITECTURES", "build_backbone", "build_model"]
+
+Cfg = Any  # dyhead_serve.config.CfgNode; attribute access to Detectron2-style keys
+
+
+def _resnet(cfg: Cfg) -> Backbone:
+    r = cfg.MODEL.RESNETS
+    return build_resnet(
+        depth=r.DEPTH,
+        out_features=r.OUT_FEATURES,
+        in_channels=len(cfg.MODEL.PIXEL_MEAN),
+        norm=r.NORM,
+        stem_out_channels=r.STEM_OUT_CHANNELS,
+        res2_out_channels=r.RES2_OUT_CHANNELS,
+        num_groups=r.NUM_GROUPS,
+        width_per_group=r.WIDTH_PER_GROUP,
+        stride_in_1x1=r.STRIDE_IN_1X1,
+        res5_dilation=r.RES5_DILATION,
+        deform_on_per_stage=r.DEFORM_ON_PER_STAGE,
+        deform_modulated=r.DEFORM_MODULATED,
+        deform_num_groups=r.DEFORM_NUM_GROUPS,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )
+
+
+def _fpn_dyhead(cfg: Cfg, bottom_up: Backbone, p6p7: bool) -> Backbone:
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    top_block = LastLevelP6P7(out_channels, out_channels, "p5") if p6p7 else LastLevelMaxPool()
+    fpn = FPN(
+        bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+    return DyHeadBackbone(fpn, num_blocks=cfg.MODEL.DYHEAD.NUM_CONVS, channels=cfg.MODEL.DYHEAD.CHANNELS)
+
+
+BACKBONES: dict[str, Callable[[Cfg], Backbone]] = {
+    "build_retinanet_resnet_fpn_dyhead_backbone": lambda cfg: _fpn_dyhead(cfg, _resnet(cfg), p6p7=True),
+    "build_resnet_fpn_dyhead_backbone": lambda cfg: _fpn_dyhead(cfg, _resnet(cfg), p6p7=False),
+}
+
+
+def build_backbone(cfg: Cfg) -> Backbone:
+    """The backbone named by ``MODEL.BACKBONE.NAME``."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if name not in BACKBONES:
+        raise ValueError(f"MODEL.BACKBONE.NAME {name!r} is not supported; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name](cfg)
+
+
+def _anchor_params(cfg: Cfg, num_levels: int) -> tuple[list[list[float]], list[list[float]]]:
+    a = cfg.MODEL.ANCHOR_GENERATOR
+    if a.NAME != "DefaultAnchorGenerator":
+        raise ValueError(f"MODEL.ANCHOR_GENERATOR.NAME {a.NAME!r} is not supported")
+    return (
+        broadcast_per_level(a.SIZES, num_levels, "SIZES"),
+        broadcast_per_level(a.ASPECT_RATIOS, num_levels, "ASPECT_RATIOS"),
+    )
+
+
+def _strides(backbone: Backbone, in_features: list[str]) -> list[int]:
+    shapes = backbone.output_shape()
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise ValueError(f"head input(s) {missing} are not backbone outputs {list(shapes)}")
+    return [shapes[f].stride for f in in_features]
+
+
+def _in_channels(backbone: Backbone, in_features: list[str]) -> int:
+    channels = {backbone.output_shape()[f].channels for f in in_features}
+    if len(channels) != 1:
+        raise ValueError(f"every head input must have the same channels, got {channels}")
+    return channels.pop()
+
+
+def _atss(cfg: Cfg) -> DenseDetector:
+    c = cfg.MODEL.ATSS
+    backbone = build_backbone(cfg)
+    in_features = list(c.IN_FEATURES)
+    strides = _strides(backbone, in_features)
+    sizes, ratios = _anchor_params(cfg, len(in_features))
+    num_anchors = {len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)}
+    if len(num_anchors) != 1:
+        raise ValueError("every level needs the same number of anchors per location")
+    head = ATSSHead(
+        _in_channels(backbone, in_features),
+        num_classes=c.NUM_CLASSES,
+        num_anchors=num_anchors.pop(),
+        num_convs=c.NUM_CONVS,
+        channels=c.CHANNELS,
+        use_gn=c.USE_GN,
+        prior_prob=c.PRIOR_PROB,
+        num_levels=len(in_features),
+    )
+    spec = DenseDecoderSpec(
+        kind="atss",
+        strides=strides,
+        anchor_sizes=sizes,
+        anchor_aspect_ratios=ratios,
+        anchor_offset=float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET),
+        box_weights=list(c.BBOX_REG_WEIGHTS),
+        score_threshold=float(c.INFERENCE_TH),
+        topk_candidates=int(c.PRE_NMS_TOP_N),
+        nms_threshold=float(c.NMS_TH),
+        max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+        num_classes=c.NUM_CLASSES,
+    )
+    return DenseDetector(backbone, head, in_features, spec)
+
+
+def _retinanet(cfg: Cfg) -> DenseDetector:
+    c = cfg.MODEL.RETINANET
+    backbone = build_backbone(cfg)
+    in_features = list(c.IN_FEATURES)
+    strides = _strides(backbone, in_features)
+    sizes, ratios = _anchor_params(cfg, len(in_features))
+    num_anchors = {len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)}
+    if len(num_anchors) != 1:
+        raise ValueError("every level needs the same number of anchors per location")
+    head = RetinaNetHead(
+        _in_channels(backbone, in_features),
+        num_classes=c.NUM_CLASSES,
+        num_anchors=num_anchors.pop(),
+        num_convs=c.NUM_CONVS,
+        norm=c.NORM,
+        prior_prob=c.PRIOR_PROB,
+    )
+    spec = DenseDecoderSpec(
+        kind="retinanet",
+        strides=strides,
+        anchor_sizes=sizes,
+        anchor_aspect_ratios=ratios,
+        anchor_offset=float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET),
+        box_weights=list(c.BBOX_REG_WEIGHTS),
+        score_threshold=float(c.SCORE_THRESH_TEST),
+        topk_candidates=int(c.TOPK_CANDIDATES_TEST),
+        nms_threshold=float(c.NMS_THRESH_TEST),
+        max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+        num_classes=c.NUM_CLASSES,
+    )
+    return DenseDetector(backbone, head, in_features, spec)
+
+
+META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector]] = {
+    "ATSS": _atss,
+    "RetinaNet": _retinanet,
+}
+
+
+def build_model(cfg: Cfg) -> DenseDetector:
+    """The detector named by ``MODEL.META_ARCHITECTURE``, in eval mode, on ``MODEL.DEVICE``."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name not in META_ARCHITECTURES:
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {name!r} is not supported; choose one of {sorted(META_ARCHITECTURES)}"
+        )
+    model = META_ARCHITECTURES[name](cfg)
+    return model.eval().to(cfg.MODEL.DEVICE)

@@ -1,0 +1,150 @@
+"""Modulated deformable convolution (DCNv2) with the official DyHead offset-map semantics.
+
+The official DyHead CUDA kernel takes, for every image ``b``, the memory that starts at
+``offset[b]`` and reads it as a contiguous ``(2 * kh * kw, Ho, Wo)`` block, where ``Ho, Wo`` is
+the size of the convolution's *output*; the same holds for the mask. When the offset map has the
+output's size this is the ordinary operator. DyHead also applies one level's offset map to the
+next coarser level, whose output is smaller than the map: the kernel then reads the leading
+``18 * Ho * Wo`` offset values and ``9 * Ho * Wo`` mask values of each image's buffer, and trained
+official weights depend on that. :func:`read_leading_offset_map` reproduces the read exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+from torchvision.ops import deform_conv2d
+
+__all__ = [
+    "ModulatedDeformConv2d",
+    "conv_output_size",
+    "modulated_deform_conv2d",
+    "read_leading_offset_map",
+]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Spatial output size of a convolution along one axis."""
+    return (size + 2 * padding - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def read_leading_offset_map(values: Tensor, out_h: int, out_w: int) -> Tensor:
+    """Read a per-image map the way the official kernel does.
+
+    Args:
+        values: Tensor[N, C, H, W] with ``H * W >= out_h * out_w`` (offsets: C = 2*kh*kw,
+            masks: C = kh*kw).
+        out_h, out_w: the convolution's output size.
+
+    Returns:
+        Tensor[N, C, out_h, out_w]: for each image, its leading ``C * out_h * out_w`` values in
+        memory (channel-major) order. Identity when the map already has the output's size.
+    """
+    n, c, h, w = values.shape
+    if (h, w) == (out_h, out_w):
+        return values
+    if h * w < out_h * out_w:
+        raise ValueError(
+            f"offset/mask map of size {h}x{w} is smaller than the convolution output "
+            f"{out_h}x{out_w}; it must have at least as many positions"
+        )
+    return values.reshape(n, c * h * w)[:, : c * out_h * out_w].reshape(n, c, out_h, out_w)
+
+
+def modulated_deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+) -> Tensor:
+    """Modulated deformable convolution with the official larger-offset-map read.
+
+    Args:
+        input: Tensor[N, Cin, H, W].
+        offset: Tensor[N, 2 * G * kh * kw, Hm, Wm], (dy, dx) per kernel point, as in torchvision
+            and ONNX ``DeformConv``. ``Hm * Wm`` may exceed the output size (see module doc).
+        mask: Tensor[N, G * kh * kw, Hm, Wm], already passed through a sigmoid.
+        weight: Tensor[Cout, Cin / groups, kh, kw].
+        bias: Tensor[Cout] or None.
+
+    Returns:
+        Tensor[N, Cout, Ho, Wo].
+    """
+    stride_hw, padding_hw, dilation_hw = _pair(stride), _pair(padding), _pair(dilation)
+    kh, kw = weight.shape[-2:]
+    out_h = conv_output_size(input.shape[-2], kh, stride_hw[0], padding_hw[0], dilation_hw[0])
+    out_w = conv_output_size(input.shape[-1], kw, stride_hw[1], padding_hw[1], dilation_hw[1])
+    offset = read_leading_offset_map(offset, out_h, out_w)
+    mask = read_leading_offset_map(mask, out_h, out_w)
+    return deform_conv2d(
+        input,
+        offset,
+        weight,
+        bias,
+        stride=stride_hw,
+        padding=padding_hw,
+        dilation=dilation_hw,
+        mask=mask,
+    )
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """A modulated deformable convolution layer whose offsets and masks are given to ``forward``.
+
+    Parameters are named ``weight`` and ``bias`` as in the official ``ModulatedDeformConv``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups != 0 or out_channels % groups != 0:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                f"divisible by groups ({groups})"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
+        """Tensor[N, Cin, H, W] -> Tensor[N, Cout, Ho, Wo]; see :func:`modulated_deform_conv2d`."""
+        return modulated_deform_conv2d(
+            input, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}"
+        )

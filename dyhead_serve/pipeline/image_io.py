@@ -1,0 +1,83 @@
+"""Decoding images the way Detectron2's ``read_image`` does (PIL, EXIF orientation applied)."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "read_image"]
+
+# Enough for a 100-megapixel photograph; anything larger is refused before it is decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can decode (or the image is too large)."""
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # a broken EXIF block is ignored, as Detectron2 does
+        return image
+    method = _TRANSPOSE_FOR_ORIENTATION.get(orientation) if orientation is not None else None
+    return image.transpose(method) if method is not None else image
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array of shape [H, W, 3].
+
+    Raises:
+        ImageDecodeError: empty, truncated or unrecognised data, or more than ``max_pixels`` pixels.
+    """
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageDecodeError(
+                        f"{name}: {width}x{height} image has more than {max_pixels} pixels"
+                    )
+                image.load()
+                rgb = _apply_exif_orientation(image).convert("RGB")
+                return np.asarray(rgb, dtype=np.uint8).copy()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"{name}: not an image in a format we can decode") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: not a decodable image ({exc})") from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file to an RGB uint8 array [H, W, 3].
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageDecodeError: the file is not a decodable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return decode_image(path.read_bytes(), max_pixels=max_pixels, name=str(path))

@@ -1,0 +1,139 @@
+"""Modulated deformable convolution against a direct loop, including the official
+larger-offset-map read."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dyhead_serve.ops import ModulatedDeformConv2d, modulated_deform_conv2d, read_leading_offset_map
+
+
+def _bilinear(img: torch.Tensor, y: float, x: float) -> torch.Tensor:
+    """img [C, H, W]; zero outside, as the DCN kernels do."""
+    c, h, w = img.shape
+    if y <= -1 or y >= h or x <= -1 or x >= w:
+        return torch.zeros(c, dtype=img.dtype)
+    y0, x0 = math.floor(y), math.floor(x)
+    out = torch.zeros(c, dtype=img.dtype)
+    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            if 0 <= yy < h and 0 <= xx < w:
+                out += wy * wx * img[:, yy, xx]
+    return out
+
+
+def _direct(inp, offset_buffers, mask_buffers, weight, bias, stride, padding):
+    """Loop over outputs; offset_buffers[b] / mask_buffers[b] are flat per-image buffers read as
+    (2*K, Ho, Wo) and (K, Ho, Wo) from their start, as the official kernel does."""
+    n, _, h, w = inp.shape
+    cout, _, kh, kw = weight.shape
+    ho = (h + 2 * padding - kh) // stride + 1
+    wo = (w + 2 * padding - kw) // stride + 1
+    out = torch.zeros(n, cout, ho, wo, dtype=torch.float64)
+    for b in range(n):
+        off = offset_buffers[b][: 2 * kh * kw * ho * wo].reshape(2 * kh * kw, ho, wo)
+        msk = mask_buffers[b][: kh * kw * ho * wo].reshape(kh * kw, ho, wo)
+        for oy in range(ho):
+            for ox in range(wo):
+                acc = torch.zeros(cout, dtype=torch.float64)
+                for i in range(kh):
+                    for j in range(kw):
+                        k = i * kw + j
+                        y = oy * stride - padding + i + off[2 * k, oy, ox].item()
+                        x = ox * stride - padding + j + off[2 * k + 1, oy, ox].item()
+                        val = _bilinear(inp[b].double(), y, x) * msk[k, oy, ox].item()
+                        acc += weight[:, :, i, j].double() @ val
+                out[b, :, oy, ox] = acc + (bias.double() if bias is not None else 0)
+    return out
+
+
+def test_zero_offsets_unit_mask_is_a_plain_convolution():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 9)
+    weight = torch.randn(5, 4, 3, 3)
+    bias = torch.randn(5)
+    offset = torch.zeros(2, 18, 7, 9)
+    mask = torch.ones(2, 9, 7, 9)
+    got = modulated_deform_conv2d(x, offset, mask, weight, bias, stride=1, padding=1)
+    torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=1), rtol=1e-5, atol=1e-5)
+
+
+def test_integer_offset_shifts_the_sampling_point():
+    # A 1x1 kernel with dx = +1 everywhere reads the right neighbour (zero past the border).
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    weight = torch.ones(1, 1, 1, 1)
+    offset = torch.zeros(1, 2, 3, 4)
+    offset[:, 1] = 1.0
+    mask = torch.full((1, 1, 3, 4), 0.5)
+    got = modulated_deform_conv2d(x, offset, mask, weight)
+    expected = torch.tensor([[1.0, 2.0, 3.0, 0.0], [5.0, 6.0, 7.0, 0.0], [9.0, 10.0, 11.0, 0.0]]) * 0.5
+    torch.testing.assert_close(got[0, 0], expected)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_matches_direct_loop_same_size_map(stride):
+    torch.manual_seed(1)
+    n, cin, cout, h, w = 2, 3, 4, 6, 5
+    x = torch.randn(n, cin, h, w)
+    weight = torch.randn(cout, cin, 3, 3)
+    bias = torch.randn(cout)
+    ho, wo = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
+    offset_mask = torch.randn(n, 27, ho, wo) * 1.5
+    offset = offset_mask[:, :18]
+    mask = offset_mask[:, 18:].sigmoid()
+    got = modulated_deform_conv2d(x, offset, mask, weight, bias, stride=stride, padding=1)
+    expected = _direct(
+        x,
+        [offset[b].reshape(-1) for b in range(n)],
+        [mask[b].reshape(-1) for b in range(n)],
+        weight,
+        bias,
+        stride,
+        1,
+    )
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_larger_offset_map_reads_each_images_leading_values():
+    """DyHead's coarser-level conv: a 6x8 offset map applied to a 3x4 input (output 3x4)."""
+    torch.manual_seed(2)
+    n, cin, cout = 2, 3, 2
+    x = torch.randn(n, cin, 3, 4)
+    weight = torch.randn(cout, cin, 3, 3)
+    bias = torch.randn(cout)
+    offset_mask = torch.randn(n, 27, 6, 8)
+    offset = offset_mask[:, :18]  # a non-contiguous slice, as in DyConv
+    mask = offset_mask[:, 18:].sigmoid()
+    got = modulated_deform_conv2d(x, offset, mask, weight, bias, stride=1, padding=1)
+    # The official kernel starts at offset[b]'s first element and reads 18*3*4 = 216 values in
+    # memory order of the (18, 6, 8) block: the first 4.5 channels' worth, not a top-left crop.
+    offset_buffers = [offset[b].contiguous().reshape(-1) for b in range(n)]
+    mask_buffers = [mask[b].reshape(-1) for b in range(n)]
+    expected = _direct(x, offset_buffers, mask_buffers, weight, bias, 1, 1)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    # It is not the same as cropping the top-left corner of the map.
+    cropped = modulated_deform_conv2d(x, offset[:, :, :3, :4], mask[:, :, :3, :4], weight, bias, padding=1)
+    assert (cropped - got).abs().max() > 1e-2
+
+
+def test_read_leading_offset_map_by_hand():
+    values = torch.arange(2 * 2 * 2 * 3.0).reshape(2, 2, 2, 3)  # N=2, C=2, 2x3 map
+    got = read_leading_offset_map(values, 1, 2)  # needs C*1*2 = 4 values per image
+    assert got.tolist() == [[[[0.0, 1.0]], [[2.0, 3.0]]], [[[12.0, 13.0]], [[14.0, 15.0]]]]
+    assert read_leading_offset_map(values, 2, 3) is values
+    with pytest.raises(ValueError, match="smaller"):
+        read_leading_offset_map(values, 3, 3)
+
+
+def test_module_names_and_shapes():
+    conv = ModulatedDeformConv2d(8, 16, kernel_size=3, stride=2, padding=1)
+    assert {k: tuple(v.shape) for k, v in conv.state_dict().items()} == {
+        "weight": (16, 8, 3, 3),
+        "bias": (16,),
+    }
+    out = conv(torch.randn(1, 8, 10, 10), torch.zeros(1, 18, 5, 5), torch.ones(1, 9, 5, 5))
+    assert out.shape == (1, 16, 5, 5)
