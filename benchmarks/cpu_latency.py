@@ -1,0 +1,124 @@
+"""CPU latency of ``predict`` for the DyHead models, split by stage.
+
+Prints a table with the median and p90 of each stage (preprocess, backbone+FPN, DyHead tower,
+head, post-process) and of the whole call, for one image resized to 800x1333 (a 600x1000
+synthetic photograph-like image), torch fp32 on the CPU.
+
+    python benchmarks/cpu_latency.py                       # ATSS R50, random weights
+    python benchmarks/cpu_latency.py --model dyhead_r50_retina_fpn_1x --weights w.pth --iters 10
+
+Random weights change only the post-processing time (fewer candidates pass the score threshold);
+pass --weights for a trained model's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from dyhead_serve.checkpoint import load_state_dict
+from dyhead_serve.config import load_config
+from dyhead_serve.modeling.build import build_model
+from dyhead_serve.pipeline.postprocess import to_original_image
+from dyhead_serve.pipeline.preprocess import preprocess
+from dyhead_serve.predict import class_names_for, input_spec_from_config
+
+STAGES = ("preprocess", "backbone+fpn", "dyhead", "head", "postprocess", "total")
+
+
+def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth, textured RGB image (gradients + blobs + noise): realistic activations without data."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([xx / width * 255, yy / height * 255, (xx + yy) / (width + height) * 255], axis=-1)
+    for _ in range(12):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(20, 150)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))[..., None]
+        image = image * (1 - blob) + rng.uniform(0, 255, size=3) * blob
+    image += rng.normal(0, 8, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+@torch.inference_mode()
+def run_once(model, spec, image, class_names) -> dict[str, float]:
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    batch = preprocess([image], spec)
+    t1 = time.perf_counter()
+    pyramid = model.backbone.backbone(batch.images)
+    t2 = time.perf_counter()
+    levels = list(pyramid.values())
+    for block in model.backbone.dyhead_tower:
+        levels = block(levels)
+    features = dict(zip(pyramid.keys(), levels, strict=True))
+    t3 = time.perf_counter()
+    outputs = model.head([features[f] for f in model.head_in_features])
+    t4 = time.perf_counter()
+    raw = model.decoder(outputs, batch.padded_hw, batch.image_sizes)[0]
+    to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
+    t5 = time.perf_counter()
+    times.update(
+        {
+            "preprocess": t1 - t0,
+            "backbone+fpn": t2 - t1,
+            "dyhead": t3 - t2,
+            "head": t4 - t3,
+            "postprocess": t5 - t4,
+        }
+    )
+    times["total"] = t5 - t0
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="official config name or YAML path (repeatable; default: dyhead_r50_atss_fpn_1x)",
+    )
+    parser.add_argument("--weights", default=None, help="checkpoint for the (single) model")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations per model (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = args.model or ["dyhead_r50_atss_fpn_1x"]
+    image = synthetic_photo(600, 1000)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, image 600x1000 -> 800x1333, fp32 CPU"
+    )
+    print(f"{'model':32s} {'stage':14s} {'median ms':>10s} {'p90 ms':>10s} {'share':>7s}")
+    for name in models:
+        torch.manual_seed(0)
+        cfg = load_config(name, overrides=["MODEL.DEVICE", "cpu"])
+        model = build_model(cfg)
+        if args.weights:
+            load_state_dict(model, args.weights)
+        spec = input_spec_from_config(cfg, model.size_divisibility)
+        names = class_names_for(model.decoder_spec.num_classes)
+        for _ in range(args.warmup):
+            run_once(model, spec, image, names)
+        runs = [run_once(model, spec, image, names) for _ in range(args.iters)]
+        total_median = statistics.median(r["total"] for r in runs)
+        for stage in STAGES:
+            values = [r[stage] * 1000 for r in runs]
+            share = statistics.median(r[stage] for r in runs) / total_median
+            median, p90 = statistics.median(values), percentile(values, 90)
+            print(f"{name:32s} {stage:14s} {median:10.1f} {p90:10.1f} {share:7.1%}")
+
+
+if __name__ == "__main__":
+    main()

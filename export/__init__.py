@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX -> TensorRT export of dyhead-serve models (the ``dyhead-export`` CLI)."""

@@ -1,0 +1,1 @@
+"""The TensorRT plugin for modulated deformable convolution (Triton kernel + QDP definition)."""

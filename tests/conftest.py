@@ -1,0 +1,57 @@
+"""Shared fixtures: reference key lists, checkpoints with exactly the official keys, images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+DATA = Path(__file__).parent / "data"
+
+
+def reference_keys(config_name: str) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, shape, dtype) of every tensor of the official model, in state-dict order."""
+    entries = []
+    for line in (DATA / "reference_keys" / f"{config_name}.keys.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        shape = tuple(int(v) for v in parts[1].split("x")) if len(parts) > 1 else ()
+        dtype = torch.int64 if len(parts) > 2 and parts[2] == "int64" else torch.float32
+        entries.append((parts[0], shape, dtype))
+    return entries
+
+
+def official_format_checkpoint(config_name: str, path: Path, seed: int = 0) -> Path:
+    """Write a Detectron2-style ``.pth`` ({"model": ..., "iteration": ...}) holding exactly the
+    official key names and shapes, with random values (positive variances)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape, dtype in reference_keys(config_name):
+        if dtype == torch.int64:
+            state[name] = torch.randint(0, 10, shape, generator=gen)
+        elif name.endswith("running_var"):
+            state[name] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            state[name] = torch.randn(shape, generator=gen) * 0.05
+    torch.save({"model": state, "iteration": 89999}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def atss_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return official_format_checkpoint("dyhead_r50_atss_fpn_1x", tmp_path_factory.mktemp("ckpt") / "atss.pth")
+
+
+@pytest.fixture(scope="session")
+def photo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small textured RGB JPEG."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:120, 0:160]
+    image = np.stack([xx * 1.5, yy * 2.0, (xx + yy) * 0.9], axis=-1) + rng.normal(0, 10, (120, 160, 3))
+    path = tmp_path_factory.mktemp("img") / "photo.jpg"
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=95)
+    return path
