@@ -68,7 +68,7 @@ def build_torch_predictor(cfg: Any, weights: str | Path | None, device: str) -> 
     else:
         logger.warning("no weights given: the detector has random weights")
     model = model.to(device).eval()
-    num_classes = model.decoder_spec.num_classes
+    num_classes = model.num_classes
     spec = input_spec_from_config(cfg, model.size_divisibility)
     return Predictor(model, model.decoder, spec, class_names_for(num_classes), device)
 

@@ -43,6 +43,12 @@ class DenseDetector(nn.Module):
     def size_divisibility(self) -> int:
         return self.backbone.size_divisibility
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    @property
+    def num_classes(self) -> int:
+        return self.decoder_spec.num_classes
+
+    def forward(self, images: Tensor, image_sizes: Tensor | None = None) -> dict[str, Tensor]:
+        """``image_sizes`` (Tensor[N, 2], (h, w) before padding) is accepted for a uniform
+        interface with two-stage detectors; dense detectors do not need it."""
         features = self.backbone(images)
         return self.head([features[f] for f in self.head_in_features])

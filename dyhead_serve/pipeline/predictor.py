@@ -5,18 +5,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dyhead_serve.modeling.dense_decoder import DenseDecoder
+from dyhead_serve.modeling.dense_decoder import RawDetections
 from dyhead_serve.pipeline.postprocess import Detections, to_original_image
 from dyhead_serve.pipeline.preprocess import InputSpec, preprocess
 
-__all__ = ["Predictor", "StageTimes"]
+__all__ = ["Decoder", "Predictor", "StageTimes"]
 
-InferFn = Callable[[Tensor], dict[str, Tensor]]
+InferFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
+
+
+class Decoder(Protocol):
+    """Turns a network's raw outputs into detections in resized-image coordinates."""
+
+    def __call__(
+        self,
+        outputs: dict[str, Tensor],
+        padded_hw: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]],
+        score_threshold: float | None = None,
+    ) -> list[RawDetections]: ...
 
 
 @dataclass
@@ -36,8 +49,8 @@ class Predictor:
     DyHead see the padding, so batching images of different sizes would change the results).
 
     Args:
-        infer: the network: Tensor[N, 3, H, W] -> raw outputs (a ``DenseDetector`` or a runtime
-            backend's ``infer``).
+        infer: the network: (Tensor[N, 3, H, W], image sizes Tensor[N, 2]) -> raw outputs
+            (a detector module or a runtime backend's ``infer``).
         decoder: turns raw outputs into detections.
         input_spec: the preprocessing the network was trained with.
         class_names: name of each class index.
@@ -47,7 +60,7 @@ class Predictor:
     def __init__(
         self,
         infer: InferFn,
-        decoder: DenseDecoder,
+        decoder: Decoder,
         input_spec: InputSpec,
         class_names: Sequence[str],
         device: str | torch.device = "cpu",
@@ -65,7 +78,7 @@ class Predictor:
         t0 = time.perf_counter()
         batch = preprocess([image], self.input_spec, self.device)
         t1 = time.perf_counter()
-        outputs = self.infer(batch.images)
+        outputs = self.infer(batch.images, batch.image_sizes_tensor())
         t2 = time.perf_counter()
         raw = self.decoder(outputs, batch.padded_hw, batch.image_sizes, score_threshold)[0]
         detections = to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], self.class_names)

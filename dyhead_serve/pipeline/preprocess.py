@@ -93,6 +93,10 @@ class Batch:
     def padded_hw(self) -> tuple[int, int]:
         return int(self.images.shape[-2]), int(self.images.shape[-1])
 
+    def image_sizes_tensor(self) -> Tensor:
+        """Tensor[N, 2] int64 of (h, w) before padding, on the images' device."""
+        return torch.tensor(self.image_sizes, dtype=torch.int64, device=self.images.device)
+
 
 def preprocess(images: Sequence[np.ndarray], spec: InputSpec, device: str | torch.device = "cpu") -> Batch:
     """RGB uint8 images [H, W, 3] -> a normalised, padded batch in the network's channel order."""
