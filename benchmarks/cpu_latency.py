@@ -22,25 +22,13 @@ import torch
 
 from dyhead_serve.checkpoint import load_state_dict
 from dyhead_serve.config import load_config
+from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.pipeline.postprocess import to_original_image
 from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.predict import class_names_for, input_spec_from_config
 
 STAGES = ("preprocess", "backbone+fpn", "dyhead", "head", "postprocess", "total")
-
-
-def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth, textured RGB image (gradients + blobs + noise): realistic activations without data."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([xx / width * 255, yy / height * 255, (xx + yy) / (width + height) * 255], axis=-1)
-    for _ in range(12):
-        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(20, 150)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))[..., None]
-        image = image * (1 - blob) + rng.uniform(0, 255, size=3) * blob
-    image += rng.normal(0, 8, size=image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def percentile(values: list[float], q: float) -> float:

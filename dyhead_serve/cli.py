@@ -8,6 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dyhead_serve.runtime.base import Backend
 
 __all__ = ["build_parser", "main"]
 
@@ -16,12 +20,76 @@ logger = logging.getLogger("dyhead_serve")
 EPILOG = """\
 examples:
   dyhead-serve predict --config dyhead_r50_atss_fpn_1x --weights dyhead_r50_atss_fpn_1x.pth photo.jpg
+  dyhead-serve predict --model dyhead_r50_atss_fpn_1x photo.jpg          # downloads the official weights
+  dyhead-serve predict --model exported/ --backend onnxruntime photo.jpg  # a `dyhead-export onnx` folder
   dyhead-serve predict --config my.yaml --weights model.pth --out-dir drawn/ --score-threshold 0.3 a.jpg b.png
 """
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model / --config / --weights / --backend / --device / --set, shared by predict and serve."""
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a zoo name (see `dyhead-serve zoo list`) or a folder written by `dyhead-export` "
+        "(model.json + model.onnx/model.plan); default: the embedded default model",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="instead of --model: a Detectron2 DyHead YAML file or a shipped official config name "
+        "(dyhead_r50_atss_fpn_1x, dyhead_r50_retina_fpn_1x, ...); needs --weights",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint for --config, or a local copy of a zoo model's weights: official .pth "
+        "(with or without 'model') or Detectron2 .pkl",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="auto: TensorRT for an engine on a GPU host, ONNX Runtime for model.onnx, torch for configs",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    p.add_argument(
+        "--set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override a config key, Detectron2 style (e.g. --set TEST.DETECTIONS_PER_IMAGE 50); repeatable",
+    )
+
+
+def _load_backend_from_args(args: argparse.Namespace) -> Backend:
+    from dyhead_serve.checkpoint import CheckpointError
+    from dyhead_serve.config import ConfigError
+    from dyhead_serve.runtime.base import BackendError
+    from dyhead_serve.runtime.loader import load_backend
+    from dyhead_serve.zoo import ZooError
+
+    if args.config is not None and args.weights is None:
+        raise CliError("--config needs --weights (the checkpoint to load)")
+    overrides = [item for pair in args.set for item in pair]
+    try:
+        return load_backend(
+            args.model,
+            config=args.config,
+            weights=args.weights,
+            backend=args.backend,
+            device=args.device,
+            overrides=overrides,
+            threads=args.threads,
+        )
+    except (ConfigError, CheckpointError, BackendError, ZooError, ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc).strip()) from exc
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
@@ -37,51 +105,27 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    p.add_argument(
-        "--config",
-        required=True,
-        help="a Detectron2 DyHead YAML file, or the name of a shipped official config "
-        "(dyhead_r50_atss_fpn_1x, dyhead_r50_retina_fpn_1x, ...)",
-    )
-    p.add_argument(
-        "--weights", required=True, help="checkpoint: official .pth (with or without 'model') or .pkl"
-    )
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
+    _add_model_arguments(p)
     p.add_argument(
         "--score-threshold",
         type=float,
         default=None,
-        help="minimum score of a detection (default: the config's test threshold, 0.05)",
+        help="minimum score of a detection (default: the model's test threshold, 0.05 for the official ones)",
     )
     p.add_argument(
         "--out-dir", type=Path, default=None, help="also write each image with its boxes drawn here"
-    )
-    p.add_argument(
-        "--set",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("KEY", "VALUE"),
-        help="override a config key, Detectron2 style (e.g. --set TEST.DETECTIONS_PER_IMAGE 50); repeatable",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from dyhead_serve.checkpoint import CheckpointError
-    from dyhead_serve.config import ConfigError, load_config
-    from dyhead_serve.predict import build_torch_predictor, predict_files, resolve_device
+    from dyhead_serve.predict import predict_files
+    from dyhead_serve.runtime.base import make_predictor
 
     if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
         raise CliError(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
-    overrides = [item for pair in args.set for item in pair]
-    try:
-        device = resolve_device(args.device)
-        cfg = load_config(args.config, overrides=[*overrides, "MODEL.DEVICE", device])
-        predictor = build_torch_predictor(cfg, args.weights, device)
-    except (ConfigError, CheckpointError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        raise CliError(str(exc).strip()) from exc
+    predictor = make_predictor(_load_backend_from_args(args))
     results, errors = predict_files(
         predictor, args.images, score_threshold=args.score_threshold, out_dir=args.out_dir
     )
@@ -90,6 +134,30 @@ def _run_predict(args: argparse.Namespace) -> int:
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _add_zoo(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "zoo", help="list the named models", description="Named models usable with --model."
+    )
+    zoo_commands = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+    listing = zoo_commands.add_parser(
+        "list", help="list the named models and whether their weights are cached"
+    )
+    listing.set_defaults(func=_run_zoo_list)
+
+
+def _run_zoo_list(args: argparse.Namespace) -> int:
+    from dyhead_serve import zoo
+
+    print(f"{'name':30s} {'COCO AP':>7s}  {'cached':6s}  description / weights URL")
+    for entry in zoo.ZOO.values():
+        cached = (zoo.cache_dir() / "weights" / Path(entry.url).name).is_file()
+        ap = f"{entry.coco_ap:.1f}" if entry.coco_ap is not None else "-"
+        print(f"{entry.name:30s} {ap:>7s}  {'yes' if cached else 'no':6s}  {entry.description}")
+        print(f"{'':48s}{entry.url}")
+    print(f"\ncache: {zoo.cache_dir()} (set DYHEAD_SERVE_CACHE to move it)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_predict(subparsers)
+    _add_zoo(subparsers)
     return parser
 
 

@@ -1,0 +1,122 @@
+"""One loader for every way of naming a model: an exported folder, a zoo name, or a config
+with weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from dyhead_serve.runtime.base import Backend, BackendError
+
+__all__ = ["BACKENDS", "load_backend", "load_torch_backend", "resolve_torch_device"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def resolve_torch_device(device: str) -> str:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise BackendError(f"unknown device {device!r}; use cpu, cuda or auto")
+    return device
+
+
+def load_torch_backend(
+    config: str | Path,
+    weights: str | Path | None,
+    *,
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    model_name: str | None = None,
+) -> Backend:
+    """Build the configured detector and load ``weights`` strictly (random weights when None)."""
+    from dyhead_serve.config import load_config
+    from dyhead_serve.runtime.torch_backend import build_torch_backend
+
+    cfg = load_config(config, overrides=[*overrides, "MODEL.DEVICE", resolve_torch_device(device)])
+    return build_torch_backend(cfg, weights, model_name or Path(str(config)).stem)
+
+
+def _load_exported(model_dir: Path, backend: str, device: str, threads: int) -> Backend:
+    has_plan = (model_dir / "model.plan").is_file()
+    has_onnx = (model_dir / "model.onnx").is_file()
+    if backend == "auto":
+        trt_ready = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+        backend = "tensorrt" if has_plan and trt_ready else "onnxruntime"
+    if backend == "tensorrt":
+        raise BackendError(
+            "the TensorRT backend is not available in this version; use --backend onnxruntime with model.onnx"
+        )
+    if backend == "torch":
+        raise BackendError(
+            f"{model_dir} holds an exported network; "
+            "the torch backend needs --config and --weights, or a zoo name"
+        )
+    if not has_onnx:
+        raise BackendError(f"{model_dir}: no model.onnx to run with onnxruntime")
+    from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(model_dir, device=device, intra_op_threads=threads)
+
+
+def load_backend(
+    model: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    weights: str | Path | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    threads: int = 0,
+) -> Backend:
+    """Load a model for inference.
+
+    Args:
+        model: a folder with ``model.json`` (+ ``model.onnx`` / ``model.plan``), or a zoo name.
+            Exclusive with ``config``.
+        config, weights: a Detectron2 DyHead config (file or shipped name) and its checkpoint
+            (torch backend). With a zoo name, ``weights`` replaces the download.
+        backend: ``auto`` (TensorRT for an engine on a GPU host, ONNX Runtime for ``model.onnx``,
+            torch for configs and zoo names), or one of ``torch``, ``onnxruntime``, ``tensorrt``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overrides: ``KEY VALUE`` config overrides (torch backend).
+        threads: ONNX Runtime intra-op threads (0: its default).
+    """
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if config is not None:
+        if model is not None:
+            raise BackendError("name a model either with --model or with --config/--weights, not both")
+        if backend not in ("auto", "torch"):
+            raise BackendError(f"--config runs in the torch backend; export it first for {backend}")
+        return load_torch_backend(config, weights, device=device, overrides=overrides)
+    from dyhead_serve import zoo
+
+    if model is None:
+        if zoo.DEFAULT_MODEL not in zoo.ZOO:
+            raise BackendError(
+                "this version has no embedded default model; name one with --model or --config"
+            )
+        model = zoo.DEFAULT_MODEL
+    path = Path(model)
+    if path.is_dir():
+        return _load_exported(path, backend, device, threads)
+    entry = zoo.get_model(str(model))
+    if backend not in ("auto", "torch"):
+        raise BackendError(
+            f"zoo model {entry.name} runs in the torch backend; export it with "
+            f"`dyhead-export onnx --model {entry.name} --out DIR` and pass --model DIR for {backend}"
+        )
+    weights_file = Path(weights) if weights is not None else zoo.weights_path(entry)
+    return load_torch_backend(
+        entry.config, weights_file, device=device, overrides=overrides, model_name=entry.name
+    )

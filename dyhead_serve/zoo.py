@@ -1,0 +1,149 @@
+"""Named models: the four official DyHead checkpoints (and, with the training issue, the
+embedded default), usable wherever a config and weights are accepted."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ZOO",
+    "ZooError",
+    "ZooModel",
+    "cache_dir",
+    "download",
+    "get_model",
+    "sha256_of",
+    "weights_path",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+_OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One named model.
+
+    Attributes:
+        name: the name to pass to ``--model``.
+        config: shipped config name (see ``dyhead_serve.config.OFFICIAL_CONFIGS``).
+        url: where the official README links the weights.
+        sha256: checksum of the weights file; empty where no copy could be hashed here, in which
+            case a download is checked for size and loadability instead.
+        description: architecture and backbone.
+        coco_ap: box AP on COCO val2017 as the official README reports it.
+    """
+
+    name: str
+    config: str
+    url: str
+    sha256: str
+    description: str
+    coco_ap: float | None = None
+
+
+def _official(name: str, description: str, coco_ap: float) -> ZooModel:
+    return ZooModel(name, name, _OFFICIAL_URL.format(name), "", description, coco_ap)
+
+
+ZOO: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        _official("dyhead_r50_atss_fpn_1x", "ATSS + DyHead, ResNet-50, 1x", 42.4),
+        _official("dyhead_r50_retina_fpn_1x", "RetinaNet + DyHead, ResNet-50, 1x", 39.9),
+        _official("dyhead_r50_rcnn_fpn_1x", "Faster R-CNN + DyHead, ResNet-50, 1x", 40.3),
+        _official("dyhead_swint_atss_fpn_2x_ms", "ATSS + DyHead, Swin-Tiny, 2x multi-scale", 49.8),
+    )
+}
+
+
+class ZooError(RuntimeError):
+    """A named model is unknown or its weights cannot be obtained."""
+
+
+def get_model(name: str) -> ZooModel:
+    """The zoo entry called ``name``; an unknown name lists the known ones."""
+    if name not in ZOO:
+        raise ZooError(
+            f"unknown model {name!r}; known models: {', '.join(ZOO)} (see `dyhead-serve zoo list`)"
+        )
+    return ZOO[name]
+
+
+def cache_dir() -> Path:
+    """``$DYHEAD_SERVE_CACHE``, else ``~/.cache/dyhead-serve``."""
+    root = os.environ.get("DYHEAD_SERVE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "dyhead-serve"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(
+    url: str, target: Path, sha256: str = "", *, timeout: float = 30.0, progress: bool = True
+) -> Path:
+    """Download ``url`` to ``target`` (atomically, with a progress bar) and verify it.
+
+    Raises:
+        ZooError: no network, HTTP error, empty file or checksum mismatch; the message says how
+            to supply the file by hand.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    by_hand = f"download {url} by hand and pass its path with --weights PATH (or place it at {target})"
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ZooError(f"cannot download {target.name} ({reason}); {by_hand}") from exc
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".part-", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+        try:
+            with response, tqdm(
+                total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress
+            ) as bar:  # fmt: skip
+                while block := response.read(1 << 20):
+                    tmp.write(block)
+                    bar.update(len(block))
+        except (OSError, urllib.error.URLError) as exc:
+            tmp_path.unlink(missing_ok=True)
+            raise ZooError(f"download of {target.name} broke off ({exc}); {by_hand}") from exc
+    if tmp_path.stat().st_size == 0 or (total is not None and tmp_path.stat().st_size != total):
+        tmp_path.unlink(missing_ok=True)
+        raise ZooError(f"download of {target.name} is incomplete; {by_hand}")
+    if sha256 and sha256_of(tmp_path) != sha256:
+        tmp_path.unlink(missing_ok=True)
+        raise ZooError(f"{target.name}: checksum mismatch (expected sha256 {sha256}); {by_hand}")
+    shutil.move(str(tmp_path), target)
+    logger.info("downloaded %s (%d bytes)", target, target.stat().st_size)
+    return target
+
+
+def weights_path(model: ZooModel, *, download_missing: bool = True) -> Path:
+    """The cached weights of ``model``, downloaded first when absent (and allowed)."""
+    target = cache_dir() / "weights" / Path(model.url).name
+    if target.is_file():
+        if model.sha256 and sha256_of(target) != model.sha256:
+            raise ZooError(f"{target}: checksum mismatch with the zoo's sha256; delete it and download again")
+        return target
+    if not download_missing:
+        raise ZooError(f"{target} is not cached; download {model.url} and pass --weights PATH")
+    return download(model.url, target, model.sha256)
