@@ -11,6 +11,7 @@ from typing import Any
 from dyhead_serve.modeling.anchors import broadcast_per_level
 from dyhead_serve.modeling.backbone.base import Backbone
 from dyhead_serve.modeling.backbone.resnet import build_resnet
+from dyhead_serve.modeling.backbone.swin import build_swin
 from dyhead_serve.modeling.dense_decoder import DenseDecoderSpec
 from dyhead_serve.modeling.detector import DenseDetector
 from dyhead_serve.modeling.dyhead import DyHeadBackbone
@@ -42,6 +43,23 @@ def _resnet(cfg: Cfg) -> Backbone:
     )
 
 
+def _swin(cfg: Cfg) -> Backbone:
+    s = cfg.MODEL.SWINT
+    return build_swin(
+        out_features=s.OUT_FEATURES,
+        in_channels=len(cfg.MODEL.PIXEL_MEAN),
+        embed_dim=s.EMBED_DIM,
+        depths=s.DEPTHS,
+        num_heads=s.NUM_HEADS,
+        window_size=s.WINDOW_SIZE,
+        mlp_ratio=s.MLP_RATIO,
+        drop_path_rate=s.DROP_PATH_RATE,
+        ape=s.APE,
+        out_norm=s.OUT_NORM,
+        frozen_stages=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )
+
+
 def _fpn_dyhead(cfg: Cfg, bottom_up: Backbone, p6p7: bool) -> Backbone:
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top_block = LastLevelP6P7(out_channels, out_channels, "p5") if p6p7 else LastLevelMaxPool()
@@ -59,6 +77,8 @@ def _fpn_dyhead(cfg: Cfg, bottom_up: Backbone, p6p7: bool) -> Backbone:
 BACKBONES: dict[str, Callable[[Cfg], Backbone]] = {
     "build_retinanet_resnet_fpn_dyhead_backbone": lambda cfg: _fpn_dyhead(cfg, _resnet(cfg), p6p7=True),
     "build_resnet_fpn_dyhead_backbone": lambda cfg: _fpn_dyhead(cfg, _resnet(cfg), p6p7=False),
+    "build_retinanet_swint_fpn_dyhead_backbone": lambda cfg: _fpn_dyhead(cfg, _swin(cfg), p6p7=True),
+    "build_swint_fpn_dyhead_backbone": lambda cfg: _fpn_dyhead(cfg, _swin(cfg), p6p7=False),
 }
 
 
