@@ -17,6 +17,7 @@ from dyhead_serve.modeling.detector import DenseDetector
 from dyhead_serve.modeling.dyhead import DyHeadBackbone
 from dyhead_serve.modeling.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from dyhead_serve.modeling.heads import ATSSHead, RetinaNetHead
+from dyhead_serve.modeling.losses import build_atss_loss, build_retinanet_loss
 
 __all__ = ["BACKBONES", "META_ARCHITECTURES", "build_backbone", "build_model"]
 
@@ -147,7 +148,7 @@ def _atss(cfg: Cfg) -> DenseDetector:
         max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
         num_classes=c.NUM_CLASSES,
     )
-    return DenseDetector(backbone, head, in_features, spec)
+    return DenseDetector(backbone, head, in_features, spec, loss=build_atss_loss(cfg, head.num_anchors))
 
 
 def _retinanet(cfg: Cfg) -> DenseDetector:
@@ -180,7 +181,7 @@ def _retinanet(cfg: Cfg) -> DenseDetector:
         max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
         num_classes=c.NUM_CLASSES,
     )
-    return DenseDetector(backbone, head, in_features, spec)
+    return DenseDetector(backbone, head, in_features, spec, loss=build_retinanet_loss(cfg))
 
 
 META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector]] = {

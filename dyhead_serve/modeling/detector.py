@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from dyhead_serve.modeling.backbone.base import Backbone
 from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
+from dyhead_serve.modeling.losses.dense_loss import DenseLoss
 
 __all__ = ["DenseDetector"]
 
@@ -19,6 +20,10 @@ class DenseDetector(nn.Module):
     :attr:`size_divisibility`) to the head's raw outputs (``logits``, ``deltas`` and, for ATSS,
     ``centerness``; see the heads). Decoding them into boxes is :attr:`decoder`'s job, outside the
     network, so that every runtime shares it.
+
+    Training computes the losses from the same outputs with :meth:`losses` (``loss``, the
+    :class:`DenseLoss` given at construction), also outside ``forward``, so that ``forward``
+    stays the tensor-in, tensor-out network in training and inference alike.
     """
 
     def __init__(
@@ -27,6 +32,7 @@ class DenseDetector(nn.Module):
         head: nn.Module,
         head_in_features: Sequence[str],
         decoder_spec: DenseDecoderSpec,
+        loss: DenseLoss | None = None,
     ) -> None:
         super().__init__()
         shapes = backbone.output_shape()
@@ -38,6 +44,7 @@ class DenseDetector(nn.Module):
         self.head_in_features = list(head_in_features)
         self.decoder_spec = decoder_spec
         self.decoder = DenseDecoder(decoder_spec)
+        self.loss = loss  # a plain attribute: it holds no tensors of the state dict
 
     @property
     def size_divisibility(self) -> int:
@@ -52,3 +59,49 @@ class DenseDetector(nn.Module):
         interface with two-stage detectors; dense detectors do not need it."""
         features = self.backbone(images)
         return self.head([features[f] for f in self.head_in_features])
+
+    def losses(
+        self,
+        outputs: dict[str, Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_classes: Sequence[Tensor],
+        padded_hw: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """Training losses of a batch, named as Detectron2 logs them.
+
+        Args:
+            outputs: what :meth:`forward` returned for the batch (Tensor[N, R, ...] each).
+            gt_boxes: per image, Tensor[K_i, 4] boxes (x0, y0, x1, y1) in input pixels (the
+                resized, unpadded image's coordinates).
+            gt_classes: per image, Tensor[K_i] int64 class indices in [0, num_classes).
+            padded_hw: (H, W) of the padded input batch.
+
+        Returns:
+            ATSS: ``loss_cls``, ``loss_box_reg``, ``loss_ctr``; RetinaNet: ``loss_cls``,
+            ``loss_box_reg``. Scalar float32 tensors.
+
+        Raises:
+            RuntimeError: the detector was built without a loss.
+            ValueError: the outputs do not match ``padded_hw`` or the number of images.
+        """
+        if self.loss is None:
+            raise RuntimeError("this detector was built without training losses; build it with build_model")
+        num_images = outputs["logits"].shape[0]
+        if len(gt_boxes) != num_images or len(gt_classes) != num_images:
+            raise ValueError(
+                f"got ground truth for {len(gt_boxes)} / {len(gt_classes)} images, outputs for {num_images}"
+            )
+        device = outputs["logits"].device
+        grid = self.decoder.grid_sizes(padded_hw)
+        anchors = self.decoder.anchor_generator.grid_anchors(grid, device=device)
+        if sum(len(a) for a in anchors) != outputs["logits"].shape[1]:
+            raise ValueError(
+                f"the outputs hold {outputs['logits'].shape[1]} anchors, a {padded_hw} input has "
+                f"{sum(len(a) for a in anchors)}; is padded_hw the size of the network input?"
+            )
+        return self.loss(
+            {name: value.float() for name, value in outputs.items()},
+            anchors,
+            [boxes.to(device) for boxes in gt_boxes],
+            [classes.to(device) for classes in gt_classes],
+        )
