@@ -4,7 +4,7 @@ Prints a table with the median and p90 of each stage (preprocess, backbone+FPN, 
 head, post-process) and of the whole call, for one image resized to 800x1333 (a 600x1000
 synthetic photograph-like image), torch fp32 on the CPU.
 
-    python benchmarks/cpu_latency.py                       # ATSS R50, random weights
+    python benchmarks/cpu_latency.py                       # ATSS R50 and Swin-T, random weights
     python benchmarks/cpu_latency.py --model dyhead_r50_retina_fpn_1x --weights w.pth --iters 10
 
 Random weights change only the post-processing time (fewer candidates pass the score threshold);
@@ -74,7 +74,7 @@ def main() -> None:
         "--model",
         action="append",
         default=None,
-        help="official config name or YAML path (repeatable; default: dyhead_r50_atss_fpn_1x)",
+        help="official config name or YAML path (repeatable; default: the R50 ATSS and Swin-T ATSS models)",
     )
     parser.add_argument("--weights", default=None, help="checkpoint for the (single) model")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per model (default 5)")
@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = args.model or ["dyhead_r50_atss_fpn_1x"]
+    models = args.model or ["dyhead_r50_atss_fpn_1x", "dyhead_swint_atss_fpn_2x_ms"]
     image = synthetic_photo(600, 1000)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, image 600x1000 -> 800x1333, fp32 CPU"
