@@ -55,3 +55,36 @@ def photo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("img") / "photo.jpg"
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=95)
     return path
+
+
+# A narrow ResNet-18 DyHead-ATSS: every code path of the official model, small enough for CI.
+TINY_OVERRIDES = [
+    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.DYHEAD.CHANNELS", "32", "MODEL.DYHEAD.NUM_CONVS", "2", "MODEL.ATSS.CHANNELS", "32",
+    "MODEL.ATSS.NUM_CLASSES", "5", "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "384",
+]  # fmt: skip
+
+
+def tiny_checkpoint(path: Path, seed: int = 0, meta: str = "dyhead_r50_atss_fpn_1x") -> Path:
+    """Random weights for the tiny model, scaled so that it produces detections."""
+    from dyhead_serve.config import load_config
+    from dyhead_serve.modeling.build import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(load_config(meta, overrides=["MODEL.DEVICE", "cpu", *TINY_OVERRIDES]))
+    state = model.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    for name, value in state.items():
+        if name.endswith("running_var"):
+            value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
+        elif value.is_floating_point() and value.dim() > 1:
+            value.copy_(torch.randn(value.shape, generator=gen) * (2.0 / value[0].numel()) ** 0.5)
+        elif name.endswith("cls_logits.bias"):
+            value.fill_(-1.0)
+    torch.save({"model": state}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pth")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from dyhead_serve.runtime.base import Backend, BackendError
+from dyhead_serve.runtime.torch_backend import TorchBackend, build_torch_backend
 
 __all__ = ["BACKENDS", "load_backend", "load_torch_backend", "resolve_torch_device"]
 
@@ -37,10 +38,9 @@ def load_torch_backend(
     device: str = "auto",
     overrides: Sequence[str] = (),
     model_name: str | None = None,
-) -> Backend:
+) -> TorchBackend:
     """Build the configured detector and load ``weights`` strictly (random weights when None)."""
     from dyhead_serve.config import load_config
-    from dyhead_serve.runtime.torch_backend import build_torch_backend
 
     cfg = load_config(config, overrides=[*overrides, "MODEL.DEVICE", resolve_torch_device(device)])
     return build_torch_backend(cfg, weights, model_name or Path(str(config)).stem)

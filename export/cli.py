@@ -1,0 +1,207 @@
+"""``dyhead-export``: turn trained DyHead weights into deployable artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("export")
+
+ONNX_EPILOG = """\
+examples:
+  dyhead-export onnx --config dyhead_r50_atss_fpn_1x --weights dyhead_r50_atss_fpn_1x.pth --out exported/atss
+  dyhead-export onnx --model dyhead_r50_retina_fpn_1x --out exported/retina --verify-image photo.jpg
+  dyhead-export onnx --config cfg.yaml --weights w.pth --out exported/trt --dcn plugin --batch 1
+
+The folder then holds model.onnx and model.json (preprocessing, class names, decoder, provenance);
+serve or predict with `--model exported/atss`.
+"""
+
+
+class ExportCliError(Exception):
+    """A user-facing error: one line, exit status 2."""
+
+
+def _batch(value: str) -> int | None:
+    if value == "dynamic":
+        return None
+    try:
+        batch = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch must be an integer or 'dynamic', got {value!r}") from None
+    if batch < 1:
+        raise argparse.ArgumentTypeError(f"--batch must be at least 1, got {batch}")
+    return batch
+
+
+def _add_onnx(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "onnx",
+        help="export to ONNX (model.onnx + model.json) and verify it in ONNX Runtime",
+        description=(
+            "Export a detector's network (normalised, padded images in; raw head outputs out) to "
+            "ONNX with dynamic batch, height and width, check it with onnx.checker and shape "
+            "inference, then run it in ONNX Runtime on an image and compare raw outputs and final "
+            "detections with PyTorch; a difference beyond tolerance fails the export (exit 1)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ONNX_EPILOG,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="Detectron2 DyHead YAML file or shipped official config name")
+    source.add_argument("--model", help="a zoo name (see `dyhead-serve zoo list`)")
+    p.add_argument("--weights", help="checkpoint (.pth/.pkl); required with --config, optional with --model")
+    p.add_argument("--out", required=True, type=Path, help="output folder for model.onnx and model.json")
+    p.add_argument("--opset", type=int, default=19, help="ONNX opset, >= 19 (DeformConv); default 19")
+    p.add_argument(
+        "--batch",
+        type=_batch,
+        default=None,
+        metavar="B|dynamic",
+        help="fixed batch size, or 'dynamic' (default)",
+    )
+    p.add_argument(
+        "--dcn",
+        choices=["onnx", "plugin"],
+        default="onnx",
+        help="deformable convs as ONNX DeformConv (default; ONNX Runtime, TensorRT builtin) or as "
+        "nodes of our TensorRT plugin dyhead::ModulatedDeformConv2d (TensorRT only)",
+    )
+    p.add_argument(
+        "--verify-image",
+        type=Path,
+        default=None,
+        help="image for the built-in verification (default: a generated photograph-like image)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
+    p.add_argument(
+        "--set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override a config key (e.g. --set MODEL.ATSS.NUM_CLASSES 6); repeatable",
+    )
+    p.set_defaults(func=_run_onnx)
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from tqdm import tqdm
+
+    from dyhead_serve.checkpoint import CheckpointError
+    from dyhead_serve.config import ConfigError
+    from dyhead_serve.data.sample_image import synthetic_photo
+    from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
+    from dyhead_serve.runtime.base import BackendError
+    from dyhead_serve.runtime.loader import load_torch_backend
+    from dyhead_serve.zoo import ZooError, get_model, sha256_of, weights_path
+    from export.onnx_export import ExportError, export_onnx
+    from export.verify import compare_backends
+
+    if args.config is not None and args.weights is None:
+        raise ExportCliError("--config needs --weights (the checkpoint to export)")
+    overrides = [item for pair in args.set for item in pair]
+    steps = tqdm(total=4 if not args.no_verify else 3, desc="export", unit="step", file=sys.stderr)
+    try:
+        steps.set_postfix_str("loading weights")
+        if args.model is not None:
+            entry = get_model(args.model)
+            weights = Path(args.weights) if args.weights else weights_path(entry)
+            config, name = entry.config, entry.name
+        else:
+            weights, config, name = Path(args.weights), args.config, Path(args.config).stem
+        image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
+        backend = load_torch_backend(config, weights, device="cpu", overrides=overrides, model_name=name)
+        steps.update()
+        provenance: dict[str, object] = {
+            "config": str(config),
+            "weights": str(weights),
+            "weights_sha256": sha256_of(weights),
+        }
+        if overrides:
+            provenance["overrides"] = overrides
+
+        def on_step(text: str) -> None:
+            steps.set_postfix_str(text)
+            steps.update()
+
+        export_onnx(
+            backend,
+            args.out,
+            opset=args.opset,
+            batch=args.batch,
+            dcn=args.dcn,
+            provenance=provenance,
+            on_step=on_step,
+        )
+        if args.no_verify:
+            steps.close()
+            print(f"wrote {args.out / 'model.onnx'} (not verified: --no-verify)")
+            return 0
+        steps.set_postfix_str("verifying in ONNX Runtime")
+        from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        if args.dcn == "plugin":
+            # ONNX Runtime cannot run our TensorRT plugin: verify the same network with DeformConv.
+            with tempfile.TemporaryDirectory() as twin:
+                export_onnx(backend, twin, opset=args.opset, batch=args.batch, dcn="onnx")
+                report = compare_backends(backend, OnnxRuntimeBackend(twin, device="cpu"), image)
+        else:
+            report = compare_backends(backend, OnnxRuntimeBackend(args.out, device="cpu"), image)
+        steps.update()
+        steps.close()
+    except (ConfigError, CheckpointError, BackendError, ZooError, ExportError, ImageDecodeError) as exc:
+        steps.close()
+        raise ExportCliError(str(exc).strip()) from exc
+    except (FileNotFoundError, ValueError) as exc:
+        steps.close()
+        raise ExportCliError(str(exc).strip()) from exc
+    what = "DeformConv twin of the plugin graph" if args.dcn == "plugin" else "model.onnx"
+    print(f"verification ({what} in ONNX Runtime vs PyTorch, one image):")
+    print(report.format())
+    if not report.ok:
+        print(f"error: the export differs from PyTorch beyond tolerance; {args.out} is not to be trusted")
+        return 1
+    print(f"ok: wrote {args.out / 'model.onnx'} and {args.out / 'model.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dyhead-export`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dyhead-export",
+        description="Export DyHead detectors: PyTorch weights -> ONNX (-> TensorRT engine, coming with the "
+        "TensorRT plugin).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_onnx(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dyhead-export`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ExportCliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

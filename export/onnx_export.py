@@ -1,0 +1,141 @@
+"""PyTorch -> ONNX: the tensor-in, tensor-out network of a detector, with dynamic batch and
+image size, checked with ``onnx.checker`` and shape inference."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from dyhead_serve.ops.onnx_symbolic import DCN_FLAVOURS, MIN_OPSET, deform_conv_onnx_symbolic
+from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
+from dyhead_serve.runtime.torch_backend import TorchBackend
+
+__all__ = ["ExportError", "check_onnx", "export_onnx"]
+
+logger = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported, or the exported graph fails its checks."""
+
+
+def _dummy_inputs(batch: int, size_divisibility: int) -> tuple[Tensor, Tensor]:
+    div = max(size_divisibility, 32)
+    height, width = 2 * div, 3 * div
+    images = torch.zeros(batch, 3, height, width)
+    image_sizes = torch.tensor([[height, width]] * batch, dtype=torch.int64)
+    return images, image_sizes
+
+
+def check_onnx(path: Path, *, strict_shapes: bool = True) -> onnx.ModelProto:
+    """Run ``onnx.checker`` (full check) and shape inference on ``path``; raise ExportError."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=strict_shapes)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{path}: the exported graph fails ONNX's checks: {exc}") from exc
+    return inferred
+
+
+def _tensor_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor_type = value.type.tensor_type
+    dims: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tensor_type.shape.dim]
+    return {
+        "name": value.name,
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name,
+        "shape": dims,
+    }
+
+
+def export_onnx(
+    backend: TorchBackend,
+    out_dir: str | Path,
+    *,
+    opset: int = MIN_OPSET,
+    batch: int | None = None,
+    dcn: str = "onnx",
+    provenance: dict[str, Any] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Path:
+    """Write ``out_dir/model.onnx`` and ``out_dir/model.json`` for a torch backend's detector.
+
+    Args:
+        backend: the detector, its preprocessing, decoder and class names.
+        opset: ONNX opset (>= 19, the first with ``DeformConv``).
+        batch: a fixed batch size, or None for a dynamic one. Height and width are always dynamic
+            (multiples of the input spec's size divisibility).
+        dcn: ``"onnx"`` (opset ``DeformConv``) or ``"plugin"`` (nodes of our TensorRT plugin).
+        provenance: recorded in model.json (config, weights checksum, ...).
+        on_step: called with a short description as each stage starts (progress reporting).
+
+    Returns:
+        the path of model.onnx.
+    """
+    if dcn not in DCN_FLAVOURS:
+        raise ExportError(f"--dcn must be one of {DCN_FLAVOURS}, got {dcn!r}")
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset must be at least {MIN_OPSET} (DeformConv), got {opset}")
+    if batch is not None and batch < 1:
+        raise ExportError(f"--batch must be a positive integer or 'dynamic', got {batch}")
+    step = on_step or (lambda _: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "model.onnx"
+    model: nn.Module = backend.model.eval()
+    images, image_sizes = _dummy_inputs(batch or 1, backend.input_spec.size_divisibility)
+    images, image_sizes = images.to(backend.device), image_sizes.to(backend.device)
+    with torch.no_grad():
+        output_names = list(model(images, image_sizes).keys())
+    batch_axis = {} if batch is not None else {0: "batch"}
+    dynamic_axes: dict[str, dict[int, str]] = {
+        "images": {**batch_axis, 2: "height", 3: "width"},
+        "image_sizes": dict(batch_axis),
+    }
+    for name in output_names:
+        dynamic_axes[name] = {**batch_axis, 1: f"{name}_dim1"}
+    step("tracing and writing model.onnx")
+    with deform_conv_onnx_symbolic(dcn, opset), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic are expected
+        torch.onnx.export(
+            model,
+            (images, image_sizes),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images", "image_sizes"],
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    step("checking the graph (onnx.checker, shape inference)")
+    graph = check_onnx(onnx_path, strict_shapes=(dcn == "onnx"))
+    record = {
+        "exporter": "dyhead-serve",
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "opset": opset,
+        "dcn": dcn,
+        "precision": "fp32",
+        "batch": batch if batch is not None else "dynamic",
+        **(provenance or {}),
+    }
+    artifact = ModelArtifact(
+        name=backend.model_name,
+        input_spec=backend.input_spec,
+        class_names=list(backend.class_names),
+        decoder=decoder_to_dict(backend.decoder),
+        inputs=[_tensor_info(v) for v in graph.graph.input],
+        outputs=[_tensor_info(v) for v in graph.graph.output],
+        provenance=record,
+    )
+    artifact.save(out / "model.json")
+    logger.info("wrote %s (%d nodes) and model.json", onnx_path, len(graph.graph.node))
+    return onnx_path
