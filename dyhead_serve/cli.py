@@ -160,6 +160,20 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    from dyhead_serve.engine.eval_cli import add_eval_arguments, run_eval
+
+    p = subparsers.add_parser(
+        "eval",
+        help="COCO box AP of a checkpoint on the config's test datasets",
+        description="Run the detector on every image of DATASETS.TEST, print the COCO box-AP table and "
+        "write OUTPUT_DIR/coco_eval.json (AP, AP50, AP75, APs, APm, APl in percent) and the raw "
+        "detections beside it.",
+    )
+    add_eval_arguments(p)
+    p.set_defaults(func=run_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dyhead-serve`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -171,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_predict(subparsers)
+    _add_eval(subparsers)
     _add_zoo(subparsers)
     return parser
 
