@@ -18,6 +18,7 @@ from dyhead_serve.modeling.dyhead import DyHeadBackbone
 from dyhead_serve.modeling.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from dyhead_serve.modeling.heads import ATSSHead, RetinaNetHead
 from dyhead_serve.modeling.losses import build_atss_loss, build_retinanet_loss
+from dyhead_serve.modeling.rcnn import GeneralizedRCNN, build_rcnn
 
 __all__ = ["BACKBONES", "META_ARCHITECTURES", "build_backbone", "build_model"]
 
@@ -184,13 +185,14 @@ def _retinanet(cfg: Cfg) -> DenseDetector:
     return DenseDetector(backbone, head, in_features, spec, loss=build_retinanet_loss(cfg))
 
 
-META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector]] = {
+META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector | GeneralizedRCNN]] = {
     "ATSS": _atss,
     "RetinaNet": _retinanet,
+    "GeneralizedRCNN": build_rcnn,
 }
 
 
-def build_model(cfg: Cfg) -> DenseDetector:
+def build_model(cfg: Cfg) -> DenseDetector | GeneralizedRCNN:
     """The detector named by ``MODEL.META_ARCHITECTURE``, in eval mode, on ``MODEL.DEVICE``."""
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in META_ARCHITECTURES:

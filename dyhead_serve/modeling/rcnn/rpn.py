@@ -1,0 +1,174 @@
+"""Region proposal network in Detectron2's form (``StandardRPNHead`` and the test-time proposal
+selection of ``find_top_rpn_proposals``), returning a fixed number of proposal slots per image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from dyhead_serve.modeling.anchors import AnchorGenerator
+from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.modeling.heads.flatten import flatten_levels
+
+__all__ = ["RPN", "StandardRPNHead", "clip_boxes", "select_proposals"]
+
+
+class StandardRPNHead(nn.Module):
+    """A shared 3x3 conv + ReLU, then 1x1 convs for objectness and anchor deltas, on every level.
+
+    Args:
+        in_channels: channels of every input level.
+        num_anchors: anchors per location.
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
+        self.objectness_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1, stride=1)
+        self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1, stride=1)
+        for module in (self.conv, self.objectness_logits, self.anchor_deltas):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)  # type: ignore[arg-type]
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Levels finest first, Tensor[N, C, H_l, W_l] -> per level objectness Tensor[N, H_l*W_l*A]
+        and deltas Tensor[N, H_l*W_l*A, 4], ordered (y, x, anchor) like the anchors."""
+        logits, deltas = [], []
+        for feature in features:
+            hidden = F.relu(self.conv(feature))
+            logits.append(flatten_levels([self.objectness_logits(hidden)], 1).squeeze(2))
+            deltas.append(flatten_levels([self.anchor_deltas(hidden)], 4))
+        return logits, deltas
+
+
+def clip_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
+    """Clamp Tensor[R, 4] boxes to ``[0, w] x [0, h]``; ``image_size`` is Tensor[2] (h, w)."""
+    size = image_size.to(boxes.dtype)
+    limits = torch.stack((size[1], size[0], size[1], size[0]))
+    return torch.minimum(boxes.clamp(min=0), limits)
+
+
+def select_proposals(
+    boxes: Tensor,
+    scores: Tensor,
+    level_ids: Tensor,
+    image_size: Tensor,
+    nms_threshold: float,
+    post_nms_topk: int,
+    min_box_size: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """One image's proposals from its per-level top-k candidates (Detectron2's test-time rule).
+
+    Drops non-finite candidates, clips to the image, drops boxes with a side ``<= min_box_size``,
+    runs NMS within each level and keeps the ``post_nms_topk`` best over all levels.
+
+    Args:
+        boxes: Tensor[R, 4] decoded candidates.
+        scores: Tensor[R] objectness logits.
+        level_ids: Tensor[R] int64, the level of each candidate (NMS does not cross levels).
+        image_size: Tensor[2] (h, w) of the image before padding.
+
+    Returns:
+        Tensor[K, 4] boxes and Tensor[K] logits, K <= post_nms_topk, best first.
+    """
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+    boxes, scores, level_ids = boxes[finite], scores[finite], level_ids[finite]
+    boxes = clip_boxes(boxes, image_size)
+    nonempty = ((boxes[:, 2] - boxes[:, 0]) > min_box_size) & ((boxes[:, 3] - boxes[:, 1]) > min_box_size)
+    boxes, scores, level_ids = boxes[nonempty], scores[nonempty], level_ids[nonempty]
+    keep = batched_nms(boxes, scores, level_ids, nms_threshold)[:post_nms_topk]
+    return boxes[keep], scores[keep]
+
+
+class RPN(nn.Module):
+    """Objectness and deltas on every level, anchors decoded into proposals, proposals selected.
+
+    Args:
+        head: the per-level predictor.
+        anchor_generator: anchors of every level (its strides are the input levels').
+        box_coder: anchor -> proposal transform (``RPN.BBOX_REG_WEIGHTS``).
+        pre_nms_topk: candidates kept per level before NMS.
+        post_nms_topk: proposals kept per image after NMS; also the number of output slots.
+        nms_threshold: IoU threshold of the per-level NMS.
+        min_box_size: proposals with a side at or below it (input pixels) are dropped.
+    """
+
+    def __init__(
+        self,
+        head: StandardRPNHead,
+        anchor_generator: AnchorGenerator,
+        box_coder: BoxCoder,
+        pre_nms_topk: int,
+        post_nms_topk: int,
+        nms_threshold: float,
+        min_box_size: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if pre_nms_topk <= 0 or post_nms_topk <= 0:
+            raise ValueError(f"RPN top-k values must be positive, got {pre_nms_topk} and {post_nms_topk}")
+        self.rpn_head = head
+        self.anchor_generator = anchor_generator
+        self.box_coder = box_coder
+        self.pre_nms_topk = pre_nms_topk
+        self.post_nms_topk = post_nms_topk
+        self.nms_threshold = nms_threshold
+        self.min_box_size = min_box_size
+
+    def forward(self, features: Sequence[Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Proposals of each image.
+
+        Args:
+            features: Tensor[N, C, H_l, W_l] per level, finest first.
+            image_sizes: Tensor[N, 2] (h, w) of each image before padding.
+
+        Returns:
+            ``proposals`` Tensor[N, P, 4], ``objectness`` Tensor[N, P] (logits) and ``counts``
+            Tensor[N] int64, with P = ``post_nms_topk``. Image i's proposals are the first
+            ``counts[i]`` rows, best first; the rows after them are zeros.
+        """
+        logits, deltas = self.rpn_head(features)
+        anchors = self.anchor_generator.grid_anchors(
+            [(f.shape[-2], f.shape[-1]) for f in features], device=features[0].device
+        )
+        boxes, scores, level_ids = self._top_candidates(logits, deltas, anchors)
+
+        proposals, objectness, counts = [], [], []
+        for i in range(boxes.shape[0]):
+            kept_boxes, kept_scores = select_proposals(
+                boxes[i], scores[i], level_ids, image_sizes[i],
+                self.nms_threshold, self.post_nms_topk, self.min_box_size,
+            )  # fmt: skip
+            padding = self.post_nms_topk - kept_boxes.shape[0]
+            proposals.append(F.pad(kept_boxes, (0, 0, 0, padding)))
+            objectness.append(F.pad(kept_scores, (0, padding)))
+            # A count computed from the data, not a Python int, so that it stays a graph value.
+            counts.append(torch.ones_like(kept_scores, dtype=torch.int64).sum())
+        return torch.stack(proposals), torch.stack(objectness), torch.stack(counts)
+
+    def _top_candidates(
+        self, logits: Sequence[Tensor], deltas: Sequence[Tensor], anchors: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``pre_nms_topk`` best anchors of each level, decoded.
+
+        Returns:
+            boxes Tensor[N, R, 4], logits Tensor[N, R] and level ids Tensor[R] int64, levels
+            concatenated finest first, each in descending logit order.
+        """
+        boxes, scores, level_ids = [], [], []
+        for level, (level_logits, level_deltas, level_anchors) in enumerate(
+            zip(logits, deltas, anchors, strict=True)
+        ):
+            num_images, num_anchors = level_logits.shape
+            k = min(num_anchors, self.pre_nms_topk)
+            top_logits, top_index = level_logits.topk(k, dim=1)  # [N, k]
+            top_deltas = torch.gather(level_deltas, 1, top_index[..., None].expand(-1, -1, 4))  # [N, k, 4]
+            top_anchors = level_anchors[top_index.reshape(-1)]  # [N*k, 4]
+            decoded = self.box_coder.apply_deltas(top_deltas.reshape(-1, 4), top_anchors)
+            boxes.append(decoded.reshape(num_images, k, 4))
+            scores.append(top_logits)
+            level_ids.append(torch.full((k,), level, dtype=torch.int64, device=top_logits.device))
+        return torch.cat(boxes, dim=1), torch.cat(scores, dim=1), torch.cat(level_ids)
