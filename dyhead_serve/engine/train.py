@@ -1,0 +1,253 @@
+"""The training loop: Detectron2's ``SimpleTrainer`` / ``AMPTrainer`` with its default hooks
+(LR schedule, periodic checkpoints, evaluation, metrics), in one process or one of several
+started by ``torchrun``.
+
+Each iteration: take a batch, run the network (under autocast with ``SOLVER.AMP.ENABLED`` on
+CUDA), compute the losses from its outputs (:meth:`DenseDetector.losses`), average them over
+processes for the record, stop with :class:`FloatingPointError` if one is not finite, else
+back-propagate, clip (``SOLVER.CLIP_GRADIENTS``), step the optimizer, then the scheduler.
+Iteration ``i`` uses the learning rate of iteration ``i`` and is logged under ``iteration: i``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dyhead_serve.data.mapper import TrainingSample
+from dyhead_serve.distributed import all_reduce_mean, get_world_size, is_main_process
+from dyhead_serve.engine.batching import collate_training_batch
+from dyhead_serve.engine.checkpointing import TrainingCheckpointer, checkpoint_name
+from dyhead_serve.engine.grad_clip import GradientClipper
+from dyhead_serve.engine.lr_schedule import build_lr_scheduler
+from dyhead_serve.engine.metrics import MetricsWriter, ProgressLogger
+from dyhead_serve.engine.optimizer import build_optimizer
+from dyhead_serve.engine.weights_init import initialize_from_weights
+
+__all__ = ["EvaluateFn", "Trainer"]
+
+logger = logging.getLogger(__name__)
+
+# Evaluates the (unwrapped) model and returns flat metrics, e.g. {"bbox/AP": 41.2}.
+EvaluateFn = Callable[[nn.Module], dict[str, float]]
+
+
+def _busiest_group(optimizer: torch.optim.Optimizer) -> int:
+    """Index of the parameter group with the most tensors: its learning rate is the one logged
+    (Detectron2's choice)."""
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    return sizes.index(max(sizes))
+
+
+class Trainer:
+    """Trains ``model`` for ``SOLVER.MAX_ITER`` iterations on batches from ``data_loader``.
+
+    Args:
+        cfg: the config (``SOLVER``, ``TEST.EVAL_PERIOD``, ``MODEL.PIXEL_*``, ``OUTPUT_DIR``).
+        model: the detector on its device (unwrapped; it is wrapped in DistributedDataParallel
+            here when several processes train). It must offer ``losses(outputs, gt_boxes,
+            gt_classes, padded_hw)``.
+        data_loader: yields lists of :class:`TrainingSample` forever (this process's share).
+        evaluate: called every ``TEST.EVAL_PERIOD`` iterations and after the last one, on the
+            main process only, with the unwrapped model; its metrics go to ``metrics.jsonl``.
+        log_period: iterations between progress lines.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        model: nn.Module,
+        data_loader: Iterable[Sequence[TrainingSample]],
+        *,
+        evaluate: EvaluateFn | None = None,
+        log_period: int = 20,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.data_loader = data_loader
+        self.evaluate = evaluate
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.checkpoint_period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
+        self.eval_period = int(cfg.TEST.EVAL_PERIOD)
+        self.log_period = log_period
+        self.start_iter = 0
+
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.clipper = GradientClipper.from_config(cfg)
+        self.amp = bool(cfg.SOLVER.AMP.ENABLED) and self.device.type == "cuda"
+        if cfg.SOLVER.AMP.ENABLED and not self.amp:
+            logger.warning("SOLVER.AMP.ENABLED needs a CUDA device; training in float32 on %s", self.device)
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.checkpointer = TrainingCheckpointer(cfg.OUTPUT_DIR, save_to_disk=is_main_process())
+        self.network: nn.Module = model
+        if get_world_size() > 1:
+            # find_unused_parameters as the official train_net.py sets it.
+            self.network = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                find_unused_parameters=True,
+            )
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self, iteration: int) -> dict[str, Any]:
+        """Everything a resumed run needs, after ``iteration`` completed."""
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": iteration,
+        }
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        loss = getattr(self.model, "loss", None)
+        if loss is not None and hasattr(loss, "state_dict"):
+            state["loss_state"] = loss.state_dict()
+        return state
+
+    def resume_or_load(self, resume: bool) -> None:
+        """With ``resume`` and a checkpoint in ``OUTPUT_DIR``, continue from it (weights,
+        optimizer, schedule, iteration); otherwise start at iteration 0 from
+        ``MODEL.WEIGHTS`` (random initialisation when empty), as Detectron2's
+        ``resume_or_load``.
+
+        Raises:
+            CheckpointError, WeightsError: the checkpoint or the weights cannot be loaded.
+        """
+        state = self.checkpointer.load_last() if resume else None
+        if state is None:
+            if resume:
+                logger.info("no checkpoint in %s: starting a new run", self.cfg.OUTPUT_DIR)
+            weights = str(self.cfg.MODEL.WEIGHTS)
+            if weights:
+                initialize_from_weights(self.model, weights)
+            else:
+                logger.warning("MODEL.WEIGHTS is empty: training from a random initialisation")
+            self.start_iter = 0
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        loss = getattr(self.model, "loss", None)
+        if loss is not None and hasattr(loss, "load_state_dict") and "loss_state" in state:
+            loss.load_state_dict(state["loss_state"])
+        self.start_iter = int(state["iteration"]) + 1
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self) -> None:
+        """Run iterations ``start_iter`` .. ``MAX_ITER - 1``.
+
+        Raises:
+            FloatingPointError: a loss became NaN or infinite; the iteration's update is not
+                applied and the checkpoints already written are kept.
+        """
+        if self.start_iter >= self.max_iter:
+            logger.info("training already finished (iteration %d of %d)", self.start_iter, self.max_iter)
+            return
+        metrics = MetricsWriter(self.cfg.OUTPUT_DIR, self.start_iter, enabled=is_main_process())
+        progress = ProgressLogger(self.max_iter, self.log_period, enabled=is_main_process())
+        logger.info("starting training from iteration %d of %d", self.start_iter, self.max_iter)
+        self.network.train()
+        batches: Iterator[Sequence[TrainingSample]] = iter(self.data_loader)
+        lr_group = _busiest_group(self.optimizer)
+        for iteration in range(self.start_iter, self.max_iter):
+            start = time.perf_counter()
+            samples = next(batches)
+            data_time = time.perf_counter() - start
+            losses = self._step(iteration, samples)
+            lr = float(self.optimizer.param_groups[lr_group]["lr"])
+            self.scheduler.step()
+            iter_time = time.perf_counter() - start
+            metrics.write(
+                {"iteration": iteration, **losses, "lr": lr, "time": iter_time, "data_time": data_time}
+            )
+            progress.update(iteration, losses, lr, iter_time, data_time)
+            self._after_step(iteration, metrics)
+
+    def _step(self, iteration: int, samples: Sequence[TrainingSample]) -> dict[str, float]:
+        """One update; returns the losses averaged over processes, ``total_loss`` last."""
+        batch = collate_training_batch(
+            samples,
+            self.cfg.MODEL.PIXEL_MEAN,
+            self.cfg.MODEL.PIXEL_STD,
+            int(getattr(self.model, "size_divisibility", 0)),
+            self.device,
+        )
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            outputs = self.network(batch.images)
+        loss_dict = self.model.losses(  # type: ignore[operator]
+            outputs, batch.gt_boxes, batch.gt_classes, batch.padded_hw
+        )
+        total = sum(loss_dict.values())
+        if not isinstance(total, torch.Tensor):
+            raise ValueError("the model returned no losses")
+        values = {name: float(value.detach()) for name, value in loss_dict.items()}
+        values["total_loss"] = float(total.detach())
+        values = all_reduce_mean(values, self.device)
+        values = {**{k: values[k] for k in loss_dict}, "total_loss": values["total_loss"]}
+        if not all(math.isfinite(v) for v in values.values()):
+            self._stop_on_non_finite(iteration, values)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+            if self.clipper is not None:
+                self.grad_scaler.unscale_(self.optimizer)
+                self.clipper(params)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            total.backward()
+            if self.clipper is not None:
+                self.clipper(params)
+            self.optimizer.step()
+        return values
+
+    def _stop_on_non_finite(self, iteration: int, values: dict[str, float]) -> None:
+        last = self.checkpointer.last_checkpoint()
+        kept = (
+            f"the last good checkpoint, {last}, is kept: continue from it with --resume "
+            "(perhaps with a lower SOLVER.BASE_LR or SOLVER.CLIP_GRADIENTS enabled)"
+            if last is not None and last.is_file()
+            else "no checkpoint had been written yet"
+        )
+        losses = ", ".join(f"{k}={v}" for k, v in values.items())
+        raise FloatingPointError(
+            f"loss became NaN or infinite at iteration {iteration} ({losses}); training stopped "
+            f"before applying this iteration's update; {kept}"
+        )
+
+    def _after_step(self, iteration: int, metrics: MetricsWriter) -> None:
+        next_iter = iteration + 1
+        is_last = next_iter >= self.max_iter
+        if is_last or (self.checkpoint_period > 0 and next_iter % self.checkpoint_period == 0):
+            self.checkpointer.save(checkpoint_name(iteration, self.max_iter), self.state_dict(iteration))
+        if self.evaluate is not None and (
+            is_last or (self.eval_period > 0 and next_iter % self.eval_period == 0)
+        ):
+            self._run_evaluation(iteration, metrics)
+
+    def _run_evaluation(self, iteration: int, metrics: MetricsWriter) -> None:
+        assert self.evaluate is not None
+        if is_main_process():
+            logger.info("evaluating after iteration %d", iteration)
+            self.model.eval()
+            try:
+                results = self.evaluate(self.model)
+            finally:
+                self.network.train()
+            metrics.write({"iteration": iteration, **results})
+        if get_world_size() > 1:
+            torch.distributed.barrier()

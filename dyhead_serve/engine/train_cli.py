@@ -1,0 +1,235 @@
+"""``dyhead-serve train``: train a detector from a Detectron2 DyHead config.
+
+Wired into :mod:`dyhead_serve.cli` with::
+
+    p = subparsers.add_parser("train", help=..., description=...)
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+Several GPUs (or machines) train through ``torchrun``, which starts one process per GPU and
+sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; ``--num-gpus N`` outside ``torchrun`` prints
+the command to use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shlex
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_train_arguments", "run_train", "torchrun_command"]
+
+logger = logging.getLogger(__name__)
+
+# Generous, because the other processes wait at a barrier while the main one evaluates.
+_PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--num-gpus``, ``--resume``, ``--device``, ``--register-coco`` and the
+    trailing ``KEY VALUE`` overrides to ``parser``."""
+    from dyhead_serve.engine.dataset_args import add_register_coco_argument
+
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="a Detectron2 DyHead YAML file or a shipped config name; DATASETS.TRAIN names the training "
+        "data, DATASETS.TEST the evaluation data (every TEST.EVAL_PERIOD iterations and at the end)",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="GPUs on this machine; more than 1 needs torchrun (the command is printed if you forget)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/last_checkpoint (weights, optimizer, schedule, iteration) when "
+        "it exists; otherwise start from MODEL.WEIGHTS",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda or auto (cuda when available; default); sets MODEL.DEVICE"
+    )
+    add_register_coco_argument(parser)
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, Detectron2 style, after every option: e.g. SOLVER.IMS_PER_BATCH 8 "
+        "SOLVER.BASE_LR 0.005 OUTPUT_DIR out/run1",
+    )
+
+
+def torchrun_command(args: argparse.Namespace) -> str:
+    """The ``torchrun`` command line that runs this training on ``args.num_gpus`` GPUs."""
+    argv = [
+        "torchrun",
+        "--standalone",
+        f"--nproc_per_node={args.num_gpus}",
+        "-m",
+        "dyhead_serve.cli",
+        "train",
+    ]
+    argv += ["--config", str(args.config)]
+    if args.resume:
+        argv.append("--resume")
+    if args.device != "auto":
+        argv += ["--device", str(args.device)]
+    for name, json_file, image_root in args.register_coco or []:
+        argv += ["--register-coco", name, json_file, image_root]
+    argv += [str(opt) for opt in args.opts]
+    return shlex.join(argv)
+
+
+def _setup_process_group(device: str) -> str:
+    """Join the ``torchrun`` process group (NCCL on CUDA, Gloo on the CPU); returns this
+    process's device."""
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    dist.init_process_group(
+        backend="nccl" if device.startswith("cuda") else "gloo", timeout=_PROCESS_GROUP_TIMEOUT
+    )
+    return device
+
+
+def _seed_everything(seed: int, rank: int) -> None:
+    """Seed Python, NumPy and torch with ``seed + rank`` (a fresh seed when ``seed < 0``), as
+    Detectron2's ``default_setup``."""
+    import numpy as np
+    import torch
+
+    if seed < 0:
+        seed = int.from_bytes(os.urandom(3), "big")
+        logger.info("SEED is negative: using seed %d", seed)
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def _coco_evaluator(cfg: Any, catalog: Any) -> Any:
+    """Evaluation of the training model on ``DATASETS.TEST``, through the same predictor
+    ``dyhead-serve eval`` uses; metrics flattened as Detectron2 logs them (``bbox/AP``, or
+    ``<dataset>/bbox/AP`` with several test sets)."""
+    from torch import nn
+
+    from dyhead_serve.engine.evaluation import evaluate_test_datasets
+    from dyhead_serve.runtime.base import make_predictor
+    from dyhead_serve.runtime.torch_backend import TorchBackend, class_names_for, input_spec_from_config
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        spec = input_spec_from_config(cfg, model.size_divisibility)  # type: ignore[arg-type]
+        names = class_names_for(model.num_classes)  # type: ignore[arg-type]
+        backend = TorchBackend(model, model.decoder, spec, names, "training", device)  # type: ignore[arg-type]
+        results = evaluate_test_datasets(
+            make_predictor(backend),
+            cfg,
+            catalog,
+            output_dir=Path(cfg.OUTPUT_DIR) / "inference",
+            progress=False,
+        )
+        prefix = (lambda name: "") if len(results) == 1 else (lambda name: f"{name}/")
+        return {
+            f"{prefix(name)}bbox/{metric}": value
+            for name, result in results.items()
+            for metric, value in result.metrics.items()
+        }
+
+    return evaluate
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train as the config says; return the exit status.
+
+    0 when training finished; 1 when a loss became NaN or infinite (the message names the
+    last good checkpoint); 2 after ``error: ...`` on stderr for a bad config, dataset, weights
+    file or device, or ``--num-gpus`` > 1 outside ``torchrun`` (then the command to use is
+    printed).
+    """
+    from dyhead_serve.checkpoint import CheckpointError
+    from dyhead_serve.config import ConfigError
+    from dyhead_serve.data.coco_json import DatasetError
+    from dyhead_serve.engine.weights_init import WeightsError
+    from dyhead_serve.runtime.base import BackendError
+    from dyhead_serve.runtime.loader import resolve_torch_device
+
+    in_torchrun = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.num_gpus < 1:
+        print(f"error: --num-gpus must be at least 1, got {args.num_gpus}", file=sys.stderr)
+        return 2
+    if args.num_gpus > 1 and not in_torchrun:
+        print(
+            f"error: --num-gpus {args.num_gpus} trains with one process per GPU, started by "
+            "torchrun; run:\n\n"
+            f"  {torchrun_command(args)}\n\n"
+            "(on several machines, replace --standalone by --nnodes=M --node_rank=R "
+            "--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT, the same on every machine but --node_rank)",
+            file=sys.stderr,
+        )
+        return 2
+
+    import torch.distributed as dist
+
+    try:
+        device = resolve_torch_device(args.device)
+        if in_torchrun:
+            device = _setup_process_group(device)
+            if args.num_gpus > 1 and args.num_gpus != int(os.environ.get("LOCAL_WORLD_SIZE", args.num_gpus)):
+                logger.warning(
+                    "--num-gpus %d differs from torchrun's --nproc_per_node: using torchrun's", args.num_gpus
+                )
+        return _train(args, device)
+    except FloatingPointError as exc:
+        logger.error("%s", exc)
+        return 1
+    except (ConfigError, CheckpointError, WeightsError, DatasetError, BackendError, ValueError) as exc:
+        print(f"error: {str(exc).strip()}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, device: str) -> int:
+    from dyhead_serve.config import load_config
+    from dyhead_serve.data.loader import build_train_loader
+    from dyhead_serve.distributed import get_rank, get_world_size, is_main_process
+    from dyhead_serve.engine.dataset_args import catalog_from_args
+    from dyhead_serve.engine.train import Trainer
+    from dyhead_serve.modeling.build import build_model
+
+    catalog = catalog_from_args(args)
+    cfg = load_config(args.config, overrides=[*args.opts, "MODEL.DEVICE", device])
+    for name in [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]:
+        catalog.get(name)  # an unknown name fails before anything is built
+    if is_main_process():
+        out = Path(cfg.OUTPUT_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+        logger.info(
+            "training with %d process(es) on %s; config saved to %s",
+            get_world_size(),
+            device,
+            out / "config.yaml",
+        )
+    _seed_everything(int(cfg.SEED), get_rank())
+    model = build_model(cfg)
+    if not hasattr(model, "losses"):
+        raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} cannot be trained yet")
+    evaluate = _coco_evaluator(cfg, catalog) if cfg.DATASETS.TEST else None
+    trainer = Trainer(cfg, model, build_train_loader(cfg, catalog), evaluate=evaluate)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    return 0
