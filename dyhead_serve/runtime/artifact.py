@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
+from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.pipeline.predictor import Decoder
 from dyhead_serve.pipeline.preprocess import InputSpec
 
@@ -37,6 +38,8 @@ def decoder_from_dict(data: dict[str, Any]) -> Decoder:
     kind = data.get("type")
     if kind == "dense":
         return DenseDecoder(DenseDecoderSpec(**data["spec"]))
+    if kind == "rcnn":
+        return RCNNDecoder(RCNNDecoderSpec(**data["spec"]))
     raise ValueError(f"model.json names an unknown decoder type {kind!r}")
 
 

@@ -55,8 +55,11 @@ def test_resnet18_and_freeze():
     assert not any(p.requires_grad for p in net.stem.parameters())
     assert not any(p.requires_grad for p in net.res2.parameters())
     assert all(p.requires_grad for p in net.res3.parameters())
-    with pytest.raises(ValueError, match="RES2_OUT_CHANNELS"):
-        build_resnet(depth=18, out_features=["res4"])
+    narrow = build_resnet(depth=18, out_features=["res5"], stem_out_channels=16, res2_out_channels=16)
+    assert narrow.output_shape()["res5"].channels == 128
+    assert narrow(torch.randn(1, 3, 64, 64))["res5"].shape == (1, 128, 2, 2)
+    with pytest.raises(ValueError, match="deformable"):
+        build_resnet(depth=18, out_features=["res4"], res2_out_channels=64, deform_on_per_stage=[True] * 4)
 
 
 def test_fpn_levels_and_top_blocks():

@@ -268,8 +268,8 @@ def build_resnet(
     if len(deform_on_per_stage) != 4:
         raise ValueError(f"deform_on_per_stage needs 4 entries (res2..res5), got {len(deform_on_per_stage)}")
     if depth in (18, 34):
-        if res2_out_channels != 64:
-            raise ValueError("ResNet-18/34 need RESNETS.RES2_OUT_CHANNELS = 64")
+        # Detectron2 insists on RES2_OUT_CHANNELS = 64 here; narrower BasicBlock networks are
+        # our extension, used by the small embedded model (the official models are ResNet-50).
         if any(deform_on_per_stage):
             raise ValueError("ResNet-18/34 do not support deformable convolutions")
         if res5_dilation != 1:
