@@ -30,6 +30,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+_PACKAGE = Path(__file__).parent
 _OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
 
 
@@ -45,6 +46,9 @@ class ZooModel:
             case a download is checked for size and loadability instead.
         description: architecture and backbone.
         coco_ap: box AP on COCO val2017 as the official README reports it.
+        embedded: weights shipped inside the package (path relative to ``dyhead_serve/``) instead
+            of a download; ``config`` is then package-relative too.
+        class_names: names of the classes when they are not COCO's.
     """
 
     name: str
@@ -53,6 +57,13 @@ class ZooModel:
     sha256: str
     description: str
     coco_ap: float | None = None
+    embedded: str | None = None
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def config_path(self) -> str:
+        """What ``load_config`` takes: a shipped official name or the packaged file."""
+        return str(_PACKAGE / self.config) if self.embedded else self.config
 
 
 def _official(name: str, description: str, coco_ap: float) -> ZooModel:
@@ -138,7 +149,15 @@ def download(
 
 
 def weights_path(model: ZooModel, *, download_missing: bool = True) -> Path:
-    """The cached weights of ``model``, downloaded first when absent (and allowed)."""
+    """The weights of ``model``: shipped in the package, or cached (downloaded first when absent
+    and allowed)."""
+    if model.embedded:
+        shipped = _PACKAGE / model.embedded
+        if not shipped.is_file():
+            raise ZooError(f"{shipped}: the embedded weights are missing from this installation")
+        if model.sha256 and sha256_of(shipped) != model.sha256:
+            raise ZooError(f"{shipped}: checksum mismatch with the zoo's sha256; reinstall dyhead-serve")
+        return shipped
     target = cache_dir() / "weights" / Path(model.url).name
     if target.is_file():
         if model.sha256 and sha256_of(target) != model.sha256:

@@ -114,11 +114,14 @@ def _run_onnx(args: argparse.Namespace) -> int:
         if args.model is not None:
             entry = get_model(args.model)
             weights = Path(args.weights) if args.weights else weights_path(entry)
-            config, name = entry.config, entry.name
+            config, name, class_names = entry.config_path, entry.name, entry.class_names
         else:
             weights, config, name = Path(args.weights), args.config, Path(args.config).stem
+            class_names = None
         image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
-        backend = load_torch_backend(config, weights, device="cpu", overrides=overrides, model_name=name)
+        backend = load_torch_backend(
+            config, weights, device="cpu", overrides=overrides, model_name=name, class_names=class_names
+        )
         steps.update()
         provenance: dict[str, object] = {
             "config": str(config),

@@ -38,12 +38,14 @@ def load_torch_backend(
     device: str = "auto",
     overrides: Sequence[str] = (),
     model_name: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> TorchBackend:
     """Build the configured detector and load ``weights`` strictly (random weights when None)."""
     from dyhead_serve.config import load_config
 
     cfg = load_config(config, overrides=[*overrides, "MODEL.DEVICE", resolve_torch_device(device)])
-    return build_torch_backend(cfg, weights, model_name or Path(str(config)).stem)
+    names = list(class_names) if class_names is not None else None
+    return build_torch_backend(cfg, weights, model_name or Path(str(config)).stem, names)
 
 
 def _load_exported(model_dir: Path, backend: str, device: str, threads: int) -> Backend:
@@ -111,12 +113,21 @@ def load_backend(
     if path.is_dir():
         return _load_exported(path, backend, device, threads)
     entry = zoo.get_model(str(model))
+    weights_file = Path(weights) if weights is not None else zoo.weights_path(entry)
+    if entry.embedded and backend in ("auto", "onnxruntime") and not overrides and weights is None:
+        # The embedded model ships exported (model.onnx + model.json beside its weights) and runs
+        # in ONNX Runtime unless torch is asked for.
+        return _load_exported(weights_file.parent, "onnxruntime", device, threads)
     if backend not in ("auto", "torch"):
         raise BackendError(
             f"zoo model {entry.name} runs in the torch backend; export it with "
             f"`dyhead-export onnx --model {entry.name} --out DIR` and pass --model DIR for {backend}"
         )
-    weights_file = Path(weights) if weights is not None else zoo.weights_path(entry)
     return load_torch_backend(
-        entry.config, weights_file, device=device, overrides=overrides, model_name=entry.name
+        entry.config_path,
+        weights_file,
+        device=device,
+        overrides=overrides,
+        model_name=entry.name,
+        class_names=entry.class_names,
     )
