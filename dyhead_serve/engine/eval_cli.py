@@ -23,13 +23,19 @@ logger = logging.getLogger(__name__)
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config``, ``--weights``, ``--device``, ``--no-progress``, ``--register-coco`` and
     the trailing ``KEY VALUE`` overrides to ``parser``."""
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--config",
-        required=True,
         help="a Detectron2 DyHead YAML file or a shipped config name; DATASETS.TEST names the datasets",
     )
+    source.add_argument(
+        "--model",
+        help="a zoo name instead of --config/--weights (e.g. `default`: the embedded model on the "
+        "generated shapes validation split)",
+    )
     parser.add_argument(
-        "--weights", required=True, help="checkpoint: .pth (with or without 'model') or Detectron2 .pkl"
+        "--weights",
+        help="checkpoint: .pth (with or without 'model') or Detectron2 .pkl; required with --config",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,16 +63,24 @@ def run_eval(args: argparse.Namespace) -> int:
     from dyhead_serve.predict import build_torch_predictor
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import resolve_torch_device
+    from dyhead_serve.zoo import ZooError, get_model, weights_path
 
     try:
         catalog = catalog_from_args(args)
         device = resolve_torch_device(args.device)
-        cfg = load_config(args.config, overrides=[*args.opts, "MODEL.DEVICE", device])
+        config, weights = args.config, args.weights
+        if args.model is not None:
+            entry = get_model(args.model)
+            config = entry.config_path
+            weights = weights or weights_path(entry)
+        elif weights is None:
+            raise ValueError("--config needs --weights (the checkpoint to evaluate)")
+        cfg = load_config(config, overrides=[*args.opts, "MODEL.DEVICE", device])
         for name in cfg.DATASETS.TEST:
             catalog.get(name)  # an unknown name fails before the model is built
-        predictor = build_torch_predictor(cfg, args.weights)
+        predictor = build_torch_predictor(cfg, weights)
         results = evaluate_test_datasets(predictor, cfg, catalog, progress=not args.no_progress)
-    except (ValueError, CheckpointError, BackendError, FileNotFoundError, DatasetError) as exc:
+    except (ValueError, CheckpointError, BackendError, FileNotFoundError, DatasetError, ZooError) as exc:
         print(f"error: {str(exc).strip()}", file=sys.stderr)
         return 2
     for name, result in results.items():
