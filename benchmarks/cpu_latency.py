@@ -1,10 +1,10 @@
 """CPU latency of ``predict`` for the DyHead models, split by stage.
 
 Prints a table with the median and p90 of each stage (preprocess, backbone+FPN, DyHead tower,
-head, post-process) and of the whole call, for one image resized to 800x1333 (a 600x1000
+head (dense head, or RPN + ROI heads), post-process) and of the whole call, for one image resized to 800x1333 (a 600x1000
 synthetic photograph-like image), torch fp32 on the CPU.
 
-    python benchmarks/cpu_latency.py                       # ATSS R50 and Swin-T, random weights
+    python benchmarks/cpu_latency.py                       # the four official models, random weights
     python benchmarks/cpu_latency.py --model dyhead_r50_retina_fpn_1x --weights w.pth --iters 10
 
 Random weights change only the post-processing time (fewer candidates pass the score threshold);
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dyhead_serve.checkpoint import load_state_dict
-from dyhead_serve.config import load_config
+from dyhead_serve.config import OFFICIAL_CONFIGS, load_config
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.pipeline.postprocess import to_original_image
@@ -35,35 +35,38 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+class StageClock:
+    """Marks the end of the FPN (``backbone.backbone``) and of the DyHead tower (``backbone``) with
+    forward hooks, so any detector's own ``forward`` is timed without re-implementing it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.marks: dict[str, float] = {}
+        model.backbone.backbone.register_forward_hook(lambda *_: self._mark("fpn"))
+        model.backbone.register_forward_hook(lambda *_: self._mark("dyhead"))
+
+    def _mark(self, name: str) -> None:
+        self.marks[name] = time.perf_counter()
+
+
 @torch.inference_mode()
-def run_once(model, spec, image, class_names) -> dict[str, float]:
-    times: dict[str, float] = {}
+def run_once(model, clock: StageClock, spec, image, class_names) -> dict[str, float]:
     t0 = time.perf_counter()
     batch = preprocess([image], spec)
     t1 = time.perf_counter()
-    pyramid = model.backbone.backbone(batch.images)
+    outputs = model(batch.images, batch.image_sizes_tensor())
     t2 = time.perf_counter()
-    levels = list(pyramid.values())
-    for block in model.backbone.dyhead_tower:
-        levels = block(levels)
-    features = dict(zip(pyramid.keys(), levels, strict=True))
-    t3 = time.perf_counter()
-    outputs = model.head([features[f] for f in model.head_in_features])
-    t4 = time.perf_counter()
     raw = model.decoder(outputs, batch.padded_hw, batch.image_sizes)[0]
     to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
-    t5 = time.perf_counter()
-    times.update(
-        {
-            "preprocess": t1 - t0,
-            "backbone+fpn": t2 - t1,
-            "dyhead": t3 - t2,
-            "head": t4 - t3,
-            "postprocess": t5 - t4,
-        }
-    )
-    times["total"] = t5 - t0
-    return times
+    t3 = time.perf_counter()
+    fpn_end, dyhead_end = clock.marks["fpn"], clock.marks["dyhead"]
+    return {
+        "preprocess": t1 - t0,
+        "backbone+fpn": fpn_end - t1,
+        "dyhead": dyhead_end - fpn_end,
+        "head": t2 - dyhead_end,
+        "postprocess": t3 - t2,
+        "total": t3 - t0,
+    }
 
 
 def main() -> None:
@@ -83,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = args.model or ["dyhead_r50_atss_fpn_1x", "dyhead_swint_atss_fpn_2x_ms"]
+    models = args.model or list(OFFICIAL_CONFIGS)
     image = synthetic_photo(600, 1000)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, image 600x1000 -> 800x1333, fp32 CPU"
@@ -96,10 +99,11 @@ def main() -> None:
         if args.weights:
             load_state_dict(model, args.weights)
         spec = input_spec_from_config(cfg, model.size_divisibility)
-        names = class_names_for(model.decoder_spec.num_classes)
+        names = class_names_for(model.num_classes)
+        clock = StageClock(model)
         for _ in range(args.warmup):
-            run_once(model, spec, image, names)
-        runs = [run_once(model, spec, image, names) for _ in range(args.iters)]
+            run_once(model, clock, spec, image, names)
+        runs = [run_once(model, clock, spec, image, names) for _ in range(args.iters)]
         total_median = statistics.median(r["total"] for r in runs)
         for stage in STAGES:
             values = [r[stage] * 1000 for r in runs]
