@@ -1,8 +1,8 @@
 """CPU latency of ``predict`` for the DyHead models, split by stage.
 
 Prints a table with the median and p90 of each stage (preprocess, backbone+FPN, DyHead tower,
-head (dense head, or RPN + ROI heads), post-process) and of the whole call, for one image resized to 800x1333 (a 600x1000
-synthetic photograph-like image), torch fp32 on the CPU.
+head (dense head, or RPN + ROI heads), post-process) and of the whole call, for one image
+resized to 800x1333 (a 600x1000 synthetic photograph-like image), torch fp32 on the CPU.
 
     python benchmarks/cpu_latency.py                       # the four official models, random weights
     python benchmarks/cpu_latency.py --model dyhead_r50_retina_fpn_1x --weights w.pth --iters 10
