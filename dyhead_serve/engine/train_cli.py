@@ -204,16 +204,28 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, device: str) -> int:
     from dyhead_serve.config import load_config
+    from dyhead_serve.data.coco_json import DatasetError
     from dyhead_serve.data.loader import build_train_loader
     from dyhead_serve.distributed import get_rank, get_world_size, is_main_process
+    from dyhead_serve.engine.auto_scale import auto_scale_workers
     from dyhead_serve.engine.dataset_args import catalog_from_args
     from dyhead_serve.engine.train import Trainer
     from dyhead_serve.modeling.build import build_model
 
     catalog = catalog_from_args(args)
-    cfg = load_config(args.config, overrides=[*args.opts, "MODEL.DEVICE", device])
-    for name in [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]:
+    cfg = auto_scale_workers(
+        load_config(args.config, overrides=[*args.opts, "MODEL.DEVICE", device]), get_world_size()
+    )
+    for name in cfg.DATASETS.TRAIN:
         catalog.get(name)  # an unknown name fails before anything is built
+    for name in cfg.DATASETS.TEST:
+        # The evaluation runs after training: a missing test set must fail now, not then.
+        entry = catalog.get(name)
+        if entry.prepare is None and not entry.json_file.is_file():
+            raise DatasetError(
+                f"test dataset {name!r}: {entry.json_file} does not exist; provide it, or train without "
+                'evaluation with DATASETS.TEST "()"'
+            )
     if is_main_process():
         out = Path(cfg.OUTPUT_DIR)
         out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +237,10 @@ def _train(args: argparse.Namespace, device: str) -> int:
             out / "config.yaml",
         )
     _seed_everything(int(cfg.SEED), get_rank())
+    if device.startswith("cuda"):
+        import torch
+
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
     model = build_model(cfg)
     if not hasattr(model, "losses"):
         raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} cannot be trained yet")

@@ -74,13 +74,17 @@ def test_train_then_resume_after_the_end(shapes, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
 
 
-def test_bad_inputs_exit_2_with_one_line(shapes, tmp_path, capsys):
+def test_bad_inputs_exit_2_with_one_line(shapes, tmp_path, capsys, monkeypatch):
     assert run_train(_parse(_tiny_args(shapes, tmp_path, "DATASETS.TRAIN", "('nowhere',)"))) == 2
     assert "nowhere" in capsys.readouterr().err
     assert run_train(_parse(_tiny_args(shapes, tmp_path, "MODEL.WEIGHTS", str(tmp_path / "none.pth")))) == 2
     assert "no such file" in capsys.readouterr().err
     assert run_train(_parse(_tiny_args(shapes, tmp_path, "SOLVER.OPTIMIZER", "LAMB"))) == 2
     assert "SOLVER.OPTIMIZER" in capsys.readouterr().err
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_datasets"))
+    assert run_train(_parse(_tiny_args(shapes, tmp_path, "DATASETS.TEST", "('coco_2017_val',)"))) == 2
+    assert 'DATASETS.TEST "()"' in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing was trained
 
 
 def test_num_gpus_outside_torchrun_prints_the_command(tmp_path, capsys, monkeypatch):
