@@ -6,7 +6,9 @@
 - A Detectron2 ``.pkl`` (the ImageNet backbones its configs name): Caffe2 names are converted
   (:mod:`dyhead_serve.engine.c2_names`) and every file is aligned to the model by name suffix,
   as Detectron2 does; the report lists what stayed unmatched (the ImageNet classifier, the
-  detector's new layers).
+  detector's new layers). A plain pickle named ``.pth`` (how Detectron2 conversion scripts
+  save third-party backbones, e.g. the ``swin_tiny_patch4_window7_224_d2.pth`` the official
+  Swin-T config names) is read and aligned the same way.
 - ``detectron2://PATH`` (Detectron2's model-zoo prefix for
   ``https://dl.fbaipublicfiles.com/detectron2/PATH``) and ``http(s)://`` URLs are downloaded
   once into the cache (``$DYHEAD_SERVE_CACHE``, default ``~/.cache/dyhead-serve``); without
@@ -16,12 +18,20 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dyhead_serve.checkpoint import LoadReport, compare_state_dicts, load_state_dict, read_state_dict
+from dyhead_serve.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    compare_state_dicts,
+    load_state_dict,
+    read_state_dict,
+)
 from dyhead_serve.distributed import get_world_size, is_main_process
 from dyhead_serve.engine.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
 
@@ -80,6 +90,30 @@ def resolve_weights(spec: str, *, download: bool = True) -> Path:
         raise WeightsError(f"MODEL.WEIGHTS {spec!r}: {reason}; {by_hand}") from exc
 
 
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The file's tensors, and whether it is a (Detectron2-style) pickle rather than a
+    ``torch.save`` file."""
+    if path.suffix.lower() == ".pkl":
+        return read_state_dict(path), True
+    try:
+        with warnings.catch_warnings():
+            # torch.load's remark on a plain pickle's protocol, before it refuses the file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return read_state_dict(path), False
+    except CheckpointError as error:
+        with path.open("rb") as file:
+            if not file.read(1) == b"\x80":  # not a pickle either
+                raise
+        # A plain pickle named .pth: the restricted pickle reader, which goes by the suffix.
+        with tempfile.TemporaryDirectory() as folder:
+            alias = Path(folder) / f"{path.stem}.pkl"
+            alias.symlink_to(path.resolve())
+            try:
+                return read_state_dict(alias), True
+            except CheckpointError:
+                raise error from None
+
+
 def initialize_from_weights(model: nn.Module, spec: str) -> LoadReport:
     """Load ``MODEL.WEIGHTS`` into ``model`` (see the module docstring).
 
@@ -101,9 +135,9 @@ def initialize_from_weights(model: nn.Module, spec: str) -> LoadReport:
             path = resolve_weights(spec, download=False)
     else:
         path = resolve_weights(spec)
-    state = read_state_dict(path)
+    state, is_pickle = _read_weights(path)
     model_state = model.state_dict()
-    if path.suffix.lower() == ".pkl":
+    if is_pickle:
         if is_c2_checkpoint(state):
             logger.info("%s holds Caffe2 names: converting them as Detectron2 does", path)
             state = convert_c2_names(state)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dyhead_serve.checkpoint import CheckpointError
 from dyhead_serve.engine.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
 from dyhead_serve.engine.weights_init import WeightsError, initialize_from_weights, resolve_weights
 from dyhead_serve.modeling.build import build_model
@@ -137,3 +138,20 @@ def test_url_without_network_says_to_download_by_hand(tmp_path, monkeypatch):
     assert resolve_weights("detectron2://ImageNetPretrained/MSRA/R-50.pkl") == cached
     with pytest.raises(WeightsError, match="no such file"):
         resolve_weights(str(tmp_path / "missing.pth"))
+
+
+def test_plain_pickle_named_pth_is_aligned_like_a_pkl(tmp_path):
+    """Detectron2's conversion scripts pickle third-party backbones (the official Swin-T config's
+    swin_tiny_patch4_window7_224_d2.pth) with backbone-relative names."""
+    source = build_model(tiny_config(tmp_path)).state_dict()
+    prefix = "backbone.backbone.bottom_up."
+    backbone = {k[len(prefix) :]: v.clone() + 1 for k, v in source.items() if k.startswith(prefix)}
+    content = {"model": backbone, "__author__": "third_party", "matching_heuristics": True}
+    (tmp_path / "converted_d2.pth").write_bytes(pickle.dumps(content))
+    model = build_model(tiny_config(tmp_path))
+    report = initialize_from_weights(model, str(tmp_path / "converted_d2.pth"))
+    assert torch.equal(model.state_dict()[prefix + "res4.1.conv2.weight"], backbone["res4.1.conv2.weight"])
+    assert not report.unexpected_keys and all(not k.startswith(prefix) for k in report.missing_keys)
+    (tmp_path / "garbage.pth").write_bytes(b"\x80not a pickle")
+    with pytest.raises(CheckpointError):
+        initialize_from_weights(model, str(tmp_path / "garbage.pth"))
