@@ -1,0 +1,13 @@
+"""Kernel tests run in Triton's CPU interpreter; they skip when Triton is not installed."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("triton", reason="the Triton kernel tests need triton (pip install triton)")
+
+
+@pytest.fixture(autouse=True)
+def triton_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors run the kernel in Triton's interpreter only under TRITON_INTERPRET=1."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
