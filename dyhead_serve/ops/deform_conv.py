@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
+from dyhead_serve.ops.dcn_kernel import triton_applies
+
 __all__ = [
     "ModulatedDeformConv2d",
     "conv_output_size",
@@ -76,8 +78,28 @@ def modulated_deform_conv2d(
 
     Returns:
         Tensor[N, Cout, Ho, Wo].
+
+    On CUDA, with the Triton kernel selected (:mod:`dyhead_serve.ops.dcn_kernel`), the kernel of
+    :mod:`plugins` runs instead of torchvision; it reads larger maps the same way by itself.
     """
     stride_hw, padding_hw, dilation_hw = _pair(stride), _pair(padding), _pair(dilation)
+    if triton_applies(input):
+        import plugins
+
+        groups = input.shape[1] // weight.shape[1]
+        result: Tensor = plugins.modulated_deform_conv(
+            input,
+            offset,
+            mask,
+            weight,
+            bias,
+            stride_hw,
+            padding_hw,
+            dilation_hw,
+            groups,
+            offset_mode="leading",
+        )
+        return result
     kh, kw = weight.shape[-2:]
     out_h = conv_output_size(input.shape[-2], kh, stride_hw[0], padding_hw[0], dilation_hw[0])
     out_w = conv_output_size(input.shape[-1], kw, stride_hw[1], padding_hw[1], dilation_hw[1])

@@ -1,0 +1,68 @@
+"""Which implementation runs the deformable convolutions on CUDA: torchvision (default) or our
+Triton kernel (:func:`plugins.modulated_deform_conv`).
+
+The choice is process-wide: ``DYHEAD_DCN_KERNEL=triton`` in the environment, or
+:func:`set_dcn_kernel` / :func:`use_dcn_kernel` in code. It only affects CUDA tensors outside
+tracing and ONNX export: CPU inference and exported graphs are the same whatever is chosen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["DCN_KERNELS", "ENV_VAR", "get_dcn_kernel", "set_dcn_kernel", "triton_applies", "use_dcn_kernel"]
+
+DCN_KERNELS = ("torchvision", "triton")
+ENV_VAR = "DYHEAD_DCN_KERNEL"
+_selected: str | None = None  # None: read the environment
+
+
+def _check(name: str) -> str:
+    if name not in DCN_KERNELS:
+        raise ValueError(f"unknown deformable-conv kernel {name!r}; choose one of {', '.join(DCN_KERNELS)}")
+    return name
+
+
+def get_dcn_kernel() -> str:
+    """The selected kernel: set_dcn_kernel's, else $DYHEAD_DCN_KERNEL's, else torchvision."""
+    if _selected is not None:
+        return _selected
+    return _check(os.environ.get(ENV_VAR, "torchvision") or "torchvision")
+
+
+def set_dcn_kernel(name: str | None) -> None:
+    """Select ``torchvision`` or ``triton`` for this process (None: back to the environment).
+
+    Selecting ``triton`` checks that Triton is importable, so a missing install fails here and not
+    in the middle of a forward pass.
+    """
+    global _selected
+    if name is not None and _check(name) == "triton":
+        import plugins
+
+        if not plugins.triton_available():
+            raise ValueError("--dcn-kernel triton needs Triton (installed with torch's CUDA wheels on Linux)")
+    _selected = name
+
+
+@contextlib.contextmanager
+def use_dcn_kernel(name: str) -> Iterator[None]:
+    """Within this context, use kernel ``name``."""
+    global _selected
+    previous = _selected
+    set_dcn_kernel(name)
+    try:
+        yield
+    finally:
+        _selected = previous
+
+
+def triton_applies(input: torch.Tensor) -> bool:
+    """Whether a deformable conv on ``input`` runs the Triton kernel now."""
+    if not input.is_cuda or get_dcn_kernel() != "triton":
+        return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
