@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -52,8 +52,9 @@ class Trainer:
     Args:
         cfg: the config (``SOLVER``, ``TEST.EVAL_PERIOD``, ``MODEL.PIXEL_*``, ``OUTPUT_DIR``).
         model: the detector on its device (unwrapped; it is wrapped in DistributedDataParallel
-            here when several processes train). It must offer ``losses(outputs, gt_boxes,
-            gt_classes, padded_hw)``.
+            here when several processes train): ``forward(images, image_sizes)`` gives the
+            outputs from which ``losses(outputs, gt_boxes, gt_classes, padded_hw)`` computes
+            the named losses (:class:`~dyhead_serve.modeling.detector.DenseDetector`).
         data_loader: yields lists of :class:`TrainingSample` forever (this process's share).
         evaluate: called every ``TEST.EVAL_PERIOD`` iterations and after the last one, on the
             main process only, with the unwrapped model; its metrics go to ``metrics.jsonl``.
@@ -184,8 +185,9 @@ class Trainer:
             int(getattr(self.model, "size_divisibility", 0)),
             self.device,
         )
+        image_sizes = torch.tensor(batch.image_sizes, dtype=torch.int64, device=self.device)  # [N, 2]
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            outputs = self.network(batch.images)
+            outputs = self.network(batch.images, image_sizes)
         loss_dict = self.model.losses(  # type: ignore[operator]
             outputs, batch.gt_boxes, batch.gt_classes, batch.padded_hw
         )
@@ -215,7 +217,7 @@ class Trainer:
             self.optimizer.step()
         return values
 
-    def _stop_on_non_finite(self, iteration: int, values: dict[str, float]) -> None:
+    def _stop_on_non_finite(self, iteration: int, values: dict[str, float]) -> NoReturn:
         last = self.checkpointer.last_checkpoint()
         kept = (
             f"the last good checkpoint, {last}, is kept: continue from it with --resume "
