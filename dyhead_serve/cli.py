@@ -174,6 +174,23 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval)
 
 
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from dyhead_serve.server.serve_cli import SERVE_EPILOG, add_serve_arguments, run_serve
+
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP (REST API, Open Inference Protocol v2, demo page)",
+        description="Serve a detector over HTTP with dynamic batching: POST /v1/detect, "
+        "/v1/detect/annotated, /v2 (KServe/Triton), /healthz, /readyz, /metrics, a demo page at / "
+        "and the API docs at /docs. With no model named, the embedded default on CPU.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SERVE_EPILOG,
+    )
+    _add_model_arguments(p)
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dyhead-serve`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -187,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_eval(subparsers)
     _add_zoo(subparsers)
+    _add_serve(subparsers)
     return parser
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "read_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "ImageTooLargeError", "decode_image", "read_image"]
 
 # Enough for a 100-megapixel photograph; anything larger is refused before it is decoded.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -29,6 +29,10 @@ _TRANSPOSE_FOR_ORIENTATION = {
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image we can decode (or the image is too large)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than allowed, or Pillow refuses it as a decompression bomb."""
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -54,7 +58,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise ImageDecodeError(
+                    raise ImageTooLargeError(
                         f"{name}: {width}x{height} image has more than {max_pixels} pixels"
                     )
                 image.load()
@@ -67,7 +71,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: not a decodable image ({exc})") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from exc
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

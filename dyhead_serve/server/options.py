@@ -1,0 +1,84 @@
+"""Detection options as a request states them, checked and resolved against the model's classes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from dyhead_serve.server.errors import ApiError
+from dyhead_serve.server.schemas import DetectOptionsIn
+
+__all__ = ["DetectOptions", "parse_options", "resolve_classes"]
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Checked options of one request.
+
+    Attributes:
+        score_threshold: replaces the model's test threshold (None: keep it).
+        max_detections: keep at most this many detections per image (None: the model's limit).
+        class_ids: keep only these classes (None: all).
+    """
+
+    score_threshold: float | None = None
+    max_detections: int | None = None
+    class_ids: frozenset[int] | None = None
+
+
+def _tokens(values: Iterable[Any]) -> list[str | int]:
+    tokens: list[str | int] = []
+    for value in values:
+        if isinstance(value, bool):
+            raise ApiError(422, "invalid_option", "classes: expected class names or ids, got a boolean")
+        if isinstance(value, int):
+            tokens.append(value)
+        else:
+            tokens.extend(part.strip() for part in str(value).split(",") if part.strip())
+    return tokens
+
+
+def resolve_classes(values: Sequence[Any], class_names: Sequence[str]) -> frozenset[int]:
+    """Class ids for names (case-insensitive) or ids (ints or digit strings).
+
+    Raises:
+        ApiError: 422 for an unknown name or an id out of range, listing what is known.
+    """
+    by_name = {name.lower(): index for index, name in enumerate(class_names)}
+    ids: set[int] = set()
+    for token in _tokens(values):
+        if isinstance(token, int) or token.lstrip("-").isdigit():
+            class_id = int(token)
+            if not 0 <= class_id < len(class_names):
+                raise ApiError(
+                    422, "invalid_option", f"classes: id {class_id} is out of range 0..{len(class_names) - 1}"
+                )
+            ids.add(class_id)
+        elif token.lower() in by_name:
+            ids.add(by_name[token.lower()])
+        else:
+            known = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
+            raise ApiError(422, "invalid_option", f"classes: unknown class {token!r}; known: {known}")
+    if not ids:
+        raise ApiError(422, "invalid_option", "classes: give at least one class name or id")
+    return frozenset(ids)
+
+
+def parse_options(raw: Mapping[str, Any], class_names: Sequence[str]) -> DetectOptions:
+    """Check ``score_threshold``, ``max_detections`` and ``classes`` (form strings or JSON values).
+
+    Raises:
+        ApiError: 422 ``invalid_option`` saying which option is wrong and why.
+    """
+    try:
+        checked = DetectOptionsIn.model_validate(dict(raw))
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise ApiError(422, "invalid_option", details) from None
+    class_ids = resolve_classes(checked.classes, class_names) if checked.classes is not None else None
+    return DetectOptions(checked.score_threshold, checked.max_detections, class_ids)

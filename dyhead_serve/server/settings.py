@@ -1,0 +1,124 @@
+"""The server's settings: command-line flags, ``DYHEAD_SERVE_*`` environment variables, defaults."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ENV_PREFIX", "ServerSettings"]
+
+ENV_PREFIX = "DYHEAD_SERVE_"
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``dyhead-serve serve`` can be told.
+
+    Each field is also read from the environment variable ``DYHEAD_SERVE_<FIELD>`` (upper case),
+    e.g. ``DYHEAD_SERVE_MAX_BATCH_SIZE=16``; command-line flags win over the environment. Lists
+    (``cors_origins``, ``overrides``) are comma-separated or JSON.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    # The model (as `dyhead-serve predict` names it).
+    model: str | None = Field(
+        default=None, description="zoo name or exported folder; None: the embedded default"
+    )
+    config: str | None = Field(
+        default=None, description="a Detectron2 DyHead config (torch backend), with weights"
+    )
+    weights: str | None = Field(
+        default=None, description="checkpoint for `config`, or a local copy of a zoo model's"
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    device: str = Field(default="auto", description="cpu, cuda or auto")
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    overrides: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="config overrides KEY VALUE KEY VALUE ... (torch backend)"
+    )
+
+    # The HTTP server.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="server processes, each with its own model copy")
+
+    # Batching and admission.
+    max_batch_size: int = Field(
+        default=8, ge=1, le=256, description="images per backend call; 1 turns batching off"
+    )
+    max_batch_delay_ms: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=10_000.0,
+        description="longest wait for a batch to fill after its first image",
+    )
+    max_queue: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="images accepted and not yet answered; more get 503 + Retry-After",
+    )
+    preprocess_workers: int = Field(
+        default=2, ge=1, le=64, description="threads decoding and resizing images"
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="a request still unanswered after this: 504"
+    )
+    warmup: bool = Field(default=True, description="run one inference before reporting ready")
+
+    # Limits on what a client may send.
+    max_upload_mb: float = Field(
+        default=20.0, gt=0.0, description="largest request body (all images together)"
+    )
+    max_files: int = Field(default=16, ge=1, le=1024, description="most images in one request")
+    max_image_pixels: int = Field(
+        default=50_000_000, ge=1, description="larger images are refused before decoding"
+    )
+
+    # Access.
+    api_key: SecretStr | None = Field(
+        default=None, description="when set, /v1 and /v2 model routes need X-API-Key"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (e.g. https://app.example.com)"
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        """A JSON list, or origins separated by commas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _split_overrides(cls, value: Any) -> Any:
+        """A JSON list, or ``KEY VALUE ...`` split like a shell command line."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else shlex.split(text)
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def to_environment(self) -> dict[str, str]:
+        """These settings as ``DYHEAD_SERVE_*`` variables (how worker processes receive them)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
+        return env

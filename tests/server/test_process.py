@@ -1,0 +1,114 @@
+"""``dyhead-serve serve`` as a real uvicorn process on loopback: ready, answers, drains on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dyhead_serve.cli import main as cli_main
+from tests.server.conftest import photo_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dyhead_serve.cli", "serve", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}: {process.communicate()[1]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become ready")
+
+
+def images_in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    match = re.search(r"^dyhead_images_in_flight (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_real_server_answers_and_drains_on_sigterm(tiny_model_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server("--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port))
+    try:
+        wait_ready(process, url)
+        first = httpx.post(f"{url}/v1/detect", files={"file": ("a.png", photo_bytes())}, timeout=30)
+        assert first.status_code == 200 and first.json()["results"][0]["detections"]
+
+        # A request of 8 images is in flight when SIGTERM arrives: it must still be answered.
+        files = [("files", (f"{i}.png", photo_bytes(seed=i))) for i in range(8)]
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(httpx.post(f"{url}/v1/detect", files=files, timeout=60))
+        )
+        sender.start()
+        deadline = time.monotonic() + 30
+        while images_in_flight(url) == 0 and sender.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        sender.join(60)
+        assert answers and answers[0].status_code == 200, answers
+        assert len(answers[0].json()["results"]) == 8
+        assert process.wait(60) == 0
+        stderr = process.communicate()[1]
+        assert "shutting down" in stderr, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow  # a second server process: imports alone take seconds on a small machine
+def test_serve_exits_2_when_the_model_cannot_be_loaded():
+    process = start_server("--model", "/nonexistent/model", "--port", str(free_port()))
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2, stderr
+    assert "error: cannot serve the model" in stderr and "/nonexistent/model" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-batch-size", "0"], "max_batch_size"),
+        (["--cors-origins", "a", "--port", "70000"], "port"),
+        (["--config", "dyhead_r50_atss_fpn_1x"], "--config needs --weights"),
+    ],
+    ids=["bad-batch-size", "bad-port", "config-without-weights"],
+)
+def test_serve_refuses_bad_settings_before_starting(args, message, capsys):
+    assert cli_main(["serve", *args]) == 2
+    assert message in capsys.readouterr().err
