@@ -180,12 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``dyhead-export`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="dyhead-export",
-        description="Export DyHead detectors: PyTorch weights -> ONNX (-> TensorRT engine, coming with the "
-        "TensorRT plugin).",
+        description="Export DyHead detectors: PyTorch weights -> ONNX -> TensorRT engine.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_onnx(subparsers)
+    from export.tensorrt_cli import add_tensorrt_parser  # here: it imports ExportCliError from this module
+
+    add_tensorrt_parser(subparsers)
     return parser
 
 

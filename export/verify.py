@@ -46,6 +46,8 @@ class VerifyReport:
     box_max_px: float = 0.0
     score_max: float = 0.0
     class_mismatches: int = 0
+    lost: int = 0  # reference detections the candidate does not find (of class_mismatches)
+    gained: int = 0  # candidate detections the reference does not have
     failures: list[str] = field(default_factory=list)
     noise_floor: VerifyReport | None = None
     candidate_vs_fp64: VerifyReport | None = None
@@ -62,7 +64,7 @@ class VerifyReport:
         lines.append(
             f"  detections   reference {self.num_reference}, candidate {self.num_candidate}; "
             f"max box diff {self.box_max_px:.3g} px, max score diff {self.score_max:.3g}, "
-            f"found by one side only {self.class_mismatches}"
+            f"found by one side only {self.class_mismatches} (lost {self.lost}, gained {self.gained})"
         )
         if self.noise_floor is not None and self.candidate_vs_fp64 is not None:
             lines.append("  against PyTorch float64 (the float32 noise floor):")
@@ -112,9 +114,11 @@ def compare_detections(
     pairs = [(i, j) for i, j in enumerate(forward) if j >= 0 and backward[j] == i]
     report.num_compared = len(pairs)
     tol = max(tolerances.score, 1e-6)
-    for dets, other, paired in (
-        (reference, candidate, {i for i, _ in pairs}),
-        (candidate, reference, {j for _, j in pairs}),
+    for side, (dets, other, paired) in enumerate(
+        (
+            (reference, candidate, {i for i, _ in pairs}),
+            (candidate, reference, {j for _, j in pairs}),
+        )
     ):
         floor = float(other.scores.min()) if len(other) else float("inf")
         unexplained = [
@@ -123,6 +127,10 @@ def compare_detections(
             if i not in paired and not _tied(dets.scores, i, tol) and float(dets.scores[i]) > floor + tol
         ]
         report.class_mismatches += len(unexplained)
+        if side == 0:
+            report.lost += len(unexplained)
+        else:
+            report.gained += len(unexplained)
     if pairs:
         ref_idx = torch.tensor([i for i, _ in pairs])
         cand_idx = torch.tensor([j for _, j in pairs])

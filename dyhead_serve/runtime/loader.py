@@ -55,9 +55,14 @@ def _load_exported(model_dir: Path, backend: str, device: str, threads: int) -> 
         trt_ready = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
         backend = "tensorrt" if has_plan and trt_ready else "onnxruntime"
     if backend == "tensorrt":
-        raise BackendError(
-            "the TensorRT backend is not available in this version; use --backend onnxruntime with model.onnx"
-        )
+        if not has_plan:
+            raise BackendError(
+                f"{model_dir}: no model.plan; build one with "
+                f"`dyhead-export tensorrt --onnx {model_dir} --out {model_dir}`"
+            )
+        from dyhead_serve.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(model_dir, device=device)
     if backend == "torch":
         raise BackendError(
             f"{model_dir} holds an exported network; "

@@ -1,0 +1,266 @@
+"""ONNX -> TensorRT engine: ``model.plan`` with optimisation profiles and a timing cache, and a
+``model.json`` that records which TensorRT, GPU and compute capability it was built for.
+
+Written against the documented TensorRT Python API (>= 10.9): ``trt.Builder``, ``trt.OnnxParser``,
+``IOptimizationProfile``, ``ITimingCache``, ``build_serialized_network``. Deformable convs are
+either our plugin's nodes (``dyhead::ModulatedDeformConv2d``, registered by importing
+:mod:`plugins.trt_plugin`; its AOT implementation is used unless ``plugin_impl="jit"``) or ONNX
+``DeformConv`` nodes, which TensorRT's parser implements itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from dyhead_serve.runtime.artifact import ModelArtifact
+from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
+from plugins.schema import MDCN_SCHEMA
+
+__all__ = [
+    "PROFILES",
+    "BuildOptions",
+    "EngineBuildError",
+    "ShapeProfile",
+    "build_engine",
+    "graph_dcn_flavour",
+    "parse_shape",
+    "set_plugin_impl",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EngineBuildError(RuntimeError):
+    """The engine cannot be built (TensorRT missing, a parser error, a failed build, bad options)."""
+
+
+Shape = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """Smallest, typical and largest ``images`` input, each (N, 3, H, W)."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def check(self, size_divisibility: int) -> None:
+        """Raise EngineBuildError unless min <= opt <= max and H, W are multiples of the divisor."""
+        for name, shape in (("min", self.min), ("opt", self.opt), ("max", self.max)):
+            if shape[1] != 3 or min(shape) < 1:
+                raise EngineBuildError(f"--{name}-shape must be Nx3xHxW with positive sizes, got {shape}")
+            if shape[2] % size_divisibility or shape[3] % size_divisibility:
+                raise EngineBuildError(
+                    f"--{name}-shape {'x'.join(map(str, shape))}: height and width must be multiples of "
+                    f"{size_divisibility} (the model pads images to them)"
+                )
+        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max, strict=True)):
+            raise EngineBuildError(f"profile shapes must satisfy min <= opt <= max, got {self}")
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+# Detectron2's test resize (short side 800, long side <= 1333) padded to 128: any orientation fits
+# in 1408x1408; 896x1408 is a landscape COCO image.
+PROFILES = {
+    "coco": ShapeProfile((1, 3, 128, 128), (1, 3, 896, 1408), (1, 3, 1408, 1408)),
+    "coco-batch4": ShapeProfile((1, 3, 128, 128), (4, 3, 896, 1408), (4, 3, 1408, 1408)),
+    "coco-batch8": ShapeProfile((1, 3, 128, 128), (8, 3, 896, 1408), (8, 3, 1408, 1408)),
+    "small": ShapeProfile((1, 3, 128, 128), (1, 3, 384, 512), (2, 3, 640, 640)),
+}
+
+
+def parse_shape(text: str) -> Shape:
+    """``"1x3x896x1408"`` -> (1, 3, 896, 1408)."""
+    parts = re.split(r"[x,]", text.strip())
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"a shape is NxCxHxW, e.g. 1x3x896x1408; got {text!r}")
+    n, c, h, w = (int(p) for p in parts)
+    return n, c, h, w
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: precision, shapes, builder memory, plugin implementation, timing cache."""
+
+    profile: ShapeProfile
+    fp16: bool = False
+    workspace_gb: float = 4.0
+    plugin_impl: str = "aot"  # "aot" | "jit"
+    timing_cache: Path | None = None
+
+
+def graph_dcn_flavour(model: onnx.ModelProto) -> str | None:
+    """``"plugin"`` (our plugin's nodes), ``"onnx"`` (DeformConv) or None (no deformable conv)."""
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    if (MDCN_SCHEMA.namespace, MDCN_SCHEMA.name) in ops:
+        return "plugin"
+    if any(op == "DeformConv" for _, op in ops):
+        return "onnx"
+    return None
+
+
+def set_plugin_impl(model: onnx.ModelProto, impl: str) -> int:
+    """Give each plugin node the ``aot`` attribute TensorRT's ONNX parser reads (1: AOT, 0: JIT).
+
+    Used when the installed TensorRT lacks the network-wide PREFER_*_PYTHON_PLUGINS flags.
+    Returns the number of nodes changed.
+    """
+    count = 0
+    for node in model.graph.node:
+        if node.domain == MDCN_SCHEMA.namespace and node.op_type == MDCN_SCHEMA.name:
+            kept = [a for a in node.attribute if a.name != "aot"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, onnx.helper.make_attribute("aot", int(impl == "aot"))])
+            count += 1
+    return count
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise EngineBuildError(
+            "TensorRT is not installed: building an engine needs TensorRT >= 10.9 and an NVIDIA GPU "
+            "(e.g. the GPU Docker image, or `pip install tensorrt` on a CUDA host)"
+        ) from exc
+    return trt
+
+
+def gpu_identity() -> dict[str, Any]:
+    """Name and compute capability of the current CUDA device (what an engine is tied to)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise EngineBuildError("building a TensorRT engine needs an NVIDIA GPU; none is visible")
+    index = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+
+
+def _network_flags(trt: Any, options: BuildOptions, dcn: str | None) -> tuple[int, bool]:
+    """Creation flags, and whether the plugin choice is made by the network flag."""
+    creation = trt.NetworkDefinitionCreationFlag
+    flags = 0
+    # TensorRT 11 builds strongly typed networks only (and has no FP16 builder flag); 10.x is
+    # weakly typed unless asked, which lets --fp16 pick half precision per layer.
+    if not hasattr(trt.BuilderFlag, "FP16"):
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+    prefer = "PREFER_AOT_PYTHON_PLUGINS" if options.plugin_impl == "aot" else "PREFER_JIT_PYTHON_PLUGINS"
+    by_flag = dcn == "plugin" and hasattr(creation, prefer)
+    if by_flag:
+        flags |= 1 << int(getattr(creation, prefer))
+    return flags, by_flag
+
+
+def _parse(trt: Any, network: Any, model: onnx.ModelProto, onnx_path: Path, log: Any) -> None:
+    parser = trt.OnnxParser(network, log)
+    if not parser.parse(model.SerializeToString(), str(onnx_path)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT's ONNX parser rejected {onnx_path}:\n  " + "\n  ".join(errors))
+
+
+def _add_profile(trt: Any, builder: Any, network: Any, config: Any, profile: ShapeProfile) -> None:
+    opt_profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if tensor.name == "images":
+            opt_profile.set_shape(tensor.name, profile.min, profile.opt, profile.max)
+        elif tensor.name == "image_sizes":
+            opt_profile.set_shape(tensor.name, (profile.min[0], 2), (profile.opt[0], 2), (profile.max[0], 2))
+        else:
+            raise EngineBuildError(f"the ONNX model has an unexpected input {tensor.name!r}")
+    config.add_optimization_profile(opt_profile)
+
+
+def _load_timing_cache(config: Any, path: Path | None) -> Any:
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def build_engine(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    options: BuildOptions,
+    on_step: Callable[[str], None] | None = None,
+) -> Path:
+    """Build ``out_dir/model.plan`` from ``onnx_dir/model.onnx`` and write ``out_dir/model.json``.
+
+    Returns the path of model.plan.
+    """
+    step = on_step or (lambda _: None)
+    onnx_dir, out = Path(onnx_dir), Path(out_dir)
+    onnx_path = onnx_dir / "model.onnx"
+    if not onnx_path.is_file():
+        raise EngineBuildError(f"{onnx_dir}: no model.onnx (export one with `dyhead-export onnx`)")
+    artifact = ModelArtifact.load(onnx_dir / "model.json")
+    options.profile.check(artifact.input_spec.size_divisibility)
+    if options.plugin_impl not in ("aot", "jit"):
+        raise EngineBuildError(f"plugin implementation must be aot or jit, got {options.plugin_impl!r}")
+    trt = _import_tensorrt()
+    identity = gpu_identity()
+    model = onnx.load(str(onnx_path))
+    dcn = graph_dcn_flavour(model)
+    if dcn == "plugin":
+        import plugins.trt_plugin  # noqa: F401  (registers dyhead::ModulatedDeformConv2d)
+
+    log = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(log)
+    flags, impl_by_flag = _network_flags(trt, options, dcn)
+    if dcn == "plugin" and not impl_by_flag:
+        set_plugin_impl(model, options.plugin_impl)
+    network = builder.create_network(flags)
+    step("parsing model.onnx")
+    _parse(trt, network, model, onnx_path, log)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
+    if options.fp16:
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            raise EngineBuildError(
+                f"TensorRT {trt.__version__} builds strongly typed networks only: --fp16 needs an ONNX "
+                "model in float16 (convert it, e.g. with NVIDIA ModelOpt AutoCast) or TensorRT 10.x"
+            )
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif hasattr(trt.BuilderFlag, "TF32"):
+        # float32 engines are verified against PyTorch at float32 tolerances; TF32 would miss them.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    _add_profile(trt, builder, network, config, options.profile)
+    cache = _load_timing_cache(config, options.timing_cache)
+    step("building the engine (minutes: TensorRT times its kernels)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError("TensorRT failed to build the engine (see its log above)")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = out / "model.plan"
+    plan.write_bytes(bytes(serialized))
+    if options.timing_cache is not None:
+        options.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        options.timing_cache.write_bytes(bytes(cache.serialize()))
+    # Under its own key: a folder may hold model.onnx and model.plan with one model.json.
+    artifact.provenance = {
+        **artifact.provenance,
+        ENGINE_KEY: {
+            "tensorrt": trt.__version__,
+            **identity,
+            "precision": "fp16" if options.fp16 else "fp32",
+            "profile": options.profile.to_dict(),
+            "dcn": dcn or "none",
+            "plugin_impl": options.plugin_impl if dcn == "plugin" else None,
+            "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        },
+    }
+    artifact.save(out / "model.json")
+    logger.info("wrote %s (%d bytes) for %s", plan, plan.stat().st_size, identity["gpu"])
+    return plan

@@ -1,0 +1,206 @@
+"""``dyhead-export tensorrt``: build a TensorRT engine (model.plan) and verify it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from export.cli import ExportCliError
+from export.tensorrt_build import PROFILES, parse_shape
+
+__all__ = ["FP16_TOLERANCES", "add_tensorrt_parser", "profile_from_args"]
+
+EPILOG = """\
+examples:
+  dyhead-export tensorrt --onnx exported/atss --out exported/atss --fp16
+  dyhead-export tensorrt --config dyhead_r50_atss_fpn_1x --weights w.pth --out exported/atss-trt --fp16
+  dyhead-export tensorrt --onnx exported/atss --out exported/atss --profile coco-batch8 --workspace 8
+  dyhead-export tensorrt --onnx exported/atss --out exported/atss --min-shape 1x3x128x128 \\
+      --opt-shape 1x3x896x1408 --max-shape 1x3x1408x1408
+
+With --config/--weights (or --model) the ONNX export runs first (into --out) and the engine is
+verified against PyTorch on an image; with --onnx it is verified against ONNX Runtime when the
+graph uses DeformConv. fp16 engines print max box and score deltas and detections lost or gained.
+Serve with `dyhead-serve serve --model OUT --backend tensorrt`. An engine only runs with the
+TensorRT version and GPU model it was built with: rebuild it on the serving machine.
+"""
+
+
+def _tolerances(fp16: bool) -> Any:
+    from export.verify import Tolerances
+
+    # fp16 engines: raw outputs within 5% of their scale, boxes within 2 px, scores within 0.01
+    return Tolerances(raw=5e-2, box_px=2.0, score=1e-2) if fp16 else Tolerances()
+
+
+FP16_TOLERANCES = "raw 5e-2, box 2 px, score 1e-2"
+
+
+def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``tensorrt`` subcommand."""
+    p = subparsers.add_parser(
+        "tensorrt",
+        help="build a TensorRT engine (model.plan + model.json) and verify it",
+        description="Build a TensorRT engine from an exported model.onnx (or export one first), with "
+        "an optimisation profile for dynamic batch and image size and a timing cache.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--onnx", type=Path, help="folder with model.onnx and model.json (dyhead-export onnx)"
+    )
+    source.add_argument("--config", help="Detectron2 DyHead YAML file or shipped official config name")
+    source.add_argument("--model", help="a zoo name (see `dyhead-serve zoo list`)")
+    p.add_argument("--weights", help="checkpoint (.pth/.pkl); required with --config")
+    p.add_argument("--out", required=True, type=Path, help="output folder for model.plan and model.json")
+    p.add_argument(
+        "--fp16", action="store_true", help="allow float16 kernels (verified with looser tolerances)"
+    )
+    p.add_argument("--profile", choices=sorted(PROFILES), default="coco", help="shape preset (default coco)")
+    for bound in ("min", "opt", "max"):
+        p.add_argument(f"--{bound}-shape", type=_shape, metavar="NxCxHxW", help=f"{bound} images shape")
+    p.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
+    p.add_argument(
+        "--dcn",
+        choices=["plugin", "builtin"],
+        default=None,
+        help="deformable convs as our plugin (AOT Triton kernel; default) or TensorRT's builtin "
+        "DeformConv; with --onnx the graph decides and this must agree",
+    )
+    p.add_argument("--plugin-impl", choices=["aot", "jit"], default="aot", help="plugin implementation")
+    p.add_argument("--timing-cache", type=Path, default=None, help="default: OUT/timing.cache")
+    p.add_argument("--verify-image", type=Path, default=None, help="image for the verification")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification")
+    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    p.set_defaults(func=_run_tensorrt)
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def profile_from_args(args: argparse.Namespace) -> Any:
+    """The preset named by --profile with any of --min/--opt/--max-shape replacing its bounds."""
+    from dataclasses import replace
+
+    profile = PROFILES[args.profile]
+    overrides = {k: getattr(args, f"{k}_shape") for k in ("min", "opt", "max") if getattr(args, f"{k}_shape")}
+    return replace(profile, **overrides)
+
+
+def _run_tensorrt(args: argparse.Namespace) -> int:
+    from dyhead_serve.checkpoint import CheckpointError
+    from dyhead_serve.config import ConfigError
+    from dyhead_serve.data.sample_image import synthetic_photo
+    from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
+    from dyhead_serve.runtime.base import BackendError
+    from dyhead_serve.zoo import ZooError
+    from export.onnx_export import ExportError
+    from export.tensorrt_build import BuildOptions, EngineBuildError, build_engine, graph_dcn_flavour
+
+    if args.config is not None and args.weights is None:
+        raise ExportCliError("--config needs --weights (the checkpoint to build)")
+
+    def step(text: str) -> None:
+        print(f"[tensorrt] {text}", file=sys.stderr)
+
+    try:
+        image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
+        reference = None
+        if args.onnx is not None:
+            import onnx
+
+            onnx_dir = args.onnx
+            flavour = graph_dcn_flavour(onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False))
+            wanted = {"plugin": "plugin", "builtin": "onnx", None: flavour}[args.dcn]
+            if flavour is not None and wanted != flavour:
+                found = "plugin" if flavour == "plugin" else "DeformConv"
+                flag = "plugin" if args.dcn == "plugin" else "onnx"
+                raise ExportCliError(
+                    f"{onnx_dir}/model.onnx has {found} nodes but --dcn {args.dcn} was asked; "
+                    f"re-export with `dyhead-export onnx --dcn {flag}`"
+                )
+        else:
+            reference = _export_first(args, step)
+            onnx_dir = args.out
+            flavour = "plugin" if args.dcn in (None, "plugin") else "onnx"
+        options = BuildOptions(
+            profile=profile_from_args(args),
+            fp16=args.fp16,
+            workspace_gb=args.workspace,
+            plugin_impl=args.plugin_impl,
+            timing_cache=args.timing_cache or args.out / "timing.cache",
+        )
+        plan = build_engine(onnx_dir, args.out, options, on_step=step)
+        if args.out.resolve() != onnx_dir.resolve():
+            import shutil
+
+            shutil.copy2(onnx_dir / "model.onnx", args.out / "model.onnx")
+        print(f"wrote {plan}")
+        if args.no_verify:
+            print("not verified (--no-verify)")
+            return 0
+        if reference is None and flavour != "plugin":
+            from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            reference = OnnxRuntimeBackend(onnx_dir, device="cpu")
+        if reference is None:
+            print(
+                "not verified: ONNX Runtime cannot run the plugin graph; build with --config/--weights "
+                "to verify against PyTorch"
+            )
+            return 0
+        return _verify(reference, args.out, image, args.fp16, step)
+    except (ConfigError, CheckpointError, BackendError, ZooError, ExportError, EngineBuildError) as exc:
+        raise ExportCliError(str(exc).strip()) from exc
+    except (ImageDecodeError, FileNotFoundError, ValueError) as exc:
+        raise ExportCliError(str(exc).strip()) from exc
+
+
+def _export_first(args: argparse.Namespace, step: Any) -> Any:
+    """Export --config/--weights (or --model) to ONNX in --out; return the torch backend."""
+    from dyhead_serve.runtime.loader import load_torch_backend
+    from dyhead_serve.zoo import get_model, sha256_of, weights_path
+    from export.onnx_export import export_onnx
+
+    overrides = [item for pair in args.set for item in pair]
+    if args.model is not None:
+        entry = get_model(args.model)
+        weights = Path(args.weights) if args.weights else weights_path(entry)
+        config, name, class_names = entry.config_path, entry.name, entry.class_names
+    else:
+        weights, config, name, class_names = Path(args.weights), args.config, Path(args.config).stem, None
+    step("loading weights")
+    backend = load_torch_backend(
+        config, weights, device="cpu", overrides=overrides, model_name=name, class_names=class_names
+    )
+    provenance = {"config": str(config), "weights": str(weights), "weights_sha256": sha256_of(weights)}
+    dcn = "plugin" if args.dcn in (None, "plugin") else "onnx"
+    export_onnx(backend, args.out, dcn=dcn, provenance=provenance, on_step=step)
+    return backend
+
+
+def _verify(reference: Any, out: Path, image: Any, fp16: bool, step: Any) -> int:
+    from dyhead_serve.runtime.tensorrt_backend import TensorRTBackend
+    from export.verify import compare_backends
+
+    step(f"verifying the engine against {reference.name}")
+    report = compare_backends(reference, TensorRTBackend(out), image, _tolerances(fp16))
+    print(f"verification (TensorRT {'fp16' if fp16 else 'fp32'} engine vs {reference.name}, one image):")
+    print(report.format())
+    if fp16:
+        print(
+            f"  fp16: max box delta {report.box_max_px:.3g} px, max score delta {report.score_max:.3g}, "
+            f"detections lost {report.lost}, gained {report.gained} (tolerances: {FP16_TOLERANCES})"
+        )
+    if not report.ok:
+        print(f"error: the engine differs from {reference.name} beyond tolerance; {out} is not to be trusted")
+        return 1
+    print(f"ok: {out / 'model.plan'} verified")
+    return 0
