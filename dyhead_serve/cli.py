@@ -160,6 +160,21 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from dyhead_serve.engine.train_cli import add_train_arguments, run_train
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a detector from a Detectron2 DyHead config (one process, or torchrun for DDP)",
+        description="Train the detector a config describes on DATASETS.TRAIN: Detectron2's optimizer "
+        "groups and warmup multi-step schedule, checkpoints in OUTPUT_DIR (--resume continues), one "
+        "JSON line per iteration in OUTPUT_DIR/metrics.jsonl, evaluation every TEST.EVAL_PERIOD. "
+        "Several GPUs: torchrun --standalone --nproc_per_node=N -m dyhead_serve.cli train ... --num-gpus N",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     from dyhead_serve.engine.eval_cli import add_eval_arguments, run_eval
 
@@ -202,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_predict(subparsers)
+    _add_train(subparsers)
     _add_eval(subparsers)
     _add_zoo(subparsers)
     _add_serve(subparsers)
