@@ -7,7 +7,8 @@ A dataset dict describes one image::
      "annotations": [{"bbox": [x1, y1, x2, y2], "category_id": 58, "iscrowd": 0}, ...]}
 
 Boxes are absolute XYXY pixels (COCO's ``[x, y, w, h]`` converted as Detectron2's
-``BoxMode.convert`` does it, in float32) and ``category_id`` is the contiguous class index: the
+``BoxMode.convert`` does it: in float32, or exactly in integers when the json's four values are
+all integers) and ``category_id`` is the contiguous class index: the
 json's category ids sorted, then numbered 0..K-1, as Detectron2's ``load_coco_json`` maps them.
 Images come sorted by id, each image's annotations in file order.
 """
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -42,9 +43,13 @@ class DatasetError(ValueError):
 
 
 class Annotation(TypedDict):
-    """One object: ``bbox`` absolute (x1, y1, x2, y2), ``category_id`` contiguous, ``iscrowd`` 0/1."""
+    """One object: ``bbox`` absolute (x1, y1, x2, y2), ``category_id`` contiguous, ``iscrowd`` 0/1.
 
-    bbox: list[float]
+    ``bbox`` holds Python ints when the json gave four integers: Detectron2 then moves the box
+    through the augmentations in integer arithmetic (see :mod:`dyhead_serve.data.mapper`).
+    """
+
+    bbox: list[float] | list[int]
     category_id: int
     iscrowd: int
 
@@ -107,9 +112,13 @@ def read_coco_json(json_file: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def xywh_to_xyxy(bbox: list[float]) -> list[float]:
-    """COCO ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]``, added in float32 as Detectron2's
-    ``BoxMode.convert`` does for a list (so boxes match Detectron2's to the last bit)."""
+def xywh_to_xyxy(bbox: Sequence[float]) -> list[float] | list[int]:
+    """COCO ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` as Detectron2's ``BoxMode.convert`` does for
+    a list, through ``torch.tensor(bbox)``: four Python ints stay integers (added exactly, returned
+    as ints); anything else is added in float32 (so boxes match Detectron2's to the last bit)."""
+    if all(isinstance(v, int) for v in bbox):
+        x0, y0, width, height = (int(v) for v in bbox)
+        return [x0, y0, x0 + width, y0 + height]
     x, y, w, h = (np.float32(v) for v in bbox)
     return [float(x), float(y), float(x + w), float(y + h)]
 
@@ -190,13 +199,17 @@ def _convert_annotation(anno: Mapping[str, Any], id_map: dict[int, int], json_fi
     if anno.get("ignore", 0) != 0:
         raise DatasetError(f"{where}: the 'ignore' flag is not supported (use 'iscrowd')")
     bbox = anno.get("bbox")
-    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-        raise DatasetError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+    if (
+        not isinstance(bbox, list | tuple)
+        or len(bbox) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+    ):
+        raise DatasetError(f"{where}: 'bbox' must be [x, y, width, height] numbers, got {bbox!r}")
     category_id = int(anno["category_id"])
     if category_id not in id_map:
         raise DatasetError(f"{where}: category_id {category_id} is not in the file's 'categories'")
     return {
-        "bbox": xywh_to_xyxy([float(v) for v in bbox]),
+        "bbox": xywh_to_xyxy(bbox),
         "category_id": id_map[category_id],
         "iscrowd": int(anno.get("iscrowd", 0)),
     }

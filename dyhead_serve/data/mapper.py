@@ -3,6 +3,11 @@
 The image is decoded with :func:`dyhead_serve.pipeline.image_io.read_image` (RGB, EXIF
 orientation applied), put in ``INPUT.FORMAT`` channel order, resized and flipped; the non-crowd
 boxes follow the same transforms, are clipped to the image, and boxes left empty are dropped.
+
+As in Detectron2's ``transform_instance_annotations``, each box is transformed as
+``np.array([bbox])``: a box the json gave as four integers is an integer array there, whose
+coordinates each transform truncates (see :mod:`dyhead_serve.data.transforms`); the others are
+float64. The iteration-0 losses match Detectron2's only if that truncation is kept.
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dyhead_serve.data.coco_json import DatasetDict, DatasetError
+from dyhead_serve.data.coco_json import Annotation, DatasetDict, DatasetError
 from dyhead_serve.data.transforms import (
     Augmentation,
+    Transform,
     apply_augmentations,
     apply_transforms_to_boxes,
     build_train_augmentations,
 )
 from dyhead_serve.pipeline.image_io import read_image
 
-__all__ = ["DatasetMapper", "TrainingSample", "to_channel_order"]
+__all__ = ["DatasetMapper", "TrainingSample", "to_channel_order", "transform_annotation_boxes"]
 
 # Detectron2's Boxes.nonempty threshold: narrower or lower boxes are dropped after clipping.
 _EMPTY_BOX_THRESHOLD = 1e-5
@@ -49,6 +55,25 @@ class TrainingSample(TypedDict):
     file_name: str
     gt_boxes: Tensor
     gt_classes: Tensor
+
+
+def transform_annotation_boxes(
+    transforms: Sequence[Transform], annotations: Sequence[Annotation]
+) -> np.ndarray:
+    """The annotations' boxes after ``transforms``, as Detectron2 transforms them one by one.
+
+    Returns:
+        float64 [K, 4] (x1, y1, x2, y2), not clipped. Boxes of Python ints went through the
+        transforms as int64 (truncated after each one), the others as float64.
+    """
+    out = np.zeros((len(annotations), 4), dtype=np.float64)
+    integer = [all(isinstance(v, int) for v in anno["bbox"]) for anno in annotations]
+    for is_integer, dtype in ((False, np.float64), (True, np.int64)):
+        rows = [i for i, flag in enumerate(integer) if flag == is_integer]
+        if rows:
+            boxes = np.array([annotations[i]["bbox"] for i in rows], dtype=dtype)  # [k, 4]
+            out[rows] = apply_transforms_to_boxes(transforms, boxes)
+    return out
 
 
 def to_channel_order(rgb: np.ndarray, image_format: str) -> np.ndarray:
@@ -120,9 +145,7 @@ class DatasetMapper:
         height, width = image.shape[:2]
 
         objects = [anno for anno in dataset_dict["annotations"] if anno["iscrowd"] == 0]
-        boxes = apply_transforms_to_boxes(
-            transforms, np.array([anno["bbox"] for anno in objects], dtype=np.float64).reshape(-1, 4)
-        )
+        boxes = transform_annotation_boxes(transforms, objects)  # [K, 4]
         boxes = np.minimum(boxes.clip(min=0), [width, height, width, height])
         gt_boxes = torch.as_tensor(boxes, dtype=torch.float32)  # [K, 4]
         gt_classes = torch.tensor([anno["category_id"] for anno in objects], dtype=torch.int64)  # [K]

@@ -6,7 +6,9 @@ come from a ``numpy.random.RandomState``; by default the global one behind ``np.
 is what Detectron2 draws from (so a seeded run draws the same sizes and flips), and which the
 data loader reseeds in each worker.
 
-Boxes are float64 ``[K, 4]`` absolute (x1, y1, x2, y2), as Detectron2 transforms them.
+Boxes are ``[K, 4]`` absolute (x1, y1, x2, y2), float64 or int64 as Detectron2 transforms them:
+it updates an integer box array in place, so each transform's results are truncated toward zero
+(a box of json integers scaled by 5/3 goes from x = 64 to 106, not 106.67).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Transform(Protocol):
         ...
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
-        """float64 [K, 4] (x1, y1, x2, y2) -> the boxes on the transformed image."""
+        """float64 or int64 [K, 4] (x1, y1, x2, y2) -> the boxes on the transformed image, a new
+        array of the same dtype (integer results truncated toward zero)."""
         ...
 
 
@@ -80,9 +83,11 @@ class ResizeTransform:
         return np.asarray(resized)
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
-        out = np.array(boxes, dtype=np.float64)
-        out[:, 0::2] *= self.new_w * 1.0 / self.w
-        out[:, 1::2] *= self.new_h * 1.0 / self.h
+        out = np.array(boxes)
+        # Assigned rather than multiplied in place: into an integer array the float products
+        # are truncated, as in Detectron2's ResizeTransform.apply_coords.
+        out[:, 0::2] = out[:, 0::2] * (self.new_w * 1.0 / self.w)
+        out[:, 1::2] = out[:, 1::2] * (self.new_h * 1.0 / self.h)
         return out
 
 
@@ -96,7 +101,7 @@ class HFlipTransform:
         return np.flip(image, axis=1)
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
-        out = np.array(boxes, dtype=np.float64)
+        out = np.array(boxes)
         out[:, [0, 2]] = self.width - out[:, [2, 0]]
         return out
 
@@ -111,7 +116,7 @@ class VFlipTransform:
         return np.flip(image, axis=0)
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
-        out = np.array(boxes, dtype=np.float64)
+        out = np.array(boxes)
         out[:, [1, 3]] = self.height - out[:, [3, 1]]
         return out
 
@@ -225,8 +230,14 @@ def apply_augmentations(
 
 
 def apply_transforms_to_boxes(transforms: Sequence[Transform], boxes: np.ndarray) -> np.ndarray:
-    """Apply ``transforms`` in order to float64 [K, 4] boxes."""
-    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    """Apply ``transforms`` in order to [K, 4] boxes.
+
+    Integer boxes stay int64, each transform truncating its results as Detectron2's do on an
+    integer array; any other boxes are float64.
+    """
+    out = np.asarray(boxes)
+    out = out.astype(np.int64 if np.issubdtype(out.dtype, np.integer) else np.float64, copy=False)
+    out = out.reshape(-1, 4)
     for transform in transforms:
         out = transform.apply_boxes(out)
     return out

@@ -70,6 +70,21 @@ def test_xyxy_conversion_adds_in_float32_as_detectron2(tmp_path: Path) -> None:
     assert dicts[0]["annotations"][0]["bbox"][2] == pytest.approx(0.800000011920929, abs=0)
 
 
+def test_integer_boxes_stay_integers_as_detectron2_keeps_them(tmp_path: Path) -> None:
+    # BoxMode.convert goes through torch.tensor(bbox): four ints add as int64, one float makes
+    # the whole box float32.
+    annotations = [
+        {"id": 1, "image_id": 2, "category_id": 3, "bbox": [10, 7, 21, 13]},
+        {"id": 2, "image_id": 2, "category_id": 3, "bbox": [10, 7, 21.0, 13]},
+    ]
+    dicts, _ = load_coco_json(
+        write_json(tmp_path / "t.json", tiny_coco(annotations=annotations)), tmp_path, "tiny"
+    )
+    integer, mixed = (anno["bbox"] for anno in dicts[0]["annotations"])
+    assert integer == [10, 7, 31, 20] and all(type(v) is int for v in integer)
+    assert mixed == [10.0, 7.0, 31.0, 20.0] and all(type(v) is float for v in mixed)
+
+
 def test_training_filter_drops_images_without_non_crowd_objects(tmp_path: Path) -> None:
     dicts, _ = load_coco_json(write_json(tmp_path / "t.json", tiny_coco()), tmp_path, "tiny")
     assert [d["image_id"] for d in filter_images_with_only_crowd_annotations(dicts)] == [2]
@@ -84,6 +99,7 @@ def test_training_filter_drops_images_without_non_crowd_objects(tmp_path: Path) 
         ),
         ({"annotations": [{"id": 1, "image_id": 3, "category_id": 3, "bbox": [0, 0, 1, 1]}]}, "image 3"),
         ({"annotations": [{"id": 1, "image_id": 2, "category_id": 3, "bbox": []}]}, "'bbox'"),
+        ({"annotations": [{"id": 1, "image_id": 2, "category_id": 3, "bbox": [0, 0, "1", 1]}]}, "numbers"),
         (
             {
                 "annotations": [

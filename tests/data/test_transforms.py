@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from dyhead_serve.config import get_default_config
-from dyhead_serve.data.coco_json import DatasetDict, DatasetError
+from dyhead_serve.data.coco_json import DatasetDict, DatasetError, load_coco_json
 from dyhead_serve.data.mapper import DatasetMapper
 from dyhead_serve.data.transforms import (
     HFlipTransform,
@@ -123,6 +124,50 @@ def test_mapper_resizes_flips_clips_and_drops_crowd_and_empty_boxes(tmp_path: Pa
     # [100,0,110,10] -> [200,0,220,20] -> [-20,0,0,20] -> [0,0,0,20]: empty, dropped
     torch.testing.assert_close(sample["gt_boxes"], torch.tensor([[140.0, 10, 180, 50], [0, 80, 20, 100]]))
     assert sample["gt_classes"].tolist() == [2, 0] and sample["gt_classes"].dtype == torch.int64
+
+
+def test_integer_json_boxes_are_truncated_by_each_transform_as_in_detectron2(tmp_path: Path) -> None:
+    """Detectron2 transforms a box of json integers as an int64 array, updated in place: each
+    transform's results are truncated. A box with one float among its values is float64."""
+    _write_image(tmp_path / "img.png", 60, 90)
+    coco = {
+        "images": [{"id": 1, "file_name": "img.png", "height": 60, "width": 90}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 7, 21, 13], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10.0, 7, 21, 13], "iscrowd": 0},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    (dataset_dict,), _ = load_coco_json(tmp_path / "instances.json", tmp_path, "integer_boxes")
+    mapper = DatasetMapper.from_config(_mapper_cfg(100, 1000, "horizontal"))
+    mapper.augmentations[1] = RandomFlip(1.0, horizontal=True)  # always flip
+    sample = mapper(dataset_dict)
+    # shorter edge 60 -> 100: scale 150/90 = 100/60 = 5/3, image 150 x 100
+    assert sample["image"].shape == (3, 100, 150)
+    # [10, 7, 21, 13] -> xyxy [10, 7, 31, 20] -> x5/3 [16.67, 11.67, 51.67, 33.33], truncated to
+    # [16, 11, 51, 33] -> mirrored in 150: [99, 11, 134, 33]
+    assert sample["gt_boxes"][0].tolist() == [99.0, 11.0, 134.0, 33.0]
+    # the float box is not truncated: [150 - 51.67, 11.67, 150 - 16.67, 33.33]
+    torch.testing.assert_close(
+        sample["gt_boxes"][1], torch.tensor([150 - 31 * 5 / 3, 7 * 5 / 3, 150 - 10 * 5 / 3, 20 * 5 / 3])
+    )
+
+
+def test_integer_boxes_stay_integer_through_each_transform() -> None:
+    boxes = np.array([[10, 7, 31, 20]])
+    resized = apply_transforms_to_boxes([ResizeTransform(60, 90, 100, 150)], boxes)
+    assert resized.dtype == np.int64 and resized.tolist() == [[16, 11, 51, 33]]
+    # truncated after the first resize, then scaled again: 16 * 2 = 32 (not 33.33)
+    twice = apply_transforms_to_boxes(
+        [ResizeTransform(60, 90, 100, 150), ResizeTransform(100, 150, 200, 300)], boxes
+    )
+    assert twice.tolist() == [[32, 22, 102, 66]]
+    assert apply_transforms_to_boxes([VFlipTransform(100)], boxes).tolist() == [[10, 80, 31, 93]]
+    assert (
+        apply_transforms_to_boxes([ResizeTransform(60, 90, 100, 150)], boxes.astype(np.float32)).dtype
+        == np.float64
+    )
 
 
 @pytest.mark.parametrize("image_format", ["BGR", "RGB"])
