@@ -4,8 +4,9 @@ started by ``torchrun``.
 
 Each iteration: take a batch, run the network (under autocast with ``SOLVER.AMP.ENABLED`` on
 CUDA), compute the losses from its outputs (:meth:`DenseDetector.losses`), average them over
-processes for the record, stop with :class:`FloatingPointError` if one is not finite, else
-back-propagate, clip (``SOLVER.CLIP_GRADIENTS``), step the optimizer, then the scheduler.
+processes for the record, stop with :class:`FloatingPointError` if one is not finite (or if the
+network raised it, e.g. on non-finite deformable-convolution offsets), else back-propagate, clip
+(``SOLVER.CLIP_GRADIENTS``), step the optimizer, then the scheduler.
 Iteration ``i`` uses the learning rate of iteration ``i`` and is logged under ``iteration: i``.
 """
 
@@ -150,8 +151,9 @@ class Trainer:
         """Run iterations ``start_iter`` .. ``MAX_ITER - 1``.
 
         Raises:
-            FloatingPointError: a loss became NaN or infinite; the iteration's update is not
-                applied and the checkpoints already written are kept.
+            FloatingPointError: a loss became NaN or infinite, or the network's forward raised
+                FloatingPointError (non-finite offsets); the iteration's update is not applied
+                and the checkpoints already written are kept.
         """
         if self.start_iter >= self.max_iter:
             logger.info("training already finished (iteration %d of %d)", self.start_iter, self.max_iter)
@@ -186,8 +188,11 @@ class Trainer:
             self.device,
         )
         image_sizes = torch.tensor(batch.image_sizes, dtype=torch.int64, device=self.device)  # [N, 2]
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            outputs = self.network(batch.images, image_sizes)
+        try:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+                outputs = self.network(batch.images, image_sizes)
+        except FloatingPointError as exc:  # raised inside forward, e.g. by check_finite_offsets
+            self._stop_on_non_finite(f"iteration {iteration} failed: {exc}", cause=exc)
         loss_dict = self.model.losses(  # type: ignore[operator]
             outputs, batch.gt_boxes, batch.gt_classes, batch.padded_hw
         )
@@ -199,7 +204,8 @@ class Trainer:
         values = all_reduce_mean(values, self.device)
         values = {**{k: values[k] for k in loss_dict}, "total_loss": values["total_loss"]}
         if not all(math.isfinite(v) for v in values.values()):
-            self._stop_on_non_finite(iteration, values)
+            losses = ", ".join(f"{k}={v}" for k, v in values.items())
+            self._stop_on_non_finite(f"loss became NaN or infinite at iteration {iteration} ({losses})")
 
         self.optimizer.zero_grad(set_to_none=True)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -217,7 +223,8 @@ class Trainer:
             self.optimizer.step()
         return values
 
-    def _stop_on_non_finite(self, iteration: int, values: dict[str, float]) -> NoReturn:
+    def _stop_on_non_finite(self, what: str, cause: BaseException | None = None) -> NoReturn:
+        """Raise FloatingPointError: ``what`` went wrong, and which checkpoint to resume from."""
         last = self.checkpointer.last_checkpoint()
         kept = (
             f"the last good checkpoint, {last}, is kept: continue from it with --resume "
@@ -225,11 +232,9 @@ class Trainer:
             if last is not None and last.is_file()
             else "no checkpoint had been written yet"
         )
-        losses = ", ".join(f"{k}={v}" for k, v in values.items())
         raise FloatingPointError(
-            f"loss became NaN or infinite at iteration {iteration} ({losses}); training stopped "
-            f"before applying this iteration's update; {kept}"
-        )
+            f"{what}; training stopped before applying this iteration's update; {kept}"
+        ) from cause
 
     def _after_step(self, iteration: int, metrics: MetricsWriter) -> None:
         next_iter = iteration + 1

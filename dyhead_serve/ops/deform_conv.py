@@ -7,6 +7,11 @@ output's size this is the ordinary operator. DyHead also applies one level's off
 next coarser level, whose output is smaller than the map: the kernel then reads the leading
 ``18 * Ho * Wo`` offset values and ``9 * Ho * Wo`` mask values of each image's buffer, and trained
 official weights depend on that. :func:`read_leading_offset_map` reproduces the read exactly.
+
+In training, :class:`ModulatedDeformConv2d` first checks that its offsets and masks are finite
+(:func:`check_finite_offsets`): torchvision's CPU ``deform_conv2d`` crashes the process on NaN
+or infinite offsets, where a diverged run must stop with an error. In eval mode, the mode the
+ONNX export traces, nothing is checked.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dyhead_serve.ops.dcn_kernel import triton_applies
 
 __all__ = [
     "ModulatedDeformConv2d",
+    "check_finite_offsets",
     "conv_output_size",
     "modulated_deform_conv2d",
     "read_leading_offset_map",
@@ -31,6 +37,29 @@ __all__ = [
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """Spatial output size of a convolution along one axis."""
     return (size + 2 * padding - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def check_finite_offsets(offset: Tensor, mask: Tensor | None, layer: str) -> None:
+    """Raise if ``offset`` or ``mask`` holds NaN or infinity (one device sync).
+
+    Args:
+        offset: Tensor[N, 2 * G * kh * kw, Hm, Wm].
+        mask: Tensor[N, G * kh * kw, Hm, Wm], or None for an unmodulated convolution.
+        layer: names the convolution in the message.
+
+    Raises:
+        FloatingPointError: a value is not finite. torchvision's CPU ``deform_conv2d`` would
+            crash the process (segmentation fault) on it instead of propagating NaN.
+    """
+    finite = torch.isfinite(offset).all()
+    if mask is not None:
+        finite = finite & torch.isfinite(mask).all()
+    if not bool(finite):
+        what = "offsets or masks" if mask is not None else "offsets"
+        raise FloatingPointError(
+            f"non-finite offsets in deformable conv {layer}: its {what} hold NaN or infinity "
+            "(the training has diverged)"
+        )
 
 
 def read_leading_offset_map(values: Tensor, out_h: int, out_w: int) -> Tensor:
@@ -159,7 +188,13 @@ class ModulatedDeformConv2d(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
-        """Tensor[N, Cin, H, W] -> Tensor[N, Cout, Ho, Wo]; see :func:`modulated_deform_conv2d`."""
+        """Tensor[N, Cin, H, W] -> Tensor[N, Cout, Ho, Wo]; see :func:`modulated_deform_conv2d`.
+
+        Raises:
+            FloatingPointError: in training mode, ``offset`` or ``mask`` is not finite.
+        """
+        if self.training:
+            check_finite_offsets(offset, mask, f"ModulatedDeformConv2d({self.extra_repr()})")
         return modulated_deform_conv2d(
             input, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation
         )

@@ -99,12 +99,17 @@ def test_resume_continues_from_the_checkpoint_iteration_on_the_same_schedule(tmp
 
 
 class _DivergingAt:
-    """Batches as usual; before iteration ``bad`` it snapshots the weights and sets the class
-    logits' bias to NaN, as a diverging run would. (NaN images would not do: torchvision's
-    deform_conv2d crashes on NaN offsets instead of propagating them.)"""
+    """Batches as usual; before iteration ``bad`` it snapshots the weights and sets parameter
+    ``poison`` (the class logits' bias by default) to NaN, as a diverging run would."""
 
-    def __init__(self, model: torch.nn.Module, samples: list[TrainingSample], bad: int) -> None:
-        self.model, self.samples, self.bad = model, samples, bad
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        samples: list[TrainingSample],
+        bad: int,
+        poison: str = "head.cls_logits.bias",
+    ) -> None:
+        self.model, self.samples, self.bad, self.poison = model, samples, bad, poison
         self.snapshot: dict[str, torch.Tensor] = {}
 
     def __iter__(self) -> Iterator[list[TrainingSample]]:
@@ -112,7 +117,7 @@ class _DivergingAt:
             if iteration == self.bad:
                 self.snapshot = {k: v.clone() for k, v in self.model.state_dict().items()}
                 with torch.no_grad():
-                    self.model.head.cls_logits.bias.fill_(math.nan)
+                    self.model.get_parameter(self.poison).fill_(math.nan)
             yield batch
 
 
@@ -134,6 +139,25 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     for name in ("head.bbox_pred.weight", "backbone.backbone.fpn_output3.weight"):
         assert torch.equal(state[name], data.snapshot[name]), name
     assert [r["iteration"] for r in _records(tmp_path)] == [0, 1, 2]
+
+
+def test_nan_offsets_in_forward_stop_with_a_clear_error_instead_of_crashing(tmp_path):
+    """NaN offsets would segfault torchvision's CPU deform_conv2d; the DyHead layer raises
+    FloatingPointError in training, and the trainer stops as on a NaN loss."""
+    cfg = tiny_config(tmp_path, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    data = _DivergingAt(model, synthetic_samples(2), bad=2, poison="backbone.dyhead_tower.0.offset.bias")
+    trainer = Trainer(cfg, model, data)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(FloatingPointError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert message.startswith("iteration 2 failed: non-finite offsets in deformable conv")
+    assert "model_0000001.pth" in message and "--resume" in message
+    assert isinstance(info.value.__cause__, FloatingPointError)
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000001.pth"]
+    assert [r["iteration"] for r in _records(tmp_path)] == [0, 1]
 
 
 def test_evaluation_every_period_and_at_the_end(tmp_path):

@@ -50,6 +50,18 @@ def test_resnext_groups_and_deformable_stage():
     assert out["res5"].shape == (1, 2048, 2, 2)
 
 
+@pytest.mark.parametrize("modulated", [False, True])
+def test_deformable_block_in_training_refuses_non_finite_offsets(modulated: bool) -> None:
+    """torchvision's CPU deform_conv2d segfaults on NaN offsets; in training the block raises."""
+    block = DeformBottleneckBlock(8, 16, bottleneck_channels=4, deform_modulated=modulated)
+    x = torch.randn(1, 8, 6, 6)
+    assert block.train()(x).shape == (1, 16, 6, 6)
+    with torch.no_grad():
+        block.conv2_offset.bias[3] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite offsets in deformable conv"):
+        block(x)
+
+
 def test_resnet18_and_freeze():
     net = build_resnet(depth=18, out_features=["res4"], res2_out_channels=64, freeze_at=2)
     assert not any(p.requires_grad for p in net.stem.parameters())

@@ -9,7 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dyhead_serve.ops import ModulatedDeformConv2d, modulated_deform_conv2d, read_leading_offset_map
+from dyhead_serve.ops import (
+    ModulatedDeformConv2d,
+    deform_conv,
+    modulated_deform_conv2d,
+    read_leading_offset_map,
+)
 
 
 def _bilinear(img: torch.Tensor, y: float, x: float) -> torch.Tensor:
@@ -137,3 +142,30 @@ def test_module_names_and_shapes():
     }
     out = conv(torch.randn(1, 8, 10, 10), torch.zeros(1, 18, 5, 5), torch.ones(1, 9, 5, 5))
     assert out.shape == (1, 16, 5, 5)
+
+
+@pytest.mark.parametrize("bad", ["offset", "mask"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_training_mode_refuses_non_finite_offsets_instead_of_crashing(bad: str, value: float) -> None:
+    """torchvision's CPU deform_conv2d segfaults on NaN/inf offsets; in training the layer raises."""
+    conv = ModulatedDeformConv2d(2, 3).train()
+    inputs = {"offset": torch.zeros(1, 18, 4, 4), "mask": torch.ones(1, 9, 4, 4)}
+    inputs[bad][0, 5, 2, 1] = value
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite offsets in deformable conv ModulatedDeformConv2d\(2, 3"
+    ):
+        conv(torch.randn(1, 2, 4, 4), inputs["offset"], inputs["mask"])
+
+
+def test_only_training_mode_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ONNX export traces eval mode: its graph must stay free of the check.
+    checked: list[str] = []
+    monkeypatch.setattr(
+        deform_conv, "check_finite_offsets", lambda offset, mask, layer: checked.append(layer)
+    )
+    conv = ModulatedDeformConv2d(2, 3)
+    args = (torch.randn(1, 2, 4, 4), torch.zeros(1, 18, 4, 4), torch.ones(1, 9, 4, 4))
+    conv.eval()(*args)
+    assert checked == []
+    conv.train()(*args)
+    assert len(checked) == 1

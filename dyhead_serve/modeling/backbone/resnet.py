@@ -12,6 +12,7 @@ from torchvision.ops import deform_conv2d
 from dyhead_serve.modeling.backbone.base import Backbone
 from dyhead_serve.modeling.layers import Conv2d, get_norm
 from dyhead_serve.modeling.shape_spec import ShapeSpec
+from dyhead_serve.ops import check_finite_offsets
 
 __all__ = ["BasicBlock", "BasicStem", "BottleneckBlock", "DeformBottleneckBlock", "ResNet", "build_resnet"]
 
@@ -135,7 +136,9 @@ class BottleneckBlock(nn.Module):
 class DeformBottleneckBlock(BottleneckBlock):
     """A bottleneck block whose 3x3 convolution is deformable (DCNv1, or DCNv2 when modulated).
 
-    The offsets come from ``conv2_offset``, a 3x3 convolution on the block's 1x1 output.
+    The offsets come from ``conv2_offset``, a 3x3 convolution on the block's 1x1 output. In
+    training mode, offsets (or masks) that are not finite raise :class:`FloatingPointError`
+    (:func:`~dyhead_serve.ops.check_finite_offsets`).
     """
 
     def __init__(
@@ -175,6 +178,8 @@ class DeformBottleneckBlock(BottleneckBlock):
             offset, mask = offset_mask[:, :num_offsets], offset_mask[:, num_offsets:].sigmoid()
         else:
             offset = offset_mask
+        if self.training:
+            check_finite_offsets(offset, mask, "conv2 of a ResNet DeformBottleneckBlock")
         conv = self.conv2
         out = deform_conv2d(
             x, offset, conv.weight, None, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
