@@ -1,14 +1,18 @@
 """Read official checkpoints without executing pickled code, and load them with a clear report.
 
-Two file formats are read:
+Files are named ``.pth``, ``.pt`` or ``.pkl``, but the name does not say how they are written
+(the official Swin-T backbone ``swin_tiny_patch4_window7_224_d2.pth`` is a plain pickle), so the
+format is read from the first bytes (:func:`checkpoint_format`):
 
-- ``.pth`` / ``.pt``: :func:`torch.save` files, read with ``torch.load(..., weights_only=True)``.
-  The file holds either a bare state dict or Detectron2's ``DetectionCheckpointer`` dict, whose
-  ``model`` entry is the state dict (its ``optimizer``, ``scheduler``, ``iteration`` and
-  ``trainer`` entries are ignored).
-- ``.pkl``: Detectron2 model-zoo pickles (often written by Python 2 from Caffe2): a dict,
-  optionally with a ``model`` entry, of numpy arrays (or tensors). They are read with a
-  restricted unpickler that can rebuild arrays, tensors and plain containers and nothing else.
+- :func:`torch.save` files, a zip archive (it starts with ``PK``) or the legacy format (a pickle
+  that starts with torch's magic number): read with ``torch.load(..., weights_only=True)``. The file
+  holds either a bare state dict or Detectron2's ``DetectionCheckpointer`` dict, whose ``model``
+  entry is the state dict (its ``optimizer``, ``scheduler``, ``iteration`` and ``trainer``
+  entries are ignored).
+- plain pickles, such as Detectron2 model-zoo ``.pkl`` files (often written by Python 2 from
+  Caffe2): a dict, optionally with a ``model`` entry, of numpy arrays (or tensors). They are read
+  with a restricted unpickler that can rebuild arrays, tensors and plain containers and nothing
+  else.
 
 A pickle names the functions it calls to rebuild its objects; a file that names any function
 outside those allowlists is refused with :class:`CheckpointError` before anything is called.
@@ -21,12 +25,14 @@ either loads them or raises :class:`CheckpointMismatchError` carrying a :class:`
 from __future__ import annotations
 
 import codecs
+import enum
 import functools
 import importlib
 import io
 import logging
 import os
 import pickle
+import pickletools
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -40,9 +46,11 @@ from torch import nn
 
 __all__ = [
     "CheckpointError",
+    "CheckpointFormat",
     "CheckpointMismatchError",
     "LoadReport",
     "ShapeMismatch",
+    "checkpoint_format",
     "compare_state_dicts",
     "load_state_dict",
     "read_state_dict",
@@ -50,8 +58,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pth", ".pt")
-PICKLE_SUFFIXES = (".pkl",)
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl")
+_ZIP_MAGIC = b"PK\x03\x04"
+# The first object a legacy (non-zip) torch.save file pickles (torch.serialization.MAGIC_NUMBER).
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # Lines per section of LoadReport.format() before "... and N more".
 MAX_REPORT_LINES = 20
 _DDP_PREFIX = "module."
@@ -143,12 +153,53 @@ class CheckpointMismatchError(CheckpointError):
 # Reading
 
 
+class CheckpointFormat(enum.Enum):
+    """How a checkpoint file is written, whatever its suffix."""
+
+    TORCH = "torch.save file"  # zip archive, or the legacy pickle that starts with the magic number
+    PICKLE = "plain pickle"  # pickle.dump of a dict, as Detectron2's model-zoo .pkl files
+
+
+def checkpoint_format(path: str | os.PathLike[str]) -> CheckpointFormat:
+    """Tell a :func:`torch.save` file from a plain pickle by its first bytes; nothing is run.
+
+    A file that is neither (empty, truncated, random bytes) is called a plain pickle, which
+    the restricted unpickler then refuses as corrupt.
+
+    Raises:
+        CheckpointError: the file cannot be opened.
+    """
+    try:
+        with Path(path).open("rb") as file:
+            if file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+                return CheckpointFormat.TORCH
+            file.seek(0)
+            legacy = _starts_with_torch_magic(file)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read ({_reason(exc)})") from exc
+    return CheckpointFormat.TORCH if legacy else CheckpointFormat.PICKLE
+
+
+def _starts_with_torch_magic(file: BinaryIO) -> bool:
+    """Whether the pickle's first value is torch's magic number, read opcode by opcode (a few
+    bytes) without executing anything."""
+    try:
+        for opcode, arg, _ in pickletools.genops(file):
+            if opcode.name not in ("PROTO", "FRAME"):
+                return isinstance(arg, int) and arg == _TORCH_LEGACY_MAGIC
+    except ValueError:  # not a pickle
+        return False
+    return False
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read the model tensors of a checkpoint file, on the CPU, without running pickled code.
 
     Args:
-        path: a ``.pth``/``.pt`` file (bare state dict or a dict with a ``model`` entry) or a
-            Detectron2 ``.pkl`` (dict of numpy arrays, optionally under ``model``).
+        path: a ``.pth``, ``.pt`` or ``.pkl`` file, read by its contents whatever the suffix:
+            a :func:`torch.save` file (bare state dict or a dict with a ``model`` entry) or a
+            plain pickle such as a Detectron2 ``.pkl`` (dict of numpy arrays, optionally under
+            ``model``).
 
     Returns:
         Tensor name -> tensor, in file order. Non-tensor entries (``__author__``,
@@ -160,15 +211,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             no tensors, or names a Python global outside the allowlists.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in TORCH_SUFFIXES + PICKLE_SUFFIXES:
-        known = ", ".join(TORCH_SUFFIXES + PICKLE_SUFFIXES)
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        known = ", ".join(CHECKPOINT_SUFFIXES)
         raise CheckpointError(f"checkpoint {path}: unknown suffix {path.suffix!r} (expected one of {known})")
     if not path.is_file():
         reason = "is a directory, not a file" if path.is_dir() else "no such file"
         raise CheckpointError(f"checkpoint {path}: {reason}")
 
-    contents = _torch_load(path) if suffix in TORCH_SUFFIXES else _pickle_load(path)
+    is_torch_file = checkpoint_format(path) is CheckpointFormat.TORCH
+    contents = _torch_load(path) if is_torch_file else _pickle_load(path)
     state_dict = _strip_ddp_prefix(_extract_tensors(contents, path), path)
     logger.debug("read %d tensors from %s", len(state_dict), path)
     return state_dict

@@ -1,4 +1,5 @@
-"""Tests of dyhead_serve.checkpoint: safe reading of .pth/.pkl checkpoints and the load report."""
+"""Tests of dyhead_serve.checkpoint: safe reading of torch.save files and pickles, whatever their
+suffix, and the load report."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import pickle
 import shlex
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,11 @@ from torch import nn
 
 from dyhead_serve.checkpoint import (
     CheckpointError,
+    CheckpointFormat,
     CheckpointMismatchError,
     LoadReport,
     ShapeMismatch,
+    checkpoint_format,
     load_state_dict,
     read_state_dict,
 )
@@ -266,6 +270,80 @@ def test_pkl_with_custom_class_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match=r"refusing global .*test_checkpoint\.CustomThing"):
         read_state_dict(path)
+
+
+# ------------------------------------------------------------ format by content, not suffix
+
+
+def _save_torch_legacy(obj: object, path: Path) -> None:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+def _save_plain_pickle(obj: object, path: Path) -> None:
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+@pytest.mark.parametrize(
+    ("save", "expected_format"),
+    [
+        (torch.save, CheckpointFormat.TORCH),
+        (_save_torch_legacy, CheckpointFormat.TORCH),
+        (_save_plain_pickle, CheckpointFormat.PICKLE),
+    ],
+    ids=["torch-zip", "torch-legacy", "plain-pickle"],
+)
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".pkl"])
+def test_format_comes_from_the_contents_whatever_the_suffix(
+    tmp_path: Path, save: Callable[[object, Path], None], expected_format: CheckpointFormat, suffix: str
+) -> None:
+    """The official Swin-T backbone, swin_tiny_patch4_window7_224_d2.pth, is a plain pickle."""
+    expected = _other_values(seed=8)
+    path = tmp_path / f"weights{suffix}"
+    save({"model": expected}, path)
+
+    assert checkpoint_format(path) is expected_format
+    model = TinyNet()
+    assert load_state_dict(model, path).ok
+    _assert_model_equals(model, expected)
+
+
+def test_plain_pickle_of_numpy_arrays_named_pth(tmp_path: Path) -> None:
+    path = tmp_path / "swin_tiny_patch4_window7_224_d2.pth"
+    _save_plain_pickle({"model": {"patch_embed.proj.bias": np.array([0.5, -1.0], dtype=np.float32)}}, path)
+    assert read_state_dict(path)["patch_embed.proj.bias"].tolist() == [0.5, -1.0]
+
+
+@pytest.mark.parametrize(
+    "save",
+    [torch.save, _save_torch_legacy, _save_plain_pickle],
+    ids=["torch-zip", "torch-legacy", "plain-pickle"],
+)
+@pytest.mark.parametrize("suffix", [".pth", ".pkl"])
+def test_code_payload_is_refused_whatever_the_format_and_suffix(
+    tmp_path: Path, save: Callable[[object, Path], None], suffix: str
+) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    save({"model": {"w": torch.zeros(2)}, "x": Payload(marker)}, path)
+
+    with pytest.raises(CheckpointError, match="system") as info:
+        read_state_dict(path)
+    assert "arbitrary Python objects" in str(info.value) and str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_pickle_that_mimics_the_legacy_torch_header_is_still_refused(tmp_path: Path) -> None:
+    """A pickle that starts with torch's magic number goes to torch.load(weights_only=True),
+    which refuses globals as well."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(
+        pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2) + pickle.dumps(Payload(marker), protocol=2)
+    )
+    assert checkpoint_format(path) is CheckpointFormat.TORCH
+    with pytest.raises(CheckpointError):
+        read_state_dict(path)
+    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------- broken files

@@ -1,14 +1,16 @@
 """``MODEL.WEIGHTS``: where the weights a training run starts from come from, and how they load.
 
-- A local ``.pth`` / ``.pt`` (an official checkpoint, or one of ours): tensors load by exact
-  name. A file that covers the whole model loads strictly; otherwise (e.g. a backbone-only
-  file) whatever matches loads and the rest keeps its initialisation, with a report.
-- A Detectron2 ``.pkl`` (the ImageNet backbones its configs name): Caffe2 names are converted
-  (:mod:`dyhead_serve.engine.c2_names`) and every file is aligned to the model by name suffix,
-  as Detectron2 does; the report lists what stayed unmatched (the ImageNet classifier, the
-  detector's new layers). A plain pickle named ``.pth`` (how Detectron2 conversion scripts
-  save third-party backbones, e.g. the ``swin_tiny_patch4_window7_224_d2.pth`` the official
-  Swin-T config names) is read and aligned the same way.
+- A local :func:`torch.save` file (an official checkpoint, or one of ours): tensors load by
+  exact name. A file that covers the whole model loads strictly; otherwise (e.g. a
+  backbone-only file) whatever matches loads and the rest keeps its initialisation, with a
+  report.
+- A plain pickle: a Detectron2 ``.pkl`` (the ImageNet backbones its configs name), or one named
+  ``.pth`` (how Detectron2 conversion scripts save third-party backbones, e.g. the
+  ``swin_tiny_patch4_window7_224_d2.pth`` the official Swin-T config names): Caffe2 names are
+  converted (:mod:`dyhead_serve.engine.c2_names`) and every file is aligned to the model by
+  name suffix, as Detectron2 does; the report lists what stayed unmatched (the ImageNet
+  classifier, the detector's new layers). Which of the two a file is comes from its contents,
+  not its suffix (:func:`~dyhead_serve.checkpoint.checkpoint_format`).
 - ``detectron2://PATH`` (Detectron2's model-zoo prefix for
   ``https://dl.fbaipublicfiles.com/detectron2/PATH``) and ``http(s)://`` URLs are downloaded
   once into the cache (``$DYHEAD_SERVE_CACHE``, default ``~/.cache/dyhead-serve``); without
@@ -18,16 +20,15 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dyhead_serve.checkpoint import (
-    CheckpointError,
+    CheckpointFormat,
     LoadReport,
+    checkpoint_format,
     compare_state_dicts,
     load_state_dict,
     read_state_dict,
@@ -90,30 +91,6 @@ def resolve_weights(spec: str, *, download: bool = True) -> Path:
         raise WeightsError(f"MODEL.WEIGHTS {spec!r}: {reason}; {by_hand}") from exc
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """The file's tensors, and whether it is a (Detectron2-style) pickle rather than a
-    ``torch.save`` file."""
-    if path.suffix.lower() == ".pkl":
-        return read_state_dict(path), True
-    try:
-        with warnings.catch_warnings():
-            # torch.load's remark on a plain pickle's protocol, before it refuses the file
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return read_state_dict(path), False
-    except CheckpointError as error:
-        with path.open("rb") as file:
-            if not file.read(1) == b"\x80":  # not a pickle either
-                raise
-        # A plain pickle named .pth: the restricted pickle reader, which goes by the suffix.
-        with tempfile.TemporaryDirectory() as folder:
-            alias = Path(folder) / f"{path.stem}.pkl"
-            alias.symlink_to(path.resolve())
-            try:
-                return read_state_dict(alias), True
-            except CheckpointError:
-                raise error from None
-
-
 def initialize_from_weights(model: nn.Module, spec: str) -> LoadReport:
     """Load ``MODEL.WEIGHTS`` into ``model`` (see the module docstring).
 
@@ -135,9 +112,9 @@ def initialize_from_weights(model: nn.Module, spec: str) -> LoadReport:
             path = resolve_weights(spec, download=False)
     else:
         path = resolve_weights(spec)
-    state, is_pickle = _read_weights(path)
+    state = read_state_dict(path)
     model_state = model.state_dict()
-    if is_pickle:
+    if checkpoint_format(path) is CheckpointFormat.PICKLE:
         if is_c2_checkpoint(state):
             logger.info("%s holds Caffe2 names: converting them as Detectron2 does", path)
             state = convert_c2_names(state)
