@@ -1,8 +1,8 @@
 """Load test of `dyhead-serve serve` on loopback: throughput, p50/p90/p99 latency and errors at
 1, 8 and 32 concurrent clients, with dynamic batching on and off.
 
-With --model, it starts the server itself twice on free loopback ports (batching on:
---max-batch-size B; off: --max-batch-size 1), runs every client level against each and stops it.
+With --model, it starts two servers itself on free loopback ports (batching on: --max-batch-size
+B; off: --max-batch-size 1), runs each client level against one then the other, and stops them.
 With --url, it measures a server already running on this machine (one mode).
 
     python benchmarks/load.py --model exported/tiny                       # on vs off, 1/8/32 clients
@@ -242,18 +242,25 @@ def main(argv: list[str] | None = None) -> int:
             results.append(asyncio.run(run_level(url, image, "server", level, args.requests, args.duration)))
             print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     else:
+        # Both servers run for the whole benchmark (an idle one costs nothing) and the modes take
+        # turns at each level, so that a change in the machine's background load hits both alike.
         modes = [(f"batching on ({args.max_batch_size})", args.max_batch_size), ("batching off", 1)]
-        for mode, batch_size in modes:
-            process = start_server(args.model, free_port(), batch_size, args)
-            url = require_loopback(f"http://127.0.0.1:{process.args[process.args.index('--port') + 1]}")
-            try:
-                for level in clients:
+        servers: dict[str, tuple[subprocess.Popen, str]] = {}
+        try:
+            for mode, batch_size in modes:
+                port = free_port()
+                servers[mode] = (start_server(args.model, port, batch_size, args), f"http://127.0.0.1:{port}")
+            for level in clients:
+                for mode, _ in modes:
+                    url = require_loopback(servers[mode][1])
                     results.append(
                         asyncio.run(run_level(url, image, mode, level, args.requests, args.duration))
                     )
                     print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-            finally:
+        finally:
+            for process, _ in servers.values():
                 stop_server(process)
+        results.sort(key=lambda r: [m for m, _ in modes].index(r.mode))
     print(f"cpu cores: {os.cpu_count()}, image: {args.image or 'synthetic 640x480 JPEG'}")
     print(format_table(results))
     return 0

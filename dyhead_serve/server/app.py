@@ -4,6 +4,8 @@ and only then reports ready; on shutdown it finishes the queued work before the 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -24,7 +26,7 @@ from dyhead_serve.server.service import BackendLoader, DetectionService, load_ba
 from dyhead_serve.server.settings import ServerSettings
 from dyhead_serve.server.uploads import BodySizeLimitMiddleware
 
-__all__ = ["create_app", "create_app_from_environment"]
+__all__ = ["LOG_LEVEL_VARIABLE", "create_app", "create_app_from_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,11 @@ def create_app(
     settings = settings if settings is not None else ServerSettings()
     metrics = Metrics()
     if backend is not None:
-        loaded = backend
-        load = lambda _settings: loaded  # noqa: E731
+        preloaded = backend
+
+        def load(_: ServerSettings) -> Backend:
+            return preloaded
+
     service = DetectionService(settings, metrics, load or load_backend_from_settings, on_load_failure)
 
     @asynccontextmanager
@@ -103,6 +108,19 @@ def create_app(
     return app
 
 
+LOG_LEVEL_VARIABLE = "DYHEAD_SERVE_LOG_LEVEL"
+
+
 def create_app_from_environment() -> FastAPI:
-    """The app with settings from ``DYHEAD_SERVE_*`` (uvicorn ``--factory``, one per worker)."""
+    """The app with settings from ``DYHEAD_SERVE_*`` (uvicorn ``--factory``, one per worker).
+
+    A worker process starts with no logging set up: it logs at ``$DYHEAD_SERVE_LOG_LEVEL``
+    (default INFO), as the CLI process does.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=os.environ.get(LOG_LEVEL_VARIABLE, "INFO").upper(),
+            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+            stream=sys.stderr,
+        )
     return create_app(ServerSettings())

@@ -43,7 +43,7 @@ _DETECT_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
 async def _read(
     request: Request, service: DetectionService, max_files: int, query: dict[str, Any]
 ) -> tuple[list[Any], DetectOptions]:
-    backend = service.require_ready()  # before reading the body: a loading server answers at once
+    backend = service.require_capacity()  # before reading the body: a busy server answers at once
     images, body_options = await read_detect_request(request, max_files)
     raw = {key: value for key, value in query.items() if value is not None}
     raw.update(body_options)  # the body wins over the query string

@@ -242,7 +242,7 @@ def _outputs(results: list[ImageResult]) -> dict[str, V2ResponseOutput]:
 )
 async def infer(name: str, request: Request, service: Service, settings: Settings) -> V2InferResponse:
     backend = _backend_named(service, name)
-    service.require_ready()
+    service.require_capacity()
     infer_request, images = await _read_infer_request(request, settings.max_files)
     wanted = [o.name for o in infer_request.outputs] if infer_request.outputs else list(OUTPUTS)
     unknown = [o for o in wanted if o not in OUTPUTS]

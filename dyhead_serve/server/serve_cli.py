@@ -148,7 +148,10 @@ def run_serve(args: argparse.Namespace) -> int:
     _exit_cleanly_after_sigterm()
     if settings.workers > 1:
         # Each worker process builds its own app (and model) from the environment.
+        from dyhead_serve.server.app import LOG_LEVEL_VARIABLE
+
         os.environ.update(settings.to_environment())
+        os.environ[LOG_LEVEL_VARIABLE] = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         uvicorn.run(
             "dyhead_serve.server.app:create_app_from_environment",
             factory=True,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -226,15 +226,26 @@ class DetectionService:
         """Run ``fn(*args)`` on the preprocessing threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    def require_capacity(self) -> Backend:
+        """:meth:`require_ready`, and a 503 when the queue is full already: checked before a
+        request body is read, so that an overloaded server does not buffer uploads it will refuse."""
+        backend = self.require_ready()
+        if self._in_flight >= self.settings.max_queue:
+            self._queue_full()
+        return backend
+
+    def _queue_full(self) -> NoReturn:
+        self.metrics.rejected.labels("queue_full").inc()
+        raise ApiError(
+            503, "queue_full",
+            f"{self._in_flight} images in progress (max_queue {self.settings.max_queue}); retry later",
+            {"Retry-After": "1"},
+        )  # fmt: skip
+
     def _admit(self, count: int) -> None:
         with self._lock:
             if self._in_flight + count > self.settings.max_queue:
-                self.metrics.rejected.labels("queue_full").inc()
-                raise ApiError(
-                    503, "queue_full",
-                    f"{self._in_flight} images in progress (max_queue {self.settings.max_queue}); retry",
-                    {"Retry-After": "1"},
-                )  # fmt: skip
+                self._queue_full()
             self._in_flight += count
             self.metrics.in_flight.set(self._in_flight)
 
