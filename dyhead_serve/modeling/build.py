@@ -5,7 +5,8 @@ Each builder reads the few config keys its module needs and passes them as plain
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dyhead_serve.modeling.anchors import broadcast_per_level
@@ -117,72 +118,86 @@ def _in_channels(backbone: Backbone, in_features: list[str]) -> int:
     return channels.pop()
 
 
-def _atss(cfg: Cfg) -> DenseDetector:
-    c = cfg.MODEL.ATSS
+@dataclass
+class _DenseParts:
+    """What the ATSS and RetinaNet builders share: backbone, inputs, anchors."""
+
+    backbone: Backbone
+    in_features: list[str]
+    strides: list[int]
+    sizes: list[list[float]]
+    ratios: list[list[float]]
+    in_channels: int
+    num_anchors: int
+
+
+def _dense_parts(cfg: Cfg, in_features: list[str]) -> _DenseParts:
     backbone = build_backbone(cfg)
-    in_features = list(c.IN_FEATURES)
     strides = _strides(backbone, in_features)
     sizes, ratios = _anchor_params(cfg, len(in_features))
     num_anchors = {len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)}
     if len(num_anchors) != 1:
         raise ValueError("every level needs the same number of anchors per location")
+    return _DenseParts(
+        backbone, in_features, strides, sizes, ratios, _in_channels(backbone, in_features), num_anchors.pop()
+    )
+
+
+def _decoder_spec(
+    cfg: Cfg, parts: _DenseParts, kind: str, box_weights: Sequence[float], **test: float
+) -> DenseDecoderSpec:
+    return DenseDecoderSpec(
+        kind=kind,
+        strides=parts.strides,
+        anchor_sizes=parts.sizes,
+        anchor_aspect_ratios=parts.ratios,
+        anchor_offset=float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET),
+        box_weights=list(box_weights),
+        score_threshold=float(test["score_threshold"]),
+        topk_candidates=int(test["topk_candidates"]),
+        nms_threshold=float(test["nms_threshold"]),
+        max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+        num_classes=int(test["num_classes"]),
+    )
+
+
+def _atss(cfg: Cfg) -> DenseDetector:
+    c = cfg.MODEL.ATSS
+    parts = _dense_parts(cfg, list(c.IN_FEATURES))
     head = ATSSHead(
-        _in_channels(backbone, in_features),
+        parts.in_channels,
         num_classes=c.NUM_CLASSES,
-        num_anchors=num_anchors.pop(),
+        num_anchors=parts.num_anchors,
         num_convs=c.NUM_CONVS,
         channels=c.CHANNELS,
         use_gn=c.USE_GN,
         prior_prob=c.PRIOR_PROB,
-        num_levels=len(in_features),
+        num_levels=len(parts.in_features),
     )
-    spec = DenseDecoderSpec(
-        kind="atss",
-        strides=strides,
-        anchor_sizes=sizes,
-        anchor_aspect_ratios=ratios,
-        anchor_offset=float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET),
-        box_weights=list(c.BBOX_REG_WEIGHTS),
-        score_threshold=float(c.INFERENCE_TH),
-        topk_candidates=int(c.PRE_NMS_TOP_N),
-        nms_threshold=float(c.NMS_TH),
-        max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
-        num_classes=c.NUM_CLASSES,
-    )
-    return DenseDetector(backbone, head, in_features, spec, loss=build_atss_loss(cfg, head.num_anchors))
+    spec = _decoder_spec(
+        cfg, parts, "atss", c.BBOX_REG_WEIGHTS, score_threshold=c.INFERENCE_TH,
+        topk_candidates=c.PRE_NMS_TOP_N, nms_threshold=c.NMS_TH, num_classes=c.NUM_CLASSES,
+    )  # fmt: skip
+    loss = build_atss_loss(cfg, head.num_anchors)
+    return DenseDetector(parts.backbone, head, parts.in_features, spec, loss=loss)
 
 
 def _retinanet(cfg: Cfg) -> DenseDetector:
     c = cfg.MODEL.RETINANET
-    backbone = build_backbone(cfg)
-    in_features = list(c.IN_FEATURES)
-    strides = _strides(backbone, in_features)
-    sizes, ratios = _anchor_params(cfg, len(in_features))
-    num_anchors = {len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)}
-    if len(num_anchors) != 1:
-        raise ValueError("every level needs the same number of anchors per location")
+    parts = _dense_parts(cfg, list(c.IN_FEATURES))
     head = RetinaNetHead(
-        _in_channels(backbone, in_features),
+        parts.in_channels,
         num_classes=c.NUM_CLASSES,
-        num_anchors=num_anchors.pop(),
+        num_anchors=parts.num_anchors,
         num_convs=c.NUM_CONVS,
         norm=c.NORM,
         prior_prob=c.PRIOR_PROB,
     )
-    spec = DenseDecoderSpec(
-        kind="retinanet",
-        strides=strides,
-        anchor_sizes=sizes,
-        anchor_aspect_ratios=ratios,
-        anchor_offset=float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET),
-        box_weights=list(c.BBOX_REG_WEIGHTS),
-        score_threshold=float(c.SCORE_THRESH_TEST),
-        topk_candidates=int(c.TOPK_CANDIDATES_TEST),
-        nms_threshold=float(c.NMS_THRESH_TEST),
-        max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
-        num_classes=c.NUM_CLASSES,
-    )
-    return DenseDetector(backbone, head, in_features, spec, loss=build_retinanet_loss(cfg))
+    spec = _decoder_spec(
+        cfg, parts, "retinanet", c.BBOX_REG_WEIGHTS, score_threshold=c.SCORE_THRESH_TEST,
+        topk_candidates=c.TOPK_CANDIDATES_TEST, nms_threshold=c.NMS_THRESH_TEST, num_classes=c.NUM_CLASSES,
+    )  # fmt: skip
+    return DenseDetector(parts.backbone, head, parts.in_features, spec, loss=build_retinanet_loss(cfg))
 
 
 META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector | GeneralizedRCNN]] = {
