@@ -3,7 +3,8 @@
 started by ``torchrun``.
 
 Each iteration: take a batch, run the network (under autocast with ``SOLVER.AMP.ENABLED`` on
-CUDA), compute the losses from its outputs (:meth:`DenseDetector.losses`), average them over
+CUDA), compute the losses from its outputs (:meth:`DenseDetector.losses`; a model with a
+``forward_train``, such as :class:`GeneralizedRCNN`, returns them itself), average them over
 processes for the record, stop with :class:`FloatingPointError` if one is not finite (or if the
 network raised it, e.g. on non-finite deformable-convolution offsets), else back-propagate, clip
 (``SOLVER.CLIP_GRADIENTS``), step the optimizer, then the scheduler.
@@ -47,15 +48,36 @@ def _busiest_group(optimizer: torch.optim.Optimizer) -> int:
     return sizes.index(max(sizes))
 
 
+class _ForwardTrain(nn.Module):
+    """Makes ``model.forward_train`` a module's ``forward``, so that DistributedDataParallel, which
+    prepares its gradient reduction in ``forward``, wraps the call that builds the graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        image_sizes: torch.Tensor,
+        gt_boxes: list[torch.Tensor],
+        gt_classes: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        return self.model.forward_train(images, image_sizes, gt_boxes, gt_classes)  # type: ignore[operator]
+
+
 class Trainer:
     """Trains ``model`` for ``SOLVER.MAX_ITER`` iterations on batches from ``data_loader``.
 
     Args:
         cfg: the config (``SOLVER``, ``TEST.EVAL_PERIOD``, ``MODEL.PIXEL_*``, ``OUTPUT_DIR``).
         model: the detector on its device (unwrapped; it is wrapped in DistributedDataParallel
-            here when several processes train): ``forward(images, image_sizes)`` gives the
-            outputs from which ``losses(outputs, gt_boxes, gt_classes, padded_hw)`` computes
-            the named losses (:class:`~dyhead_serve.modeling.detector.DenseDetector`).
+            here when several processes train): ``forward_train(images, image_sizes, gt_boxes,
+            gt_classes)`` returns the named losses where the model has it
+            (:class:`~dyhead_serve.modeling.rcnn.GeneralizedRCNN`); otherwise
+            ``forward(images, image_sizes)`` gives the outputs from which ``losses(outputs,
+            gt_boxes, gt_classes, padded_hw)`` computes them
+            (:class:`~dyhead_serve.modeling.detector.DenseDetector`).
         data_loader: yields lists of :class:`TrainingSample` forever (this process's share).
         evaluate: called every ``TEST.EVAL_PERIOD`` iterations and after the last one, on the
             main process only, with the unwrapped model; its metrics go to ``metrics.jsonl``.
@@ -90,11 +112,12 @@ class Trainer:
             logger.warning("SOLVER.AMP.ENABLED needs a CUDA device; training in float32 on %s", self.device)
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.checkpointer = TrainingCheckpointer(cfg.OUTPUT_DIR, save_to_disk=is_main_process())
-        self.network: nn.Module = model
+        self.uses_forward_train = callable(getattr(model, "forward_train", None))
+        self.network: nn.Module = _ForwardTrain(model) if self.uses_forward_train else model
         if get_world_size() > 1:
             # find_unused_parameters as the official train_net.py sets it.
             self.network = DistributedDataParallel(
-                model,
+                self.network,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,
                 find_unused_parameters=True,
@@ -190,12 +213,16 @@ class Trainer:
         image_sizes = torch.tensor(batch.image_sizes, dtype=torch.int64, device=self.device)  # [N, 2]
         try:
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                outputs = self.network(batch.images, image_sizes)
+                if self.uses_forward_train:
+                    loss_dict = self.network(batch.images, image_sizes, batch.gt_boxes, batch.gt_classes)
+                else:
+                    outputs = self.network(batch.images, image_sizes)
         except FloatingPointError as exc:  # raised inside forward, e.g. by check_finite_offsets
             self._stop_on_non_finite(f"iteration {iteration} failed: {exc}", cause=exc)
-        loss_dict = self.model.losses(  # type: ignore[operator]
-            outputs, batch.gt_boxes, batch.gt_classes, batch.padded_hw
-        )
+        if not self.uses_forward_train:
+            loss_dict = self.model.losses(  # type: ignore[operator]
+                outputs, batch.gt_boxes, batch.gt_classes, batch.padded_hw
+            )
         total = sum(loss_dict.values())
         if not isinstance(total, torch.Tensor):
             raise ValueError("the model returned no losses")

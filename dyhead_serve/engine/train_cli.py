@@ -242,7 +242,7 @@ def _train(args: argparse.Namespace, device: str) -> int:
 
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
     model = build_model(cfg)
-    if not hasattr(model, "losses"):
+    if not hasattr(model, "losses") and not hasattr(model, "forward_train"):
         raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} cannot be trained yet")
     evaluate = _coco_evaluator(cfg, catalog) if cfg.DATASETS.TEST else None
     trainer = Trainer(cfg, model, build_train_loader(cfg, catalog), evaluate=evaluate)

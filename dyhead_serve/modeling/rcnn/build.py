@@ -8,11 +8,15 @@ from typing import Any
 
 from dyhead_serve.modeling.anchors import AnchorGenerator, broadcast_per_level
 from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.modeling.losses.retinanet_assign import Matcher
 from dyhead_serve.modeling.rcnn.decoder import RCNNDecoderSpec
 from dyhead_serve.modeling.rcnn.detector import GeneralizedRCNN
+from dyhead_serve.modeling.rcnn.fast_rcnn_loss import FastRCNNLoss
 from dyhead_serve.modeling.rcnn.pooler import ROIPooler
+from dyhead_serve.modeling.rcnn.proposal_sampling import ProposalSampler
 from dyhead_serve.modeling.rcnn.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers, StandardROIHeads
 from dyhead_serve.modeling.rcnn.rpn import RPN, StandardRPNHead
+from dyhead_serve.modeling.rcnn.rpn_loss import RPNLoss
 
 __all__ = ["build_rcnn"]
 
@@ -45,6 +49,11 @@ def _check_supported(cfg: Cfg) -> None:
             f"MODEL.ROI_BOX_HEAD.POOLER_TYPE {m.ROI_BOX_HEAD.POOLER_TYPE!r} is not supported; "
             f"choose one of {sorted(_POOLER_TYPES)}"
         )
+    if m.ROI_BOX_HEAD.USE_FED_LOSS:
+        raise ValueError(
+            "MODEL.ROI_BOX_HEAD.USE_FED_LOSS is not supported (it needs per-class dataset frequencies); "
+            "set it False"
+        )
     if m.MASK_ON:
         raise ValueError(
             "MODEL.MASK_ON is True but mask heads are not implemented (the official DyHead Faster R-CNN "
@@ -53,7 +62,8 @@ def _check_supported(cfg: Cfg) -> None:
 
 
 def build_rcnn(cfg: Cfg) -> GeneralizedRCNN:
-    """Backbone, RPN and box branch as Detectron2 builds them for ``GeneralizedRCNN`` at test time.
+    """Backbone, RPN and box branch as Detectron2 builds them for ``GeneralizedRCNN``, with their
+    training losses (``RPN.*`` and ``ROI_HEADS.*`` sampling, ``ROI_BOX_HEAD.*`` losses).
 
     ``ROI_MASK_HEAD`` is not built (``MODEL.MASK_ON`` must be False, as in the official config).
     """
@@ -94,6 +104,9 @@ def build_rcnn(cfg: Cfg) -> GeneralizedRCNN:
         post_nms_topk=int(r.POST_NMS_TOPK_TEST),
         nms_threshold=float(r.NMS_THRESH),
         min_box_size=float(cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE),
+        loss=_rpn_loss(cfg),
+        train_pre_nms_topk=int(r.PRE_NMS_TOPK_TRAIN),
+        train_post_nms_topk=int(r.POST_NMS_TOPK_TRAIN),
     )
 
     b = cfg.MODEL.ROI_BOX_HEAD
@@ -115,4 +128,36 @@ def build_rcnn(cfg: Cfg) -> GeneralizedRCNN:
         num_classes=num_classes,
         sigmoid_scores=bool(b.USE_SIGMOID_CE),
     )
-    return GeneralizedRCNN(backbone, rpn, StandardROIHeads(pooler, box_head, predictor), rpn_in, roi_in, spec)
+    h = cfg.MODEL.ROI_HEADS
+    sampler = ProposalSampler(
+        Matcher(h.IOU_THRESHOLDS, h.IOU_LABELS, allow_low_quality_matches=False),
+        num_classes,
+        batch_size_per_image=int(h.BATCH_SIZE_PER_IMAGE),
+        positive_fraction=float(h.POSITIVE_FRACTION),
+        append_gt=bool(h.PROPOSAL_APPEND_GT),
+    )
+    box_loss = FastRCNNLoss(
+        BoxCoder(b.BBOX_REG_WEIGHTS),
+        num_classes,
+        smooth_l1_beta=float(b.SMOOTH_L1_BETA),
+        box_reg_loss_type=str(b.BBOX_REG_LOSS_TYPE),
+        box_reg_loss_weight=float(b.BBOX_REG_LOSS_WEIGHT),
+        sigmoid_ce=bool(b.USE_SIGMOID_CE),
+    )
+    roi_heads = StandardROIHeads(pooler, box_head, predictor, sampler, box_loss)
+    return GeneralizedRCNN(backbone, rpn, roi_heads, rpn_in, roi_in, spec)
+
+
+def _rpn_loss(cfg: Cfg) -> RPNLoss:
+    r = cfg.MODEL.RPN
+    return RPNLoss(
+        BoxCoder(r.BBOX_REG_WEIGHTS),
+        Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=True),
+        batch_size_per_image=int(r.BATCH_SIZE_PER_IMAGE),
+        positive_fraction=float(r.POSITIVE_FRACTION),
+        smooth_l1_beta=float(r.SMOOTH_L1_BETA),
+        box_reg_loss_type=str(r.BBOX_REG_LOSS_TYPE),
+        cls_weight=float(r.LOSS_WEIGHT),
+        loc_weight=float(r.BBOX_REG_LOSS_WEIGHT) * float(r.LOSS_WEIGHT),
+        boundary_threshold=float(r.BOUNDARY_THRESH),
+    )

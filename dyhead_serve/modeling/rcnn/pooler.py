@@ -84,16 +84,35 @@ class ROIPooler(nn.Module):
         Returns:
             Tensor[N * R, C, output_size, output_size], image-major.
         """
-        if len(features) != len(self.scales):
-            raise ValueError(f"the pooler was built for {len(self.scales)} levels, got {len(features)}")
         num_images, num_boxes = boxes.shape[:2]
         flat = boxes.reshape(-1, 4)
         image_index = torch.arange(num_images, dtype=flat.dtype, device=flat.device)
         rois = torch.cat([image_index.repeat_interleave(num_boxes)[:, None], flat], dim=1)  # [N*R, 5]
+        return self._pool_rois(features, rois)
+
+    def pool_boxes(self, features: Sequence[Tensor], boxes_per_image: Sequence[Tensor]) -> Tensor:
+        """Pool a different number of boxes per image (training minibatches).
+
+        Args:
+            features: one Tensor[N, C, H_l, W_l] per level, finest first.
+            boxes_per_image: N tensors Tensor[R_i, 4] (x0, y0, x1, y1) in input pixels.
+
+        Returns:
+            Tensor[sum R_i, C, output_size, output_size], image-major.
+        """
+        rois = torch.cat(
+            [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes_per_image)]
+        )  # [sum R_i, 5]
+        return self._pool_rois(features, rois)
+
+    def _pool_rois(self, features: Sequence[Tensor], rois: Tensor) -> Tensor:
+        """Tensor[M, 5] (image index, x0, y0, x1, y1) -> Tensor[M, C, S, S]."""
+        if len(features) != len(self.scales):
+            raise ValueError(f"the pooler was built for {len(self.scales)} levels, got {len(features)}")
         if len(features) == 1:
             return self._pool(features[0], rois, self.scales[0])
         levels = assign_boxes_to_levels(
-            flat, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+            rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
         channels = features[0].shape[1]
         output = features[0].new_zeros((rois.shape[0], channels, self.output_size, self.output_size))

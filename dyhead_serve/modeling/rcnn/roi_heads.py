@@ -1,14 +1,18 @@
-"""Detectron2's ``StandardROIHeads`` box branch at test time: pool each proposal, run the fully
-connected box head, predict class logits and per-class box deltas."""
+"""Detectron2's ``StandardROIHeads`` box branch: pool each proposal, run the fully connected box
+head, predict class logits and per-class box deltas; in training, on a sampled minibatch of
+proposals, with the losses."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dyhead_serve.modeling.rcnn.fast_rcnn_loss import FastRCNNLoss
 from dyhead_serve.modeling.rcnn.pooler import ROIPooler
+from dyhead_serve.modeling.rcnn.proposal_sampling import ProposalSampler
 
 __all__ = ["FastRCNNConvFCHead", "FastRCNNOutputLayers", "StandardROIHeads"]
 
@@ -75,19 +79,32 @@ class FastRCNNOutputLayers(nn.Module):
 class StandardROIHeads(nn.Module):
     """Pooler, box head and box predictor (module names as in Detectron2's checkpoints).
 
+    ``forward`` predicts given proposal slots (inference); :meth:`forward_train` samples the
+    proposals against the ground truth first and returns the losses.
+
     Args:
         box_pooler: pools each proposal from the pyramid.
         box_head: pooled features -> box embedding.
         box_predictor: box embedding -> class logits and box deltas.
+        proposal_sampler: training minibatch of proposals (``None``: cannot be trained).
+        loss: training losses of the box predictor (``None``: cannot be trained).
     """
 
     def __init__(
-        self, box_pooler: ROIPooler, box_head: FastRCNNConvFCHead, box_predictor: FastRCNNOutputLayers
+        self,
+        box_pooler: ROIPooler,
+        box_head: FastRCNNConvFCHead,
+        box_predictor: FastRCNNOutputLayers,
+        proposal_sampler: ProposalSampler | None = None,
+        loss: FastRCNNLoss | None = None,
     ) -> None:
         super().__init__()
         self.box_pooler = box_pooler
         self.box_head = box_head
         self.box_predictor = box_predictor
+        # Plain attributes: they hold no tensors of the state dict.
+        self.proposal_sampler = proposal_sampler
+        self.loss = loss
 
     def forward(self, features: Sequence[Tensor], proposals: Tensor) -> tuple[Tensor, Tensor]:
         """Predict every proposal slot.
@@ -103,3 +120,39 @@ class StandardROIHeads(nn.Module):
         pooled = self.box_pooler(features, proposals)  # [N*P, C, S, S]
         logits, deltas = self.box_predictor(self.box_head(pooled))
         return logits.reshape(num_images, num_proposals, -1), deltas.reshape(num_images, num_proposals, -1)
+
+    def forward_train(
+        self,
+        features: Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_classes: Sequence[Tensor],
+    ) -> dict[str, Tensor]:
+        """Sample proposals (torch's global generator), predict them, return the losses.
+
+        Args:
+            features: Tensor[N, C, H_l, W_l] per pooler level, finest first.
+            proposals: per image Tensor[P_i, 4] in input pixels (no gradient).
+            gt_boxes: per image Tensor[K_i, 4].
+            gt_classes: per image Tensor[K_i] int64 in [0, num_classes).
+
+        Returns:
+            ``loss_cls`` and ``loss_box_reg``, scalar tensors.
+
+        Raises:
+            RuntimeError: the heads were built without a proposal sampler and a loss.
+        """
+        if self.proposal_sampler is None or self.loss is None:
+            raise RuntimeError(
+                "these ROI heads were built without training losses; build the model with build_model"
+            )
+        sampled = self.proposal_sampler(proposals, gt_boxes, gt_classes)
+        pooled = self.box_pooler.pool_boxes(features, [s.boxes for s in sampled])  # [S, C, R, R]
+        logits, deltas = self.box_predictor(self.box_head(pooled))
+        return self.loss(
+            logits,
+            deltas,
+            torch.cat([s.boxes for s in sampled]),
+            torch.cat([s.gt_classes for s in sampled]),
+            torch.cat([s.gt_boxes for s in sampled]),
+        )

@@ -1,5 +1,5 @@
-"""Region proposal network in Detectron2's form (``StandardRPNHead`` and the test-time proposal
-selection of ``find_top_rpn_proposals``), returning a fixed number of proposal slots per image."""
+"""Region proposal network in Detectron2's form (``StandardRPNHead`` and the proposal selection of
+``find_top_rpn_proposals``), returning a fixed number of proposal slots per image at test time."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torchvision.ops import batched_nms
 from dyhead_serve.modeling.anchors import AnchorGenerator
 from dyhead_serve.modeling.box_coding import BoxCoder
 from dyhead_serve.modeling.heads.flatten import flatten_levels
+from dyhead_serve.modeling.rcnn.rpn_loss import RPNLoss
 
 __all__ = ["RPN", "StandardRPNHead", "clip_boxes", "select_proposals"]
 
@@ -87,6 +88,10 @@ def select_proposals(
 class RPN(nn.Module):
     """Objectness and deltas on every level, anchors decoded into proposals, proposals selected.
 
+    ``forward`` is the test-time network (``pre_nms_topk`` / ``post_nms_topk``, fixed output
+    slots); :meth:`forward_train` also computes ``loss`` and selects with the training top-k
+    values, as Detectron2's ``RPN`` in training mode.
+
     Args:
         head: the per-level predictor.
         anchor_generator: anchors of every level (its strides are the input levels').
@@ -95,6 +100,9 @@ class RPN(nn.Module):
         post_nms_topk: proposals kept per image after NMS; also the number of output slots.
         nms_threshold: IoU threshold of the per-level NMS.
         min_box_size: proposals with a side at or below it (input pixels) are dropped.
+        loss: the training losses (``None``: the RPN cannot be trained).
+        train_pre_nms_topk, train_post_nms_topk: ``RPN.PRE_NMS_TOPK_TRAIN`` and
+            ``RPN.POST_NMS_TOPK_TRAIN`` (default: the test values).
     """
 
     def __init__(
@@ -106,10 +114,18 @@ class RPN(nn.Module):
         post_nms_topk: int,
         nms_threshold: float,
         min_box_size: float = 0.0,
+        loss: RPNLoss | None = None,
+        train_pre_nms_topk: int | None = None,
+        train_post_nms_topk: int | None = None,
     ) -> None:
         super().__init__()
-        if pre_nms_topk <= 0 or post_nms_topk <= 0:
-            raise ValueError(f"RPN top-k values must be positive, got {pre_nms_topk} and {post_nms_topk}")
+        train_pre_nms_topk = pre_nms_topk if train_pre_nms_topk is None else train_pre_nms_topk
+        train_post_nms_topk = post_nms_topk if train_post_nms_topk is None else train_post_nms_topk
+        if min(pre_nms_topk, post_nms_topk, train_pre_nms_topk, train_post_nms_topk) <= 0:
+            raise ValueError(
+                f"RPN top-k values must be positive, got {pre_nms_topk} and {post_nms_topk} (test), "
+                f"{train_pre_nms_topk} and {train_post_nms_topk} (training)"
+            )
         self.rpn_head = head
         self.anchor_generator = anchor_generator
         self.box_coder = box_coder
@@ -117,6 +133,9 @@ class RPN(nn.Module):
         self.post_nms_topk = post_nms_topk
         self.nms_threshold = nms_threshold
         self.min_box_size = min_box_size
+        self.loss = loss  # a plain attribute: it holds no tensors of the state dict
+        self.train_pre_nms_topk = train_pre_nms_topk
+        self.train_post_nms_topk = train_post_nms_topk
 
     def forward(self, features: Sequence[Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Proposals of each image.
@@ -131,17 +150,11 @@ class RPN(nn.Module):
             ``counts[i]`` rows, best first; the rows after them are zeros.
         """
         logits, deltas = self.rpn_head(features)
-        anchors = self.anchor_generator.grid_anchors(
-            [(f.shape[-2], f.shape[-1]) for f in features], device=features[0].device
-        )
-        boxes, scores, level_ids = self._top_candidates(logits, deltas, anchors)
+        anchors = self._anchors(features)
+        selected = self._select(logits, deltas, anchors, image_sizes, self.pre_nms_topk, self.post_nms_topk)
 
         proposals, objectness, counts = [], [], []
-        for i in range(boxes.shape[0]):
-            kept_boxes, kept_scores = select_proposals(
-                boxes[i], scores[i], level_ids, image_sizes[i],
-                self.nms_threshold, self.post_nms_topk, self.min_box_size,
-            )  # fmt: skip
+        for kept_boxes, kept_scores in selected:
             padding = self.post_nms_topk - kept_boxes.shape[0]
             proposals.append(F.pad(kept_boxes, (0, 0, 0, padding)))
             objectness.append(F.pad(kept_scores, (0, padding)))
@@ -149,10 +162,87 @@ class RPN(nn.Module):
             counts.append(torch.ones_like(kept_scores, dtype=torch.int64).sum())
         return torch.stack(proposals), torch.stack(objectness), torch.stack(counts)
 
+    def forward_train(
+        self, features: Sequence[Tensor], image_sizes: Tensor, gt_boxes: Sequence[Tensor]
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Training losses and the proposals the ROI heads train on.
+
+        The losses come first (they draw the anchor minibatch from torch's global generator, as
+        in Detectron2); the proposals are selected with the training top-k values and carry no
+        gradient (Detectron2 treats them as fixed).
+
+        Args:
+            features: Tensor[N, C, H_l, W_l] per level, finest first.
+            image_sizes: Tensor[N, 2] (h, w) of each image before padding.
+            gt_boxes: per image Tensor[K_i, 4] (x0, y0, x1, y1) in input pixels.
+
+        Returns:
+            Per image its proposals Tensor[P_i, 4] (P_i <= ``train_post_nms_topk``, best first),
+            and ``loss_rpn_cls``, ``loss_rpn_loc``.
+
+        Raises:
+            RuntimeError: the RPN was built without a loss.
+            FloatingPointError: a predicted box or objectness is not finite (training diverged).
+        """
+        if self.loss is None:
+            raise RuntimeError("this RPN was built without training losses; build the model with build_model")
+        logits, deltas = self.rpn_head(features)
+        anchors = self._anchors(features)
+        losses = self.loss(logits, deltas, anchors, gt_boxes, image_sizes)
+        with torch.no_grad():
+            selected = self._select(
+                [x.detach() for x in logits],
+                [x.detach() for x in deltas],
+                anchors,
+                image_sizes,
+                self.train_pre_nms_topk,
+                self.train_post_nms_topk,
+                require_finite=True,
+            )
+        return [boxes for boxes, _ in selected], losses
+
+    def _anchors(self, features: Sequence[Tensor]) -> list[Tensor]:
+        return self.anchor_generator.grid_anchors(
+            [(f.shape[-2], f.shape[-1]) for f in features], device=features[0].device
+        )
+
+    def _select(
+        self,
+        logits: Sequence[Tensor],
+        deltas: Sequence[Tensor],
+        anchors: Sequence[Tensor],
+        image_sizes: Tensor,
+        pre_nms_topk: int,
+        post_nms_topk: int,
+        require_finite: bool = False,
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Per image, its selected proposals Tensor[K, 4] and logits Tensor[K], best first."""
+        boxes, scores, level_ids = self._top_candidates(logits, deltas, anchors, pre_nms_topk)
+        if require_finite and not (bool(torch.isfinite(boxes).all()) and bool(torch.isfinite(scores).all())):
+            raise FloatingPointError("the RPN predicted non-finite boxes or scores: training has diverged")
+        selected = []
+        for i in range(boxes.shape[0]):
+            selected.append(
+                select_proposals(
+                    boxes[i],
+                    scores[i],
+                    level_ids,
+                    image_sizes[i],
+                    self.nms_threshold,
+                    post_nms_topk,
+                    self.min_box_size,
+                )
+            )
+        return selected
+
     def _top_candidates(
-        self, logits: Sequence[Tensor], deltas: Sequence[Tensor], anchors: Sequence[Tensor]
+        self,
+        logits: Sequence[Tensor],
+        deltas: Sequence[Tensor],
+        anchors: Sequence[Tensor],
+        pre_nms_topk: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The ``pre_nms_topk`` best anchors of each level, decoded.
+        """The ``pre_nms_topk`` (default: the test value) best anchors of each level, decoded.
 
         Returns:
             boxes Tensor[N, R, 4], logits Tensor[N, R] and level ids Tensor[R] int64, levels
@@ -163,7 +253,7 @@ class RPN(nn.Module):
             zip(logits, deltas, anchors, strict=True)
         ):
             num_images, num_anchors = level_logits.shape
-            k = min(num_anchors, self.pre_nms_topk)
+            k = min(num_anchors, self.pre_nms_topk if pre_nms_topk is None else pre_nms_topk)
             top_logits, top_index = level_logits.topk(k, dim=1)  # [N, k]
             top_deltas = torch.gather(level_deltas, 1, top_index[..., None].expand(-1, -1, 4))  # [N, k, 4]
             top_anchors = level_anchors[top_index.reshape(-1)]  # [N*k, 4]
