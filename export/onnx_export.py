@@ -90,6 +90,11 @@ def export_onnx(
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     model: nn.Module = backend.model.eval()
+    if batch is None and not getattr(model, "traces_dynamic_batch", True):
+        # Its forward loops over images in Python: a trace records one image, so the graph
+        # would silently mishandle other batch sizes. Fix the batch at 1 (runtimes split batches).
+        logger.warning("%s traces with a fixed batch: exporting with batch 1", type(model).__name__)
+        batch = 1
     images, image_sizes = _dummy_inputs(batch or 1, backend.input_spec.size_divisibility)
     images, image_sizes = images.to(backend.device), image_sizes.to(backend.device)
     with torch.no_grad():

@@ -91,6 +91,19 @@ class OnnxRuntimeBackend:
         return ["CPUExecutionProvider"]
 
     def infer(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+        fixed = self.session.get_inputs()[0].shape[0]
+        if isinstance(fixed, int) and fixed != images.shape[0]:
+            # A graph exported with a fixed batch runs a larger batch in chunks of that size.
+            if images.shape[0] % fixed:
+                raise BackendError(f"model.onnx takes batches of {fixed}; got {images.shape[0]} images")
+            parts = [
+                self._run(images[i : i + fixed], image_sizes[i : i + fixed])
+                for i in range(0, images.shape[0], fixed)
+            ]
+            return {name: torch.cat([p[name] for p in parts]) for name in self.output_names}
+        return self._run(images, image_sizes)
+
+    def _run(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         feeds: dict[str, np.ndarray] = {}
         for name in self.input_names:
             if name == "images":

@@ -151,3 +151,24 @@ def test_verification_catches_a_wrong_export(tiny_backend, exported, shift):
     )
     assert not report.ok
     assert report.noise_floor is not None  # the float64 check ran and still refused it
+
+
+def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):
+    """GeneralizedRCNN's forward loops over images: a dynamic-batch trace would be wrong for N > 1."""
+    overrides = [
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.DYHEAD.CHANNELS", "32", "MODEL.DYHEAD.NUM_CONVS", "1", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+        "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", "100",
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    backend = load_torch_backend("dyhead_r50_rcnn_fpn_1x", None, device="cpu", overrides=overrides)
+    export_onnx(backend, tmp_path)
+    ort_backend = OnnxRuntimeBackend(tmp_path)
+    assert ort_backend.session.get_inputs()[0].shape[0] == 1
+    images = torch.randn(2, 3, 128, 192)
+    sizes = torch.tensor([[128, 192], [100, 150]])
+    ref, got = backend.infer(images, sizes), ort_backend.infer(images, sizes)
+    for name in ref:
+        assert got[name].shape == ref[name].shape
+        torch.testing.assert_close(got[name].float(), ref[name].float(), rtol=1e-3, atol=1e-3)

@@ -57,6 +57,9 @@ class GeneralizedRCNN(nn.Module):
         self.decoder_spec = decoder_spec
         self.decoder = RCNNDecoder(decoder_spec)
 
+    # forward loops over images in Python; an ONNX trace records one image (see export/).
+    traces_dynamic_batch = False
+
     @property
     def size_divisibility(self) -> int:
         return self.backbone.size_divisibility
