@@ -185,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_onnx(subparsers)
-    from export.tensorrt_cli import add_tensorrt_parser  # here: it imports ExportCliError from this module
+    # Imported here: these modules import ExportCliError from this one.
+    from export.engine_cli import add_engine_parser
+    from export.tensorrt_cli import add_tensorrt_parser
 
     add_tensorrt_parser(subparsers)
+    add_engine_parser(subparsers)
     return parser
 
 
@@ -209,4 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the package module: run as __main__ this file is a second module object, whose
+    # ExportCliError the subcommand modules (importing it from export.cli) would not raise.
+    from export.cli import main as package_main
+
+    sys.exit(package_main())

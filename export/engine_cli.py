@@ -1,0 +1,114 @@
+"""``dyhead-export engine``: the TensorRT engine of a model for this GPU, taken from the engine
+cache or built once into it; prints the engine's folder (what the GPU image serves)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from export.cli import ExportCliError
+from export.tensorrt_build import PROFILES
+
+__all__ = ["add_engine_parser"]
+
+EPILOG = """\
+examples:
+  dyhead-export engine --model dyhead_r50_atss_fpn_1x                 # fp16, batches of up to 8 images
+  dyhead-export engine --config cfg.yaml --weights w.pth --precision fp32 --max-batch 1
+  dyhead-export engine --model exported/atss --cache /var/lib/dyhead-serve/engines
+  dyhead-serve serve --backend tensorrt --model "$(dyhead-export engine --model dyhead_r50_atss_fpn_1x)"
+
+The first run for a model, TensorRT version, GPU, precision and profile builds the engine with
+`dyhead-export tensorrt` (ONNX export, build, verification against PyTorch: minutes); later runs
+find it in the cache at once. Standard output carries only the engine folder; progress and a
+summary line naming the GPU, TensorRT version and model go to standard error.
+"""
+
+
+def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``engine`` subcommand."""
+    p = subparsers.add_parser(
+        "engine",
+        help="find or build (once, into a cache) the TensorRT engine of a model for this GPU",
+        description="Print the folder of a TensorRT engine of the model for this machine's GPU and "
+        "TensorRT version, building it first when the cache has none (keyed by model checksum, "
+        "TensorRT version, GPU, precision and shape profile).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
+        default=None,
+        help="a zoo name (default: the embedded default), or a folder: its model.plan is used as it "
+        "is when it was built for this GPU and TensorRT, otherwise its model.onnx + model.json are built",
+    )
+    source.add_argument("--config", default=None, help="Detectron2 DyHead YAML file or shipped config name")
+    p.add_argument(
+        "--weights", default=None, help="checkpoint for --config, or a local copy of a zoo model's weights"
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="engine cache folder (default: $DYHEAD_SERVE_CACHE/engines, else ~/.cache/dyhead-serve/engines)",
+    )
+    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="default fp16")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="most images the server puts in one batch (its --max-batch-size; default 8): the engine's "
+        "profile must take them",
+    )
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="shape preset (default: the smallest COCO preset that takes --max-batch images)",
+    )
+    p.add_argument("--workspace", type=float, default=None, metavar="GB", help="builder workspace")
+    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    p.set_defaults(func=_run_engine)
+
+
+def _run_engine(args: argparse.Namespace) -> int:
+    from dyhead_serve import zoo
+    from export.engine_cache import (
+        EngineCacheError,
+        current_target,
+        find_or_build,
+        mounted_engine,
+        profile_for_batch,
+        resolve_source,
+    )
+
+    if args.max_batch < 1:
+        raise ExportCliError(f"--max-batch must be at least 1, got {args.max_batch}")
+    overrides = [item for pair in args.set for item in pair]
+    try:
+        target = current_target(args.precision, profile_for_batch(args.max_batch, args.profile))
+        mounted = None
+        if args.model is not None and Path(args.model).is_dir():
+            mounted = mounted_engine(Path(args.model), target, args.max_batch)
+        if mounted is not None:
+            result, precision = mounted
+            summary = result.describe(args.model, target, precision)
+        else:
+            source = resolve_source(args.model, config=args.config, weights=args.weights, overrides=overrides)
+            extra = ["--workspace", str(args.workspace)] if args.workspace else []
+            root = args.cache if args.cache is not None else zoo.cache_dir() / "engines"
+            result = find_or_build(source, target, root, extra_build_args=extra)
+            summary = result.describe(f"{source.label} (id {source.model_id[:16]})", target)
+    except EngineCacheError as exc:
+        raise ExportCliError(str(exc).strip()) from exc
+    except PermissionError as exc:
+        raise ExportCliError(
+            f"cannot write the engine cache ({exc}); make it writable for this user (uid {os.getuid()}; "
+            "the images run as 10001)"
+        ) from exc
+    print(summary, file=sys.stderr)
+    print(result.path)
+    return 0
