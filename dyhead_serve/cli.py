@@ -152,10 +152,10 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
 
     print(f"{'name':30s} {'COCO AP':>7s}  {'cached':6s}  description / weights URL")
     for entry in zoo.ZOO.values():
-        cached = (zoo.cache_dir() / "weights" / Path(entry.url).name).is_file()
+        cached = entry.embedded is not None or (zoo.cache_dir() / "weights" / Path(entry.url).name).is_file()
         ap = f"{entry.coco_ap:.1f}" if entry.coco_ap is not None else "-"
         print(f"{entry.name:30s} {ap:>7s}  {'yes' if cached else 'no':6s}  {entry.description}")
-        print(f"{'':48s}{entry.url}")
+        print(f"{'':48s}{entry.url or 'shipped in the package'}")
     print(f"\ncache: {zoo.cache_dir()} (set DYHEAD_SERVE_CACHE to move it)")
     return 0
 

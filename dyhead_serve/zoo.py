@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dyhead_serve.data.synthetic import SHAPE_CLASSES
+
 __all__ = [
     "DEFAULT_MODEL",
     "ZOO",
@@ -30,6 +32,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+# sha256 of dyhead_serve/zoo_files/default/model_final.pth, as trained (see README.md)
+DEFAULT_SHA256 = "b3f36e9af659092faa889cf2ecdb1e31ea03d4157eb0a5986db7042b85974979"
 _PACKAGE = Path(__file__).parent
 _OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
 
@@ -77,6 +81,16 @@ ZOO: dict[str, ZooModel] = {
         _official("dyhead_r50_retina_fpn_1x", "RetinaNet + DyHead, ResNet-50, 1x", 39.9),
         _official("dyhead_r50_rcnn_fpn_1x", "Faster R-CNN + DyHead, ResNet-50, 1x", 40.3),
         _official("dyhead_swint_atss_fpn_2x_ms", "ATSS + DyHead, Swin-Tiny, 2x multi-scale", 49.8),
+        ZooModel(
+            DEFAULT_MODEL,
+            "zoo_files/default/config.yaml",
+            url="",
+            sha256=DEFAULT_SHA256,
+            description="small DyHead-ATSS (ResNet-18 at quarter width, 2 DyHead blocks) trained on the "
+            "generated shapes dataset; shipped with its ONNX export",
+            embedded="zoo_files/default/model_final.pth",
+            class_names=SHAPE_CLASSES,
+        ),
     )
 }
 

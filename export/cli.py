@@ -124,8 +124,9 @@ def _run_onnx(args: argparse.Namespace) -> int:
         )
         steps.update()
         provenance: dict[str, object] = {
-            "config": str(config),
-            "weights": str(weights),
+            # a zoo model is named, not located: its files move with the installation
+            "config": f"zoo:{args.model}" if args.model else str(config),
+            "weights": f"zoo:{args.model}" if args.model and not args.weights else str(weights),
             "weights_sha256": sha256_of(weights),
         }
         if overrides:
