@@ -87,6 +87,14 @@ class ServerSettings(BaseSettings):
         default_factory=list, description="origins allowed by CORS (e.g. https://app.example.com)"
     )
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        # DYHEAD_SERVE_API_KEY="" (an unset variable in compose, say) means no key, not "".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

@@ -47,3 +47,12 @@ def test_unset_flags_defer_to_the_environment():
     given = {name: getattr(args, name) for name in _SETTINGS_FLAGS if getattr(args, name) is not None}
     assert given == {"max_batch_size": 4, "cors_origins": "https://a.example"}
     assert ServerSettings(**given).cors_origins == ["https://a.example"]
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_api_key_means_no_key(monkeypatch, value):
+    monkeypatch.setenv("DYHEAD_SERVE_API_KEY", value)
+    assert ServerSettings().api_key is None
+    monkeypatch.setenv("DYHEAD_SERVE_API_KEY", "s3cret")
+    key = ServerSettings().api_key
+    assert key is not None and key.get_secret_value() == "s3cret"
