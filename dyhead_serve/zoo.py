@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 # sha256 of dyhead_serve/zoo_files/default/model_final.pth, as trained (see README.md)
-DEFAULT_SHA256 = "b3f36e9af659092faa889cf2ecdb1e31ea03d4157eb0a5986db7042b85974979"
+DEFAULT_SHA256 = "4ada91d02cb85e3c757682a220afa8b568ff8eca21bd330eb07ff06c7f75d5a0"
 _PACKAGE = Path(__file__).parent
 _OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
 
