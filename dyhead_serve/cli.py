@@ -224,11 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dyhead-serve`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+def run_command(args: argparse.Namespace, level: int) -> int:
+    """Set up logging to stderr and run ``args.func``: a :class:`CliError` becomes ``error: ...``
+    and exit status 2, Ctrl-C exit status 130. Shared by ``dyhead-serve`` and ``dyhead-export``."""
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -240,6 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dyhead-serve`` console script."""
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    return run_command(args, level)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dyhead_serve.cli import CliError, run_command
+
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("export")
@@ -23,7 +25,7 @@ serve or predict with `--model exported/atss`.
 """
 
 
-class ExportCliError(Exception):
+class ExportCliError(CliError):
     """A user-facing error: one line, exit status 2."""
 
 
@@ -198,18 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dyhead-export`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return int(args.func(args))
-    except ExportCliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args, logging.DEBUG if args.verbose else logging.WARNING)
 
 
 if __name__ == "__main__":
