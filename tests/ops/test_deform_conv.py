@@ -169,3 +169,74 @@ def test_only_training_mode_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert checked == []
     conv.train()(*args)
     assert len(checked) == 1
+
+
+# -- the CPU training path: grid_sample + matmul ----------------------------------------------
+
+
+def _dcn_inputs(n, cin, cout, h, w, stride, dilation, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out_h = (h + 2 - 2 * dilation - 1) // stride + 1
+    out_w = (w + 2 - 2 * dilation - 1) // stride + 1
+    return (
+        torch.randn(n, cin, h, w, generator=g, dtype=torch.float64),
+        3 * torch.randn(n, 18, out_h, out_w, generator=g, dtype=torch.float64),  # many fall outside
+        torch.rand(n, 9, out_h, out_w, generator=g, dtype=torch.float64),
+        torch.randn(cout, cin, 3, 3, generator=g, dtype=torch.float64),
+        torch.randn(cout, generator=g, dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "stride", "dilation"),
+    [(9, 11, 1, 1), (9, 11, 2, 1), (10, 7, 1, 2), (1, 5, 1, 1), (4, 1, 2, 1)],
+)
+def test_sampling_path_matches_torchvision_values_and_gradients(h, w, stride, dilation) -> None:
+    from torchvision.ops import deform_conv2d
+
+    tensors = _dcn_inputs(2, 3, 4, h, w, stride, dilation)
+    results = []
+    for use_sampling in (False, True):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        x, offset, mask, weight, bias = leaves
+        if use_sampling:
+            y = deform_conv.deform_conv2d_by_sampling(
+                x, offset, mask, weight, bias, (stride, stride), (1, 1), (dilation, dilation)
+            )
+        else:
+            y = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, dilation=dilation, mask=mask)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y.detach(), [leaf.grad for leaf in leaves]))
+    (y_tv, grads_tv), (y_gs, grads_gs) = results
+    torch.testing.assert_close(y_gs, y_tv, rtol=1e-10, atol=1e-10)
+    names = ("input", "offset", "mask", "weight", "bias")
+    for name, g_gs, g_tv in zip(names, grads_gs, grads_tv, strict=True):
+        torch.testing.assert_close(g_gs, g_tv, rtol=1e-9, atol=1e-9, msg=f"gradient of {name} differs")
+
+
+def test_cpu_training_uses_the_sampling_path_and_inference_torchvision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    real = deform_conv.deform_conv2d_by_sampling
+    monkeypatch.setattr(
+        deform_conv, "deform_conv2d_by_sampling", lambda *a: calls.append("sampling") or real(*a)
+    )
+    layer = ModulatedDeformConv2d(3, 4, 3, padding=1)
+    x, offset, mask, _, _ = _dcn_inputs(1, 3, 4, 6, 6, 1, 1)
+    x, offset, mask = x.float(), offset.float(), mask.float()
+    layer.train()
+    trained = layer(x, offset, mask)
+    assert calls == ["sampling"]
+    with torch.no_grad():
+        inferred = layer(x, offset, mask)
+    layer.eval()
+    evaluated = layer(x.requires_grad_(), offset, mask)  # eval with autograd still trains the layer
+    assert calls == ["sampling", "sampling"]
+    from torchvision.ops import deform_conv2d
+
+    with torch.no_grad():
+        expected = deform_conv2d(x, offset, layer.weight, layer.bias, padding=1, mask=mask)
+    assert torch.equal(inferred, expected)  # inference: torchvision, bit for bit
+    torch.testing.assert_close(trained.detach(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(evaluated.detach(), expected, rtol=1e-5, atol=1e-5)
