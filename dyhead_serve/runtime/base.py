@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 from dyhead_serve.pipeline.predictor import Decoder, Predictor
 from dyhead_serve.pipeline.preprocess import InputSpec
 
-__all__ = ["Backend", "BackendError", "make_predictor"]
+__all__ = ["Backend", "BackendError", "infer_in_chunks", "make_predictor"]
 
 
 class BackendError(RuntimeError):
@@ -41,3 +42,17 @@ class Backend(Protocol):
 def make_predictor(backend: Backend) -> Predictor:
     """A :class:`Predictor` running ``backend``."""
     return Predictor(backend.infer, backend.decoder, backend.input_spec, backend.class_names, backend.device)
+
+
+def infer_in_chunks(
+    run: Callable[[Tensor, Tensor], dict[str, Tensor]], images: Tensor, image_sizes: Tensor, chunk: int
+) -> dict[str, Tensor]:
+    """``run`` on consecutive slices of at most ``chunk`` images, outputs concatenated along the
+    batch: for networks that take batches up to a size (an engine's profile, a fixed-batch graph).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    if images.shape[0] <= chunk:
+        return run(images, image_sizes)
+    parts = [run(images[i : i + chunk], image_sizes[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}

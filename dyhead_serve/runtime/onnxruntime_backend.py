@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from dyhead_serve.runtime.artifact import ModelArtifact
-from dyhead_serve.runtime.base import BackendError
+from dyhead_serve.runtime.base import BackendError, infer_in_chunks
 
 __all__ = ["OnnxRuntimeBackend", "available_providers"]
 
@@ -96,11 +96,7 @@ class OnnxRuntimeBackend:
             # A graph exported with a fixed batch runs a larger batch in chunks of that size.
             if images.shape[0] % fixed:
                 raise BackendError(f"model.onnx takes batches of {fixed}; got {images.shape[0]} images")
-            parts = [
-                self._run(images[i : i + fixed], image_sizes[i : i + fixed])
-                for i in range(0, images.shape[0], fixed)
-            ]
-            return {name: torch.cat([p[name] for p in parts]) for name in self.output_names}
+            return infer_in_chunks(self._run, images, image_sizes, fixed)
         return self._run(images, image_sizes)
 
     def _run(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from dyhead_serve.runtime.artifact import ModelArtifact
-from dyhead_serve.runtime.base import BackendError
+from dyhead_serve.runtime.base import BackendError, infer_in_chunks
 from dyhead_serve.runtime.tensorrt_compat import check_engine_compatibility, rebuild_hint
 
 __all__ = ["TensorRTBackend"]
@@ -44,7 +44,8 @@ class TensorRTBackend:
         model_dir: folder holding ``model.plan`` and ``model.json``.
         device: ``auto`` or ``cuda`` (``cuda:N`` for another GPU).
 
-    ``infer`` accepts any batch and image size inside the engine's optimisation profile and
+    ``infer`` accepts any image size inside the engine's optimisation profile and any batch of at
+    least its minimum: a batch above the profile's maximum runs in chunks of that maximum. It
     returns the raw outputs (float32, on the GPU) under the same names as every other backend.
     """
 
@@ -116,6 +117,10 @@ class TensorRTBackend:
             )
 
     def infer(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+        max_batch = self.profile_shapes("images")[2][0]
+        return infer_in_chunks(self._infer_batch, images, image_sizes, max_batch)
+
+    def _infer_batch(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         feeds = {"images": images, "image_sizes": image_sizes}
         with self._lock, torch.cuda.device(self.device):
             bound: dict[str, Tensor] = {}

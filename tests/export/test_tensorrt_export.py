@@ -133,4 +133,11 @@ def test_build_verify_and_serve_the_tiny_model(tiny_weights, tmp_path, capsys, d
     for shape in [(1, 3, 128, 128), (2, 3, 256, 384), (1, 3, 640, 640)]:
         outputs = backend.infer(torch.randn(*shape), torch.tensor([list(shape[2:])] * shape[0]))
         assert set(outputs) == {"logits", "deltas", "centerness"}
+    # Batch 5 is above the "small" profile's maximum of 2: it runs as 2 + 2 + 1.
+    images, sizes = torch.randn(5, 3, 256, 256), torch.tensor([[256, 256]] * 5)
+    chunked = backend.infer(images, sizes)
+    one_by_one = [backend.infer(images[i : i + 1], sizes[i : i + 1]) for i in range(5)]
+    for name, value in chunked.items():
+        assert value.shape[0] == 5
+        torch.testing.assert_close(value, torch.cat([o[name] for o in one_by_one]), rtol=1e-2, atol=1e-2)
     assert (tmp_path / "timing.cache").stat().st_size > 0
