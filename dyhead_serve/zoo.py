@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 # sha256 of dyhead_serve/zoo_files/default/model_final.pth, as trained (see README.md)
-DEFAULT_SHA256 = "4ada91d02cb85e3c757682a220afa8b568ff8eca21bd330eb07ff06c7f75d5a0"
+DEFAULT_SHA256 = "abd28a40dc5313ef3d13a7d5e83105f634ec9a1082346699a9b7f8d4885fd067"
 _PACKAGE = Path(__file__).parent
 _OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
 

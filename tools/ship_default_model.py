@@ -6,7 +6,8 @@
    ``dyhead_serve/zoo_files/default/model_final.pth``;
 2. sets ``DEFAULT_SHA256`` in ``dyhead_serve/zoo.py`` to that file's sha256;
 3. re-exports the ONNX model beside it (``dyhead-export onnx --model default``, verified in
-   ONNX Runtime against PyTorch), so that ``model.json`` records the same sha256.
+   ONNX Runtime against PyTorch on a newly generated shapes image, so that the comparison covers
+   detections), so that ``model.json`` records the same sha256.
 
 Then run ``dyhead-serve eval --model default`` and put its numbers in README.md.
 ``tests/test_default_model.py`` checks that weights, zoo and export agree.
@@ -19,6 +20,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -60,9 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights: {folder / 'model_final.pth'} (sha256 {sha256})")
     if args.no_export:
         return 0
-    # A new process, so that it imports the updated DEFAULT_SHA256.
-    export = [sys.executable, "-m", "export.cli", "onnx", "--model", "default", "--out", str(folder)]
-    return subprocess.run(export, cwd=args.root, check=False).returncode
+    from dyhead_serve.data.synthetic import generate_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shapes = generate_synthetic_dataset(Path(tmp), num_train=0, num_val=1, image_size=320, seed=1)
+        (image,) = shapes.image_root("val").glob("*.png")
+        # A new process, so that it imports the updated DEFAULT_SHA256.
+        export = [sys.executable, "-m", "export.cli", "onnx", "--model", "default", "--out", str(folder),
+                  "--verify-image", str(image)]  # fmt: skip
+        return subprocess.run(export, cwd=args.root, check=False).returncode
 
 
 if __name__ == "__main__":
