@@ -115,6 +115,13 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out-dir", type=Path, default=None, help="also write each image with its boxes drawn here"
     )
+    p.add_argument(
+        "--draw-threshold",
+        type=float,
+        default=0.3,
+        help="with --out-dir, draw only detections scoring at least this (default 0.3; the JSON "
+        "keeps all above --score-threshold)",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.set_defaults(func=_run_predict)
 
@@ -125,9 +132,15 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
         raise CliError(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
+    if not 0.0 <= args.draw_threshold <= 1.0:
+        raise CliError(f"--draw-threshold must be in [0, 1], got {args.draw_threshold}")
     predictor = make_predictor(_load_backend_from_args(args))
     results, errors = predict_files(
-        predictor, args.images, score_threshold=args.score_threshold, out_dir=args.out_dir
+        predictor,
+        args.images,
+        score_threshold=args.score_threshold,
+        out_dir=args.out_dir,
+        draw_threshold=args.draw_threshold,
     )
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -41,8 +41,12 @@ def predict_files(
     *,
     score_threshold: float | None = None,
     out_dir: Path | None = None,
+    draw_threshold: float = 0.0,
 ) -> tuple[list[PredictResult], list[str]]:
     """Run the predictor on each file; a file that cannot be read is reported, not fatal.
+
+    With ``out_dir``, each image is also written there with the detections scoring at least
+    ``draw_threshold`` drawn (the JSON keeps every detection above ``score_threshold``).
 
     Returns:
         (results, errors): one JSON-ready dict per readable image and one message per failure.
@@ -69,5 +73,5 @@ def predict_files(
         )
         if out_dir is not None:
             target = out_dir / (Path(path).stem + ".jpg")
-            draw_detections(image, detections).save(target, quality=92)
+            draw_detections(image, detections, draw_threshold).save(target, quality=92)
     return results, errors

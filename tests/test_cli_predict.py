@@ -97,3 +97,9 @@ def test_help_lists_commands(capsys):
 def test_console_script_is_declared():
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert 'dyhead-serve = "dyhead_serve.cli:main"' in text
+
+
+def test_a_draw_threshold_outside_0_1_is_a_usage_error(capsys, photo_path, tmp_path):
+    code, out, err = _predict(capsys, "--out-dir", str(tmp_path), "--draw-threshold", "1.5", str(photo_path))
+    assert code != 0 and not out
+    assert "--draw-threshold must be in [0, 1], got 1.5" in err

@@ -19,16 +19,24 @@ def class_color(class_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: np.ndarray, detections: Detections) -> Image.Image:
-    """Draw boxes with ``label score`` captions on an RGB uint8 image [H, W, 3]."""
+def draw_detections(image: np.ndarray, detections: Detections, min_score: float = 0.0) -> Image.Image:
+    """Draw boxes with ``label score`` captions on an RGB uint8 image [H, W, 3].
+
+    Only detections scoring at least ``min_score`` are drawn, the highest-scoring last (on top).
+    """
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     width = max(2, round(min(canvas.size) / 300))
-    for box, score, cls, label in zip(
-        detections.boxes.tolist(), detections.scores.tolist(), detections.classes.tolist(), detections.labels,
-        strict=True,
-    ):  # fmt: skip
+    drawn = [
+        item
+        for item in zip(
+            detections.boxes.tolist(), detections.scores.tolist(), detections.classes.tolist(),
+            detections.labels, strict=True,
+        )
+        if item[1] >= min_score
+    ]  # fmt: skip
+    for box, score, cls, label in sorted(drawn, key=lambda item: item[1]):
         color = class_color(int(cls))
         x1, y1, x2, y2 = box
         draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
