@@ -9,24 +9,22 @@
     python benchmarks/cpu_training.py
     python benchmarks/cpu_training.py --iters 5 --threads 2
 
-torchvision runs here by forcing the dispatch in dyhead_serve.ops.deform_conv (training on the
-CPU otherwise always takes the sampling path).
+The torchvision step runs with the kernel choice ``torchvision`` (DYHEAD_DCN_KERNEL=torchvision);
+training on the CPU otherwise takes the sampling path.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from unittest import mock
 
 import torch
 from torchvision.ops import deform_conv2d
 
-from dyhead_serve.ops import deform_conv
+from dyhead_serve.ops import deform_conv, use_dcn_kernel
 
 
 def median_seconds(fn: Callable[[], object], iters: int, warmup: int = 1) -> float:
@@ -38,12 +36,6 @@ def median_seconds(fn: Callable[[], object], iters: int, warmup: int = 1) -> flo
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-@contextlib.contextmanager
-def torchvision_for_training() -> Iterator[None]:
-    with mock.patch.object(deform_conv, "_sampling_applies", return_value=False):
-        yield
 
 
 def _op_step(tensors: tuple[torch.Tensor, ...], stride: int, use_sampling: bool) -> torch.Tensor:
@@ -109,7 +101,7 @@ def bench_step(iters: int) -> None:
         losses = model.losses(model(batch.images, sizes), batch.gt_boxes, batch.gt_classes, batch.padded_hw)
         sum(losses.values()).backward()
 
-    with torchvision_for_training():
+    with use_dcn_kernel("torchvision"):
         t_tv = median_seconds(step, iters)
     t_gs = median_seconds(step, iters)
     print(f"\ntraining step of the embedded model, batch 8 at {tuple(batch.images.shape[-2:])}:")

@@ -1,9 +1,16 @@
-"""Which implementation runs the deformable convolutions on CUDA: torchvision (default) or our
-Triton kernel (:func:`plugins.modulated_deform_conv`).
+"""Which implementation runs the deformable convolutions.
 
-The choice is process-wide: ``DYHEAD_DCN_KERNEL=triton`` in the environment, or
-:func:`set_dcn_kernel` / :func:`use_dcn_kernel` in code. It only affects CUDA tensors outside
-tracing and ONNX export: CPU inference and exported graphs are the same whatever is chosen.
+- ``auto`` (default): torchvision's ``deform_conv2d``, except for CPU training (autograd
+  recording on CPU tensors), which runs the faster sampling formulation
+  (:func:`dyhead_serve.ops.deform_conv.deform_conv2d_by_sampling`, equal to float32 rounding).
+- ``torchvision``: torchvision everywhere, CPU training included: bit-identical training losses
+  to the official implementation's on the CPU, at about five times the training time.
+- ``triton``: our Triton kernel (:func:`plugins.modulated_deform_conv`) for CUDA tensors; CPU
+  tensors as ``auto``.
+
+The choice is process-wide: ``DYHEAD_DCN_KERNEL=torchvision|triton|auto`` in the environment, or
+:func:`set_dcn_kernel` / :func:`use_dcn_kernel` in code. Tracing and ONNX export always use the
+standard operator, and CPU inference is torchvision's whatever is chosen.
 """
 
 from __future__ import annotations
@@ -14,9 +21,17 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["DCN_KERNELS", "ENV_VAR", "get_dcn_kernel", "set_dcn_kernel", "triton_applies", "use_dcn_kernel"]
+__all__ = [
+    "DCN_KERNELS",
+    "ENV_VAR",
+    "get_dcn_kernel",
+    "sampling_allowed",
+    "set_dcn_kernel",
+    "triton_applies",
+    "use_dcn_kernel",
+]
 
-DCN_KERNELS = ("torchvision", "triton")
+DCN_KERNELS = ("auto", "torchvision", "triton")
 ENV_VAR = "DYHEAD_DCN_KERNEL"
 _selected: str | None = None  # None: read the environment
 
@@ -28,14 +43,15 @@ def _check(name: str) -> str:
 
 
 def get_dcn_kernel() -> str:
-    """The selected kernel: set_dcn_kernel's, else $DYHEAD_DCN_KERNEL's, else torchvision."""
+    """The selected kernel: set_dcn_kernel's, else $DYHEAD_DCN_KERNEL's, else auto."""
     if _selected is not None:
         return _selected
-    return _check(os.environ.get(ENV_VAR, "torchvision") or "torchvision")
+    return _check(os.environ.get(ENV_VAR, "auto") or "auto")
 
 
 def set_dcn_kernel(name: str | None) -> None:
-    """Select ``torchvision`` or ``triton`` for this process (None: back to the environment).
+    """Select ``auto``, ``torchvision`` or ``triton`` for this process (None: back to the
+    environment).
 
     Selecting ``triton`` checks that Triton is importable, so a missing install fails here and not
     in the middle of a forward pass.
@@ -66,3 +82,8 @@ def triton_applies(input: torch.Tensor) -> bool:
     if not input.is_cuda or get_dcn_kernel() != "triton":
         return False
     return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+
+
+def sampling_allowed() -> bool:
+    """Whether CPU training may run the sampling formulation (every choice but ``torchvision``)."""
+    return get_dcn_kernel() != "torchvision"

@@ -1,5 +1,5 @@
-"""Selecting the deformable-conv kernel: torchvision by default, the Triton kernel on CUDA when
-asked; CPU results and exported graphs never change."""
+"""Selecting the deformable-conv kernel: auto by default, the Triton kernel on CUDA when asked;
+CPU inference results and exported graphs never change."""
 
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ def _inputs(device: str = "cpu"):
     return [t.to(device) for t in tensors]
 
 
-def test_torchvision_is_the_default_and_the_environment_selects(monkeypatch):
-    assert get_dcn_kernel() == "torchvision"
+def test_auto_is_the_default_and_the_environment_selects(monkeypatch):
+    assert get_dcn_kernel() == "auto"
     monkeypatch.setenv(ENV_VAR, "triton")
     assert get_dcn_kernel() == "triton"
     set_dcn_kernel("torchvision")
     assert get_dcn_kernel() == "torchvision"  # code overrides the environment
     monkeypatch.setenv(ENV_VAR, "cuda")
     set_dcn_kernel(None)
-    with pytest.raises(ValueError, match="torchvision, triton"):
+    with pytest.raises(ValueError, match="auto, torchvision, triton"):
         get_dcn_kernel()
     with pytest.raises(ValueError, match="unknown"):
         set_dcn_kernel("cudnn")
@@ -50,7 +50,7 @@ def test_cpu_results_do_not_change_with_triton_selected():
     with use_dcn_kernel("triton"):
         assert get_dcn_kernel() == "triton"
         assert torch.equal(modulated_deform_conv2d(*args, padding=1), expected)
-    assert get_dcn_kernel() == "torchvision"
+    assert get_dcn_kernel() == "auto"
 
 
 @pytest.mark.gpu

@@ -14,6 +14,7 @@ from dyhead_serve.ops import (
     deform_conv,
     modulated_deform_conv2d,
     read_leading_offset_map,
+    use_dcn_kernel,
 )
 
 
@@ -240,3 +241,8 @@ def test_cpu_training_uses_the_sampling_path_and_inference_torchvision(
     assert torch.equal(inferred, expected)  # inference: torchvision, bit for bit
     torch.testing.assert_close(trained.detach(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(evaluated.detach(), expected, rtol=1e-5, atol=1e-5)
+
+    with use_dcn_kernel("torchvision"):  # DYHEAD_DCN_KERNEL=torchvision: bit-exact training
+        layer.train()
+        assert torch.equal(layer(x, offset, mask), expected)
+    assert calls == ["sampling", "sampling"]
