@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
 from dyhead_serve.ops.dcn_kernel import sampling_allowed, triton_applies
@@ -210,9 +211,13 @@ def modulated_deform_conv2d(
     offset = read_leading_offset_map(offset, out_h, out_w)
     mask = read_leading_offset_map(mask, out_h, out_w)
     if _sampling_applies(input, offset, weight, (input, offset, mask, weight, bias)):
-        return deform_conv2d_by_sampling(
-            input, offset, mask, weight, bias, stride_hw, padding_hw, dilation_hw
+        # Recomputed in backward rather than kept: the sampled columns (Cin * kh * kw values per
+        # output position) would otherwise double a CPU training step's peak memory.
+        args = (input, offset, mask, weight, bias, stride_hw, padding_hw, dilation_hw)
+        sampled: Tensor = checkpoint(
+            deform_conv2d_by_sampling, *args, use_reentrant=False, preserve_rng_state=False
         )
+        return sampled
     return deform_conv2d(
         input,
         offset,

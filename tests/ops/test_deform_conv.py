@@ -246,3 +246,23 @@ def test_cpu_training_uses_the_sampling_path_and_inference_torchvision(
         layer.train()
         assert torch.equal(layer(x, offset, mask), expected)
     assert calls == ["sampling", "sampling"]
+
+
+def test_the_training_dispatch_back_propagates_like_torchvision() -> None:
+    """Through modulated_deform_conv2d (where the sampling path is recomputed in backward
+    instead of keeping its columns), including the official read of a larger offset map."""
+    x, _, _, weight, bias = _dcn_inputs(2, 3, 4, 7, 9, 1, 1)
+    g = torch.Generator().manual_seed(1)
+    offset = 2 * torch.randn(2, 18, 14, 18, generator=g, dtype=torch.float64)  # a finer level's map
+    mask = torch.rand(2, 9, 14, 18, generator=g, dtype=torch.float64)
+    results = []
+    for kernel in ("auto", "torchvision"):
+        leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
+        with use_dcn_kernel(kernel):
+            y = modulated_deform_conv2d(*leaves, padding=1)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y.detach(), [leaf.grad for leaf in leaves]))
+    (y_auto, grads_auto), (y_tv, grads_tv) = results
+    torch.testing.assert_close(y_auto, y_tv, rtol=1e-10, atol=1e-10)
+    for g_auto, g_tv in zip(grads_auto, grads_tv, strict=True):
+        torch.testing.assert_close(g_auto, g_tv, rtol=1e-9, atol=1e-9)
