@@ -15,11 +15,13 @@ ONNX export traces, nothing is checked.
 
 Training on the CPU (autograd recording, CPU tensors, one group) runs
 :func:`deform_conv2d_by_sampling` instead of torchvision: the same bilinear sampling written with
-``grid_sample`` and a matrix product, 8 to 14 times faster forward + backward than torchvision's
+``grid_sample`` and a matrix product, 11 to 15 times faster forward + backward than torchvision's
 CPU ``deform_conv2d`` (whose backward took 80% of a CPU training step). It agrees with torchvision
 to float32 rounding of the sampling coordinates (about 1e-5 relative, gradients included); it is
-never used for inference, so CPU predictions stay bit-identical to the official model's.
-``DYHEAD_DCN_KERNEL=torchvision`` (:mod:`dyhead_serve.ops.dcn_kernel`) turns it off.
+never used for inference, so CPU predictions stay bit-identical to the official model's. Its
+sampled columns are recomputed in backward (activation checkpointing) instead of being kept, so
+peak memory stays close to torchvision's. ``DYHEAD_DCN_KERNEL=torchvision``
+(:mod:`dyhead_serve.ops.dcn_kernel`) turns it off.
 """
 
 from __future__ import annotations
