@@ -2,52 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from dyhead_serve.data.synthetic import generate_synthetic_dataset
-from dyhead_serve.engine.train_cli import add_train_arguments, run_train
-from tests.engine.tiny_training import TINY
+from dyhead_serve.engine.train_cli import run_train
+from tests.engine.tiny_training import parse_train_args, train_command_args
 
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    return parser.parse_args(argv)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_synthetic_dataset(
-        tmp_path_factory.mktemp("shapes"), num_train=4, num_val=2, image_size=128
-    ).root
-
-
-def _tiny_args(shapes: Path, output_dir: Path, *extra: str) -> list[str]:
-    train, val = (
-        shapes / "annotations" / "instances_train.json",
-        shapes / "annotations" / "instances_val.json",
-    )
-    pairs = zip(TINY[::2], TINY[1::2], strict=True)
-    overrides = [item for key, value in pairs if key != "DATASETS.TEST" for item in (key, value)]
-    return [
-        "--config", "dyhead_r50_atss_fpn_1x",
-        "--device", "cpu",
-        "--register-coco", "shapes_train", str(train), str(shapes / "train"),
-        "--register-coco", "shapes_val", str(val), str(shapes / "val"),
-        *overrides,
-        "DATASETS.TRAIN", "('shapes_train',)", "DATASETS.TEST", "('shapes_val',)",
-        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "SEED", "3", "OUTPUT_DIR", str(output_dir), *extra,
-    ]  # fmt: skip
+_parse = parse_train_args
+_tiny_args = partial(train_command_args, "dyhead_r50_atss_fpn_1x")
 
 
 def test_train_then_resume_after_the_end(shapes, tmp_path):

@@ -3,7 +3,6 @@ the Python API, the ``train`` command, and DistributedDataParallel under torchru
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -13,11 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dyhead_serve.data.synthetic import generate_synthetic_dataset
 from dyhead_serve.engine.train import Trainer
-from dyhead_serve.engine.train_cli import add_train_arguments, run_train
+from dyhead_serve.engine.train_cli import run_train
 from dyhead_serve.modeling.build import build_model
-from tests.engine.tiny_training import TINY, cycle_batches, synthetic_samples
+from tests.engine.tiny_training import (
+    cycle_batches,
+    parse_train_args,
+    synthetic_samples,
+    train_command_args,
+)
 from tests.modeling.test_rcnn_losses import TINY_RCNN, tiny_rcnn_config
 
 LOSSES = ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"]
@@ -49,41 +52,12 @@ def test_rcnn_loss_falls(tmp_path):
     assert mean("loss_rpn_cls", last) < 0.9 * mean("loss_rpn_cls", first)  # the RPN learns too
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_synthetic_dataset(
-        tmp_path_factory.mktemp("shapes"), num_train=4, num_val=2, image_size=128
-    ).root
-
-
 def _train_argv(shapes: Path, output_dir: Path, *extra: str) -> list[str]:
-    train, val = (
-        shapes / "annotations" / "instances_train.json",
-        shapes / "annotations" / "instances_val.json",
-    )
-    pairs = zip(TINY[::2], TINY[1::2], strict=True)
-    overrides = [item for key, value in pairs if key != "DATASETS.TEST" for item in (key, value)]
-    return [
-        "--config", "dyhead_r50_rcnn_fpn_1x",
-        "--device", "cpu",
-        "--register-coco", "shapes_train", str(train), str(shapes / "train"),
-        "--register-coco", "shapes_val", str(val), str(shapes / "val"),
-        *overrides, *TINY_RCNN,
-        "DATASETS.TRAIN", "('shapes_train',)", "DATASETS.TEST", "('shapes_val',)",
-        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "SEED", "3", "OUTPUT_DIR", str(output_dir), *extra,
-    ]  # fmt: skip
-
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    return parser.parse_args(argv)
+    return train_command_args("dyhead_r50_rcnn_fpn_1x", shapes, output_dir, *TINY_RCNN, *extra)
 
 
 def test_train_command_trains_and_evaluates_faster_rcnn(shapes, tmp_path):
-    assert run_train(_parse(_train_argv(shapes, tmp_path, "SOLVER.MAX_ITER", "2"))) == 0
+    assert run_train(parse_train_args(_train_argv(shapes, tmp_path, "SOLVER.MAX_ITER", "2"))) == 0
     records = _records(tmp_path)
     assert [r["iteration"] for r in records[:2]] == [0, 1]
     assert all(set(LOSSES) <= set(r) for r in records[:2])

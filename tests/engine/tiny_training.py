@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from dyhead_serve.config import CfgNode, load_config
 from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.data.synthetic import render_image
+from dyhead_serve.engine.train_cli import add_train_arguments
 
 IMAGE_SIZE = 128
 NUM_CLASSES = 6
@@ -69,3 +71,33 @@ def cycle_batches(samples: Sequence[TrainingSample], batch_size: int) -> Iterato
     while True:
         yield [samples[(start + i) % len(samples)] for i in range(batch_size)]
         start += batch_size
+
+
+def train_command_args(config: str, shapes: Path, output_dir: Path, *extra: str) -> list[str]:
+    """``dyhead-serve train`` arguments: the tiny variant of ``config`` on a generated shapes
+    dataset (``shapes``: its root), registered as ``shapes_train`` / ``shapes_val``; ``extra``
+    overrides come last."""
+    train, val = (
+        shapes / "annotations" / "instances_train.json",
+        shapes / "annotations" / "instances_val.json",
+    )
+    pairs = zip(TINY[::2], TINY[1::2], strict=True)
+    overrides = [item for key, value in pairs if key != "DATASETS.TEST" for item in (key, value)]
+    return [
+        "--config", config,
+        "--device", "cpu",
+        "--register-coco", "shapes_train", str(train), str(shapes / "train"),
+        "--register-coco", "shapes_val", str(val), str(shapes / "val"),
+        *overrides,
+        "DATASETS.TRAIN", "('shapes_train',)", "DATASETS.TEST", "('shapes_val',)",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+        "SEED", "3", "OUTPUT_DIR", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def parse_train_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed as ``dyhead-serve train`` parses it."""
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser.parse_args(argv)
