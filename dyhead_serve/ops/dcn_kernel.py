@@ -25,7 +25,7 @@ __all__ = [
     "DCN_KERNELS",
     "ENV_VAR",
     "get_dcn_kernel",
-    "sampling_allowed",
+    "sampling_applies",
     "set_dcn_kernel",
     "triton_applies",
     "use_dcn_kernel",
@@ -77,13 +77,27 @@ def use_dcn_kernel(name: str) -> Iterator[None]:
         _selected = previous
 
 
+def _capturing_a_graph() -> bool:
+    """Tracing, scripting or exporting to ONNX: the standard operator must be recorded."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 def triton_applies(input: torch.Tensor) -> bool:
     """Whether a deformable conv on ``input`` runs the Triton kernel now."""
     if not input.is_cuda or get_dcn_kernel() != "triton":
         return False
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    return not _capturing_a_graph()
 
 
-def sampling_allowed() -> bool:
-    """Whether CPU training may run the sampling formulation (every choice but ``torchvision``)."""
-    return get_dcn_kernel() != "torchvision"
+def sampling_applies(
+    input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]
+) -> bool:
+    """Whether a deformable conv runs the sampling formulation now: CPU tensors with autograd
+    recording for one of ``tensors``, one group and one offset group, any choice but
+    ``torchvision``, no graph being captured."""
+    if input.device.type != "cpu" or not torch.is_grad_enabled() or get_dcn_kernel() == "torchvision":
+        return False
+    if not any(t is not None and t.requires_grad for t in tensors) or _capturing_a_graph():
+        return False
+    k = weight.shape[-2] * weight.shape[-1]
+    return weight.shape[1] == input.shape[1] and offset.shape[1] == 2 * k

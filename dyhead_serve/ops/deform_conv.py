@@ -35,7 +35,7 @@ from torch.nn.modules.utils import _pair
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
-from dyhead_serve.ops.dcn_kernel import sampling_allowed, triton_applies
+from dyhead_serve.ops.dcn_kernel import sampling_applies, triton_applies
 
 __all__ = [
     "ModulatedDeformConv2d",
@@ -148,20 +148,6 @@ def deform_conv2d_by_sampling(
     return out if bias is None else out + bias.view(1, cout, 1, 1)
 
 
-def _sampling_applies(
-    input: Tensor, offset: Tensor, weight: Tensor, tensors: tuple[Tensor | None, ...]
-) -> bool:
-    """Whether :func:`deform_conv2d_by_sampling` runs: CPU autograd, one group, not exporting."""
-    if input.device.type != "cpu" or not torch.is_grad_enabled() or not sampling_allowed():
-        return False
-    if not any(t is not None and t.requires_grad for t in tensors):
-        return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
-        return False
-    k = weight.shape[-2] * weight.shape[-1]
-    return weight.shape[1] == input.shape[1] and offset.shape[1] == 2 * k
-
-
 def modulated_deform_conv2d(
     input: Tensor,
     offset: Tensor,
@@ -212,7 +198,7 @@ def modulated_deform_conv2d(
     out_w = conv_output_size(input.shape[-1], kw, stride_hw[1], padding_hw[1], dilation_hw[1])
     offset = read_leading_offset_map(offset, out_h, out_w)
     mask = read_leading_offset_map(mask, out_h, out_w)
-    if _sampling_applies(input, offset, weight, (input, offset, mask, weight, bias)):
+    if sampling_applies(input, offset, weight, (input, offset, mask, weight, bias)):
         # Recomputed in backward rather than kept: the sampled columns (Cin * kh * kw values per
         # output position) would otherwise double a CPU training step's peak memory.
         args = (input, offset, mask, weight, bias, stride_hw, padding_hw, dilation_hw)
