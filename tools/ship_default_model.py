@@ -16,7 +16,6 @@ Then run ``dyhead-serve eval --model default`` and put its numbers in README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import subprocess
 import sys
@@ -24,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from dyhead_serve.data.synthetic import generate_synthetic_dataset
+from dyhead_serve.zoo import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 _SHA_LINE = re.compile(r'^DEFAULT_SHA256 = "[0-9a-f]*"$', re.MULTILINE)
@@ -35,7 +37,7 @@ def write_weights(checkpoint: Path, target: Path) -> str:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise SystemExit(f"{checkpoint}: not a training checkpoint (no 'model' state dict)")
     torch.save({"model": state["model"]}, target)
-    return hashlib.sha256(target.read_bytes()).hexdigest()
+    return sha256_of(target)
 
 
 def set_default_sha256(zoo_py: Path, sha256: str) -> None:
@@ -62,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights: {folder / 'model_final.pth'} (sha256 {sha256})")
     if args.no_export:
         return 0
-    from dyhead_serve.data.synthetic import generate_synthetic_dataset
-
     with tempfile.TemporaryDirectory() as tmp:
         shapes = generate_synthetic_dataset(Path(tmp), num_train=0, num_val=1, image_size=320, seed=1)
         (image,) = shapes.image_root("val").glob("*.png")
