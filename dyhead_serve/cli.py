@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +30,26 @@ examples:
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+def installed_command(script: str, module: str) -> list[str]:
+    """The command line that runs console script ``script`` of this installation.
+
+    The script installed beside this interpreter (the same environment, whatever ``PATH`` says);
+    where there is none (a source tree on ``PYTHONPATH``), ``python -m module`` with this
+    interpreter. ``module`` is a namespaced module, so a folder of the working directory with a
+    generic name can never shadow it.
+    """
+    scripts = Path(sysconfig.get_path("scripts"))
+    for candidate in (scripts / script, Path(sys.executable).parent / script):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return [str(candidate)]
+    return [sys.executable, "-m", module]
+
+
+def exporter_command() -> list[str]:
+    """The command line of this installation's ``dyhead-export``."""
+    return installed_command("dyhead-export", "dyhead_serve.export")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,1 +1,4 @@
-"""PyTorch -> ONNX -> TensorRT export of dyhead-serve models (the ``dyhead-export`` CLI)."""
+"""PyTorch -> ONNX -> TensorRT export of dyhead-serve models (the ``dyhead-export`` CLI).
+
+In the repository this is the folder ``export/``; it installs as ``dyhead_serve.export``.
+"""

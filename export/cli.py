@@ -8,11 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dyhead_serve.cli import CliError, run_command
+from dyhead_serve.cli import run_command
+
+from .engine_cli import add_engine_parser
+from .errors import ExportCliError
+from .tensorrt_cli import add_tensorrt_parser
 
 __all__ = ["build_parser", "main"]
 
-logger = logging.getLogger("export")
+logger = logging.getLogger("dyhead_serve.export")
 
 ONNX_EPILOG = """\
 examples:
@@ -23,10 +27,6 @@ examples:
 The folder then holds model.onnx and model.json (preprocessing, class names, decoder, provenance);
 serve or predict with `--model exported/atss`.
 """
-
-
-class ExportCliError(CliError):
-    """A user-facing error: one line, exit status 2."""
 
 
 def _batch(value: str) -> int | None:
@@ -104,8 +104,9 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import load_torch_backend
     from dyhead_serve.zoo import ZooError, get_model, sha256_of, weights_path
-    from export.onnx_export import ExportError, export_onnx
-    from export.verify import compare_backends
+
+    from .onnx_export import ExportError, export_onnx
+    from .verify import compare_backends
 
     if args.config is not None and args.weights is None:
         raise ExportCliError("--config needs --weights (the checkpoint to export)")
@@ -188,10 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_onnx(subparsers)
-    # Imported here: these modules import ExportCliError from this one.
-    from export.engine_cli import add_engine_parser
-    from export.tensorrt_cli import add_tensorrt_parser
-
     add_tensorrt_parser(subparsers)
     add_engine_parser(subparsers)
     return parser
@@ -201,11 +198,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dyhead-export`` console script."""
     args = build_parser().parse_args(argv)
     return run_command(args, logging.DEBUG if args.verbose else logging.WARNING)
-
-
-if __name__ == "__main__":
-    # Through the package module: run as __main__ this file is a second module object, whose
-    # ExportCliError the subcommand modules (importing it from export.cli) would not raise.
-    from export.cli import main as package_main
-
-    sys.exit(package_main())

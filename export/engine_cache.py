@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from dyhead_serve import __version__, zoo
+from dyhead_serve.cli import exporter_command
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.tensorrt_compat import check_engine_compatibility
@@ -186,7 +187,7 @@ def profile_for_batch(max_batch: int, profile: str | None = None) -> str:
     With ``profile`` given, check that it does. A server that batches beyond its engine's profile
     fails those batches, so the two must agree.
     """
-    from export.tensorrt_build import PROFILES
+    from .tensorrt_build import PROFILES
 
     if profile is not None:
         if profile not in PROFILES:
@@ -217,7 +218,7 @@ def current_target(precision: Precision, profile: str) -> BuildTarget:
             "TensorRT is not installed: engines are built and served in the GPU image "
             "(docker/Dockerfile), or on a host with TensorRT >= 10.9 and an NVIDIA GPU"
         ) from exc
-    from export.tensorrt_build import EngineBuildError, gpu_identity
+    from .tensorrt_build import EngineBuildError, gpu_identity
 
     try:
         identity = gpu_identity()
@@ -329,7 +330,7 @@ def find_or_build(
         staging = final.parent / f".{final.name}.partial-{os.getpid()}"
         staging.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "export.cli", "tensorrt", *source.build_args, "--out", str(staging),
+            *exporter_command(), "tensorrt", *source.build_args, "--out", str(staging),
             "--profile", target.profile, *(["--fp16"] if target.precision == "fp16" else []),
             *extra_build_args,
         ]  # fmt: skip

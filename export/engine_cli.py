@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from export.cli import ExportCliError
-from export.tensorrt_build import PROFILES
+from .errors import ExportCliError
+from .tensorrt_build import PROFILES
 
 __all__ = ["add_engine_parser"]
 
@@ -76,7 +76,8 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_engine(args: argparse.Namespace) -> int:
     from dyhead_serve import zoo
-    from export.engine_cache import (
+
+    from .engine_cache import (
         EngineCacheError,
         current_target,
         find_or_build,

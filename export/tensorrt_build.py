@@ -4,7 +4,7 @@
 Written against the documented TensorRT Python API (>= 10.9): ``trt.Builder``, ``trt.OnnxParser``,
 ``IOptimizationProfile``, ``ITimingCache``, ``build_serialized_network``. Deformable convs are
 either our plugin's nodes (``dyhead::ModulatedDeformConv2d``, registered by importing
-:mod:`plugins.trt_plugin`; its AOT implementation is used unless ``plugin_impl="jit"``) or ONNX
+:mod:`dyhead_serve.plugins.trt_plugin`; its AOT implementation is used unless ``plugin_impl="jit"``) or ONNX
 ``DeformConv`` nodes, which TensorRT's parser implements itself.
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
-from plugins.schema import MDCN_SCHEMA
 
 __all__ = [
     "PROFILES",
@@ -214,7 +214,7 @@ def build_engine(
     model = onnx.load(str(onnx_path))
     dcn = graph_dcn_flavour(model)
     if dcn == "plugin":
-        import plugins.trt_plugin  # noqa: F401  (registers dyhead::ModulatedDeformConv2d)
+        from dyhead_serve.plugins import trt_plugin  # noqa: F401  (registers dyhead::ModulatedDeformConv2d)
 
     log = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(log)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from export.cli import ExportCliError
-from export.tensorrt_build import PROFILES, parse_shape
+from .errors import ExportCliError
+from .tensorrt_build import PROFILES, parse_shape
 
 __all__ = ["FP16_TOLERANCES", "add_tensorrt_parser", "profile_from_args"]
 
@@ -29,7 +29,7 @@ TensorRT version and GPU model it was built with: rebuild it on the serving mach
 
 
 def _tolerances(fp16: bool) -> Any:
-    from export.verify import Tolerances
+    from .verify import Tolerances
 
     # fp16 engines: raw outputs within 5% of their scale, boxes within 2 px, scores within 0.01
     return Tolerances(raw=5e-2, box_px=2.0, score=1e-2) if fp16 else Tolerances()
@@ -101,8 +101,9 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.zoo import ZooError
-    from export.onnx_export import ExportError
-    from export.tensorrt_build import BuildOptions, EngineBuildError, build_engine, graph_dcn_flavour
+
+    from .onnx_export import ExportError
+    from .tensorrt_build import BuildOptions, EngineBuildError, build_engine, graph_dcn_flavour
 
     if args.config is not None and args.weights is None:
         raise ExportCliError("--config needs --weights (the checkpoint to build)")
@@ -167,7 +168,8 @@ def _export_first(args: argparse.Namespace, step: Any) -> Any:
     """Export --config/--weights (or --model) to ONNX in --out; return the torch backend."""
     from dyhead_serve.runtime.loader import load_torch_backend
     from dyhead_serve.zoo import get_model, sha256_of, weights_path
-    from export.onnx_export import export_onnx
+
+    from .onnx_export import export_onnx
 
     overrides = [item for pair in args.set for item in pair]
     if args.model is not None:
@@ -188,7 +190,8 @@ def _export_first(args: argparse.Namespace, step: Any) -> Any:
 
 def _verify(reference: Any, out: Path, image: Any, fp16: bool, step: Any) -> int:
     from dyhead_serve.runtime.tensorrt_backend import TensorRTBackend
-    from export.verify import compare_backends
+
+    from .verify import compare_backends
 
     step(f"verifying the engine against {reference.name}")
     report = compare_backends(reference, TensorRTBackend(out), image, _tolerances(fp16))

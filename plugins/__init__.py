@@ -1,8 +1,11 @@
 """The TensorRT plugin for modulated deformable convolution (Triton kernel + QDP definition).
 
-``plugins.modulated_deform_conv`` (the kernel's PyTorch entry point) is imported on first use, so
-``import plugins`` and :mod:`plugins.schema` need neither Triton nor TensorRT. The TensorRT
-plugin itself lives in :mod:`plugins.trt_plugin` (imports TensorRT).
+``dyhead_serve.plugins.modulated_deform_conv`` (the kernel's PyTorch entry point) is imported on
+first use, so importing this package and :mod:`dyhead_serve.plugins.schema` needs neither Triton
+nor TensorRT. The TensorRT plugin itself lives in :mod:`dyhead_serve.plugins.trt_plugin` (imports
+TensorRT).
+
+In the repository this is the folder ``plugins/``; it installs as ``dyhead_serve.plugins``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ def triton_available() -> bool:
 
 def __getattr__(name: str) -> Any:
     if name == "modulated_deform_conv":
-        from plugins.mdcn import modulated_deform_conv
+        from .mdcn import modulated_deform_conv
 
         return modulated_deform_conv
-    raise AttributeError(f"module 'plugins' has no attribute {name!r}")
+    raise AttributeError(f"module 'dyhead_serve.plugins' has no attribute {name!r}")

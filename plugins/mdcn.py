@@ -8,7 +8,7 @@ import os
 import torch
 from torch import Tensor
 
-from plugins.mdcn_kernel import (
+from .mdcn_kernel import (
     DEFAULT_TILE,
     INTERPRETER_TILE,
     TileConfig,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from plugins.mdcn_kernel import POINTER_INPUTS, SCALAR_ARGS, TileConfig, compiled_kernel
+from .mdcn_kernel import POINTER_INPUTS, SCALAR_ARGS, TileConfig, compiled_kernel
 
 __all__ = [
     "DTYPES",

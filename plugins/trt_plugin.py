@@ -28,16 +28,17 @@ objects.
 import numpy as np
 import numpy.typing as npt
 
-from plugins.mdcn_kernel import SCALAR_ARGS, TILES, TileConfig
-from plugins.schema import MDCN_SCHEMA
+from .mdcn_kernel import SCALAR_ARGS, TILES, TileConfig
+from .schema import MDCN_SCHEMA
 
 try:
     import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
     import tensorrt.plugin as trtp  # type: ignore[import-not-found,unused-ignore]
 except ImportError as exc:  # pragma: no cover - depends on the machine
     raise ImportError(
-        "plugins.trt_plugin needs TensorRT >= 10.9 with its Python bindings (`pip install tensorrt` on a "
-        "machine with an NVIDIA driver); the Triton kernel itself is plugins.modulated_deform_conv"
+        "dyhead_serve.plugins.trt_plugin needs TensorRT >= 10.9 with its Python bindings (`pip install "
+        "tensorrt` on a machine with an NVIDIA driver); the Triton kernel itself is "
+        "dyhead_serve.plugins.modulated_deform_conv"
     ) from exc
 
 __all__ = ["PLUGIN_ID", "TACTICS", "tile_for_tactic"]
@@ -46,8 +47,8 @@ _MIN_VERSION = (10, 9)
 _version = tuple(int(part) for part in trt.__version__.split(".")[:2])
 if _version < _MIN_VERSION:  # pragma: no cover - depends on the machine
     raise ImportError(
-        f"TensorRT {trt.__version__} is too old for plugins.trt_plugin: AOT Quick Deployable Plugins "
-        "need TensorRT >= 10.9"
+        f"TensorRT {trt.__version__} is too old for dyhead_serve.plugins.trt_plugin: AOT Quick Deployable "
+        "Plugins need TensorRT >= 10.9"
     )
 
 PLUGIN_ID = MDCN_SCHEMA.qualified_name
@@ -158,7 +159,7 @@ def _mdcn_aot_impl(
     tactic: int,
 ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
     """Compile the kernel for this dtype and tactic to PTX for the building GPU."""
-    from plugins.mdcn_ptx import compile_ptx
+    from .mdcn_ptx import compile_ptx
 
     if input.dtype not in _TRITON_DTYPES:
         raise ValueError(f"{PLUGIN_ID}: unsupported dtype {input.dtype}")
@@ -201,7 +202,7 @@ def _mdcn_jit_impl(
     """Run the kernel from Python on TensorRT's stream (debugging; needs torch and Triton)."""
     import torch
 
-    from plugins.mdcn import modulated_deform_conv
+    from .mdcn import modulated_deform_conv
 
     with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
         x, off, msk, w, b = (torch.as_tensor(t, device="cuda") for t in (input, offset, mask, weight, bias))

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from dyhead_serve.export.verify import compare_backends
 
 from dyhead_serve import zoo
 from dyhead_serve.cli import main
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.data.synthetic import SHAPE_CLASSES
 from dyhead_serve.runtime.loader import load_backend
-from export.verify import compare_backends
 
 SHIPPED = Path(zoo.__file__).parent / "zoo_files" / "default"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from dyhead_serve.cli import exporter_command
 from dyhead_serve.data.synthetic import generate_synthetic_dataset
 from dyhead_serve.zoo import sha256_of
 
@@ -68,9 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         shapes = generate_synthetic_dataset(Path(tmp), num_train=0, num_val=1, image_size=320, seed=1)
         (image,) = shapes.image_root("val").glob("*.png")
         # A new process, so that it imports the updated DEFAULT_SHA256.
-        export = [sys.executable, "-m", "export.cli", "onnx", "--model", "default", "--out", str(folder),
-                  "--verify-image", str(image)]  # fmt: skip
-        return subprocess.run(export, cwd=args.root, check=False).returncode
+        export = [
+            *exporter_command(),
+            "onnx",
+            "--model",
+            "default",
+            "--out",
+            str(folder),
+            "--verify-image",
+            str(image),
+        ]
+        return subprocess.run(export, check=False).returncode
 
 
 if __name__ == "__main__":

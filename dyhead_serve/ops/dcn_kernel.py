@@ -58,7 +58,7 @@ def set_dcn_kernel(name: str | None) -> None:
     """
     global _selected
     if name is not None and _check(name) == "triton":
-        import plugins
+        from dyhead_serve import plugins
 
         if not plugins.triton_available():
             raise ValueError("--dcn-kernel triton needs Triton (installed with torch's CUDA wheels on Linux)")

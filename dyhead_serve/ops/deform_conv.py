@@ -172,12 +172,12 @@ def modulated_deform_conv2d(
         Tensor[N, Cout, Ho, Wo].
 
     On CUDA, with the Triton kernel selected (:mod:`dyhead_serve.ops.dcn_kernel`), the kernel of
-    :mod:`plugins` runs instead of torchvision; it reads larger maps the same way by itself.
+    :mod:`dyhead_serve.plugins` runs instead of torchvision; it reads larger maps the same way by itself.
     On the CPU with autograd recording, :func:`deform_conv2d_by_sampling` runs (see module doc).
     """
     stride_hw, padding_hw, dilation_hw = _pair(stride), _pair(padding), _pair(dilation)
     if triton_applies(input):
-        import plugins
+        from dyhead_serve import plugins
 
         groups = input.shape[1] // weight.shape[1]
         result: Tensor = plugins.modulated_deform_conv(

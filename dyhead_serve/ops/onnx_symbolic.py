@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.onnx import symbolic_helper
 
-from plugins.schema import MDCN_SCHEMA
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 __all__ = ["DCN_FLAVOURS", "MIN_OPSET", "deform_conv_onnx_symbolic"]
 

@@ -79,7 +79,7 @@ class TensorRTBackend:
             f"{major}.{minor}",
         )
         if record.get("plugin_impl") == "jit":
-            import plugins.trt_plugin  # noqa: F401  (a JIT plugin runs Python at inference)
+            import dyhead_serve.plugins.trt_plugin  # noqa: F401  (a JIT plugin runs Python at inference)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

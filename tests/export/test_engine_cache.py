@@ -16,11 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
-from dyhead_serve.pipeline.preprocess import InputSpec
-from dyhead_serve.runtime.artifact import ModelArtifact
-from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
-from export.engine_cache import (
+from dyhead_serve.export.engine_cache import (
     BuildTarget,
     EngineCacheError,
     ModelSource,
@@ -30,6 +26,11 @@ from export.engine_cache import (
     profile_for_batch,
     resolve_source,
 )
+
+from dyhead_serve.cli import exporter_command
+from dyhead_serve.pipeline.preprocess import InputSpec
+from dyhead_serve.runtime.artifact import ModelArtifact
+from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
 from tests.conftest import TINY_OVERRIDES
 from tests.hardware import needs_tensorrt
 
@@ -133,8 +134,11 @@ def test_builds_once_then_reuses(weights, tmp_path):
     assert first.how == "built" and first.path == tmp_path / "engines" / engine_key(source, H100)
     assert (first.path / "model.plan").is_file() and (first.path / "engine_key.json").is_file()
     (command,) = build.commands
-    assert command[:4] == [sys.executable, "-m", "export.cli", "tensorrt"]
-    assert command[4:8] == ["--model", "dyhead_r50_atss_fpn_1x", "--weights", str(weights)]
+    exporter = exporter_command()
+    assert command[: len(exporter) + 1] == [*exporter, "tensorrt"]
+    assert Path(exporter[0]).name in ("dyhead-export", Path(sys.executable).name)
+    command = command[len(exporter) + 1 :]
+    assert command[:4] == ["--model", "dyhead_r50_atss_fpn_1x", "--weights", str(weights)]
     assert command[command.index("--profile") + 1] == "coco-batch4" and "--fp16" in command
     assert Path(command[command.index("--out") + 1]).parent == first.path.parent  # renamed into place
 
@@ -191,13 +195,13 @@ def test_mounted_engine_is_used_when_it_fits_this_machine(tmp_path):
 
 
 def test_engine_command_without_tensorrt_is_a_one_line_error(monkeypatch, capsys):
-    """Run as `python -m export.cli` (how the cache runs its builds): errors raised by subcommand
-    modules must still be one line, not a traceback."""
+    """Run as `python -m dyhead_serve.export`: errors raised by subcommand modules must still be
+    one line, not a traceback."""
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     monkeypatch.setattr(sys, "argv", ["dyhead-export", "engine", "--model", "dyhead_r50_atss_fpn_1x"])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module("export.cli", run_name="__main__")
+        runpy.run_module("dyhead_serve.export", run_name="__main__")
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: TensorRT is not installed") and captured.err.count("\n") == 1
@@ -210,7 +214,7 @@ def test_real_build_then_reuse(tiny_weights, tmp_path):
     pairs = zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2], strict=True)
     overrides = [arg for pair in pairs for arg in ("--set", *pair)]
     command = [
-        sys.executable, "-m", "export.cli", "engine", "--config", "dyhead_r50_atss_fpn_1x",
+        *exporter_command(), "engine", "--config", "dyhead_r50_atss_fpn_1x",
         "--weights", str(tiny_weights), *overrides, "--profile", "small", "--max-batch", "2",
         "--precision", "fp32", "--cache", str(tmp_path),
     ]  # fmt: skip

@@ -7,15 +7,15 @@ import json
 import onnx
 import pytest
 import torch
+from dyhead_serve.export.cli import main as export_main
+from dyhead_serve.export.onnx_export import ExportError, export_onnx
+from dyhead_serve.export.verify import compare_backends
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from PIL import Image
 
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from export.cli import main as export_main
-from export.onnx_export import ExportError, export_onnx
-from export.verify import compare_backends
-from plugins.schema import MDCN_SCHEMA
 from tests.conftest import TINY_OVERRIDES
 
 

@@ -8,13 +8,8 @@ import argparse
 import onnx
 import pytest
 import torch
-
-from dyhead_serve.ops import ModulatedDeformConv2d
-from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
-from dyhead_serve.pipeline.preprocess import InputSpec
-from dyhead_serve.runtime.artifact import ModelArtifact
-from export.cli import main as export_main
-from export.tensorrt_build import (
+from dyhead_serve.export.cli import main as export_main
+from dyhead_serve.export.tensorrt_build import (
     PROFILES,
     EngineBuildError,
     ShapeProfile,
@@ -22,7 +17,12 @@ from export.tensorrt_build import (
     parse_shape,
     set_plugin_impl,
 )
-from export.tensorrt_cli import profile_from_args
+from dyhead_serve.export.tensorrt_cli import profile_from_args
+
+from dyhead_serve.ops import ModulatedDeformConv2d
+from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
+from dyhead_serve.pipeline.preprocess import InputSpec
+from dyhead_serve.runtime.artifact import ModelArtifact
 from tests.conftest import TINY_OVERRIDES
 from tests.hardware import HAS_TENSORRT, needs_tensorrt
 

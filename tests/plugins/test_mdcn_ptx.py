@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from plugins.mdcn_kernel import DEFAULT_TILE, SCALAR_ARGS, TILES
-from plugins.mdcn_ptx import MAX_SHARED_BYTES, PTXError, compile_ptx, entry_params
+from dyhead_serve.plugins.mdcn_kernel import DEFAULT_TILE, SCALAR_ARGS, TILES
+from dyhead_serve.plugins.mdcn_ptx import MAX_SHARED_BYTES, PTXError, compile_ptx, entry_params
 
 
 def _ptxas() -> str | None:

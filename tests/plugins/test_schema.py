@@ -12,12 +12,12 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from dyhead_serve.plugins.mdcn_kernel import SCALAR_ARGS
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
-import plugins
+from dyhead_serve import plugins
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
-from plugins.mdcn_kernel import SCALAR_ARGS
-from plugins.schema import MDCN_SCHEMA
 
 SOURCE = Path(plugins.__file__).with_name("trt_plugin.py")
 ANNOTATION_OF_KIND = {"ints": "npt.NDArray[np.int32]", "int": "int"}
@@ -118,7 +118,7 @@ def test_exporter_writes_nodes_the_registration_accepts(tmp_path):
     __import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"
 )
 def test_importing_the_trt_plugin_without_tensorrt_says_what_is_missing():
-    code = "import plugins.trt_plugin"
+    code = "import dyhead_serve.plugins.trt_plugin"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "TensorRT >= 10.9" in result.stderr
@@ -126,7 +126,7 @@ def test_importing_the_trt_plugin_without_tensorrt_says_what_is_missing():
 
 def test_import_plugins_needs_neither_triton_nor_tensorrt():
     code = (
-        "import sys, plugins, plugins.schema; "
+        "import sys, dyhead_serve.plugins, dyhead_serve.plugins.schema; "
         "assert 'triton' not in sys.modules and 'tensorrt' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

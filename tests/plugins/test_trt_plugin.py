@@ -43,8 +43,8 @@ def _relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
     ("dtype", "tol"), [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)]
 )
 def test_cuda_kernel_matches_torchvision(dtype, tol):
-    from plugins import modulated_deform_conv
-    from plugins.mdcn_kernel import TILES
+    from dyhead_serve.plugins import modulated_deform_conv
+    from dyhead_serve.plugins.mdcn_kernel import TILES
 
     if dtype == torch.bfloat16 and torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("bfloat16 needs sm_80 or newer")
@@ -60,10 +60,9 @@ def test_cuda_kernel_matches_torchvision(dtype, tol):
 
 def _run_plugin_engine(p: dict, aot: bool) -> torch.Tensor:
     """Build a one-layer engine around the plugin (strongly typed: the inputs' dtype decides)."""
+    import dyhead_serve.plugins.trt_plugin  # noqa: F401  (registers the plugin)
     import tensorrt as trt
     import tensorrt.plugin as trtp
-
-    import plugins.trt_plugin  # noqa: F401  (registers the plugin)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -93,9 +92,8 @@ def _run_plugin_engine(p: dict, aot: bool) -> torch.Tensor:
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_plugin_is_registered():
+    import dyhead_serve.plugins.trt_plugin  # noqa: F401
     import tensorrt as trt
-
-    import plugins.trt_plugin  # noqa: F401
 
     creator = trt.get_plugin_registry().get_creator("ModulatedDeformConv2d", "1", "dyhead")
     assert creator is not None

@@ -43,8 +43,9 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
     """``dyhead-export onnx`` output (model.onnx + model.json) of the tiny detector."""
+    from dyhead_serve.export.onnx_export import export_onnx
+
     from dyhead_serve.runtime.loader import load_torch_backend
-    from export.onnx_export import export_onnx
 
     backend = load_torch_backend(
         "dyhead_r50_atss_fpn_1x", tiny_weights, device="cpu", overrides=SERVER_OVERRIDES
