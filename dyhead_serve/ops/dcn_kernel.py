@@ -10,7 +10,8 @@
 
 The choice is process-wide: ``DYHEAD_DCN_KERNEL=torchvision|triton|auto`` in the environment, or
 :func:`set_dcn_kernel` / :func:`use_dcn_kernel` in code. Tracing and ONNX export always use the
-standard operator, and CPU inference is torchvision's whatever is chosen.
+standard operator (``torch.export`` included), and CPU inference is torchvision's whatever is
+chosen.
 """
 
 from __future__ import annotations
@@ -78,8 +79,14 @@ def use_dcn_kernel(name: str) -> Iterator[None]:
 
 
 def _capturing_a_graph() -> bool:
-    """Tracing, scripting or exporting to ONNX: the standard operator must be recorded."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    """Tracing, scripting, torch.export or exporting to ONNX: the standard operator must be
+    recorded (torch.export alone is not an ONNX export: it captures before any exporter runs)."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def triton_applies(input: torch.Tensor) -> bool:
