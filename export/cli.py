@@ -12,6 +12,7 @@ from dyhead_serve.cli import run_command
 
 from .engine_cli import add_engine_parser
 from .errors import ExportCliError
+from .onnx_export import DEFAULT_EXPORTER, EXPORTERS
 from .tensorrt_cli import add_tensorrt_parser
 
 __all__ = ["build_parser", "main"]
@@ -73,6 +74,13 @@ def _add_onnx(subparsers: argparse._SubParsersAction) -> None:
         default="onnx",
         help="deformable convs as ONNX DeformConv (default; ONNX Runtime, TensorRT builtin) or as "
         "nodes of our TensorRT plugin dyhead::ModulatedDeformConv2d (TensorRT only)",
+    )
+    p.add_argument(
+        "--exporter",
+        choices=list(EXPORTERS),
+        default=DEFAULT_EXPORTER,
+        help=f"torch's ONNX exporter: {EXPORTERS[0]} (torch.onnx.export(dynamo=False), deprecated since "
+        f"PyTorch 2.9) or {EXPORTERS[1]} (torch.export + ONNX Script); default {DEFAULT_EXPORTER}",
     )
     p.add_argument(
         "--verify-image",
@@ -145,6 +153,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
             opset=args.opset,
             batch=args.batch,
             dcn=args.dcn,
+            exporter=args.exporter,
             provenance=provenance,
             on_step=on_step,
         )
@@ -158,7 +167,9 @@ def _run_onnx(args: argparse.Namespace) -> int:
         if args.dcn == "plugin":
             # ONNX Runtime cannot run our TensorRT plugin: verify the same network with DeformConv.
             with tempfile.TemporaryDirectory() as twin:
-                export_onnx(backend, twin, opset=args.opset, batch=args.batch, dcn="onnx")
+                export_onnx(
+                    backend, twin, opset=args.opset, batch=args.batch, dcn="onnx", exporter=args.exporter
+                )
                 report = compare_backends(backend, OnnxRuntimeBackend(twin, device="cpu"), image)
         else:
             report = compare_backends(backend, OnnxRuntimeBackend(args.out, device="cpu"), image)

@@ -4,6 +4,7 @@ image size, checked with ``onnx.checker`` and shape inference."""
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,13 +14,20 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from dyhead_serve.ops.onnx_symbolic import DCN_FLAVOURS, MIN_OPSET, deform_conv_onnx_symbolic
+from dyhead_serve.ops.onnx_node import DCN_FLAVOURS, MIN_OPSET
 from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
-__all__ = ["ExportError", "check_onnx", "export_onnx"]
+__all__ = ["DEFAULT_EXPORTER", "EXPORTERS", "ExportError", "check_onnx", "export_onnx"]
 
 logger = logging.getLogger(__name__)
+
+
+# "torchscript": torch.onnx.export(dynamo=False), deprecated since PyTorch 2.9; "dynamo": torch.export
+# and ONNX Script, torch's default. The default stays TorchScript until the new path is equal on every
+# model and flavour (see README, "Export and runtimes").
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_EXPORTER = "torchscript"
 
 
 class ExportError(RuntimeError):
@@ -55,6 +63,110 @@ def _tensor_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
     }
 
 
+def _write_torchscript(
+    model: nn.Module, inputs: tuple[Tensor, Tensor], output_names: list[str], path: Path,
+    *, fixed_batch: bool, dcn: str, opset: int,
+) -> None:  # fmt: skip
+    """The TorchScript exporter (deprecated since PyTorch 2.9): a trace, axes named dynamic."""
+    from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
+
+    batch_axis = {} if fixed_batch else {0: "batch"}
+    dynamic_axes: dict[str, dict[int, str]] = {
+        "images": {**batch_axis, 2: "height", 3: "width"},
+        "image_sizes": dict(batch_axis),
+    }
+    for name in output_names:
+        dynamic_axes[name] = {**batch_axis, 1: f"{name}_dim1"}
+    with deform_conv_onnx_symbolic(dcn, opset), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic, the deprecation
+        torch.onnx.export(
+            model,
+            inputs,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images", "image_sizes"],
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+
+
+def _write_torch_export(
+    model: nn.Module, inputs: tuple[Tensor, Tensor], output_names: list[str], path: Path,
+    *, fixed_batch: bool, dcn: str, opset: int, size_divisibility: int,
+) -> None:  # fmt: skip
+    """The ``torch.export`` exporter: a program with symbolic sizes, translated by ONNX Script.
+
+    Height and width are declared as multiples of ``size_divisibility`` (the padding the input
+    spec guarantees; the FPN's shape arithmetic holds only for those), the batch as a free size
+    unless fixed. The example batch must then not be 1: torch.export specialises sizes 0 and 1.
+    torch.export may narrow a declared range on a guard that does not change the graph (a
+    contiguity check narrows ATSS's blocks to >= 2); the tests run every model at one block.
+    """
+    from dyhead_serve.ops.onnx_translation import deform_conv_translation_table
+
+    dim = torch.export.Dim
+    batch = dim.STATIC if fixed_batch else dim("batch", min=1)
+    height = size_divisibility * dim("height_blocks", min=1)
+    width = size_divisibility * dim("width_blocks", min=1)
+    dynamic_shapes = ({0: batch, 2: height, 3: width}, {0: batch, 1: dim.STATIC})
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        except Exception as exc:  # torch.export raises many types; each one means "cannot capture"
+            raise ExportError(f"torch.export cannot capture {type(model).__name__}: {_summary(exc)}") from exc
+        try:
+            onnx_program = torch.onnx.export(
+                program,
+                dynamo=True,
+                opset_version=opset,
+                input_names=["images", "image_sizes"],
+                output_names=output_names,
+                custom_translation_table=deform_conv_translation_table(dcn, opset),
+                optimize=True,
+                verbose=False,
+            )
+        except torch.onnx.errors.OnnxExporterError as exc:
+            raise ExportError(f"translating {type(model).__name__} to ONNX failed: {_summary(exc)}") from exc
+    if onnx_program is None:  # torch.onnx.export returns None only for the TorchScript exporter
+        raise ExportError("torch.onnx.export(dynamo=True) returned no ONNX program")
+    graph = onnx_program.model_proto
+    _name_symbolic_dims(graph, {0: "batch", 2: "height_blocks", 3: "width_blocks"})
+    onnx.save_model(graph, str(path))
+
+
+_SYMBOL = re.compile(r"\bs\d+\b")  # torch.export's size symbols: s0, s17, ...
+
+
+def _name_symbolic_dims(graph: onnx.ModelProto, axis_names: dict[int, str]) -> None:
+    """Rename torch.export's size symbols after the axes of the first input that hold them.
+
+    The graph's sizes are expressions of symbols (``s34``, ``128*s74``, ``341*s5*s74``); naming
+    each after its axis of ``images`` (``batch``, ``128*height_blocks``) makes model.json and the
+    graph readable. Symbols of no named axis keep their names.
+    """
+    first = graph.graph.input[0].type.tensor_type.shape.dim
+    names: dict[str, str] = {}
+    for axis, name in axis_names.items():
+        symbols = set(_SYMBOL.findall(first[axis].dim_param)) if axis < len(first) else set()
+        if len(symbols) == 1:
+            names[symbols.pop()] = name
+    values = [*graph.graph.input, *graph.graph.output, *graph.graph.value_info]
+    for value in values:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = _SYMBOL.sub(lambda m: names.get(m.group(0), m.group(0)), d.dim_param)
+
+
+def _summary(exc: BaseException) -> str:
+    """An exception's first line and where torch says it was caused, without its advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    caused = [line for line in lines[1:] if line.startswith("Caused by")]
+    return " ".join([f"{type(exc).__name__}: {lines[0] if lines else ''}", *caused[:1]])
+
+
 def export_onnx(
     backend: TorchBackend,
     out_dir: str | Path,
@@ -62,6 +174,7 @@ def export_onnx(
     opset: int = MIN_OPSET,
     batch: int | None = None,
     dcn: str = "onnx",
+    exporter: str = DEFAULT_EXPORTER,
     provenance: dict[str, Any] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> Path:
@@ -73,6 +186,8 @@ def export_onnx(
         batch: a fixed batch size, or None for a dynamic one. Height and width are always dynamic
             (multiples of the input spec's size divisibility).
         dcn: ``"onnx"`` (opset ``DeformConv``) or ``"plugin"`` (nodes of our TensorRT plugin).
+        exporter: ``"torchscript"`` (torch's TorchScript-based exporter, ``dynamo=False``) or
+            ``"dynamo"`` (``torch.export`` and ONNX Script, torch's default).
         provenance: recorded in model.json (config, weights checksum, ...).
         on_step: called with a short description as each stage starts (progress reporting).
 
@@ -81,6 +196,8 @@ def export_onnx(
     """
     if dcn not in DCN_FLAVOURS:
         raise ExportError(f"--dcn must be one of {DCN_FLAVOURS}, got {dcn!r}")
+    if exporter not in EXPORTERS:
+        raise ExportError(f"--exporter must be one of {EXPORTERS}, got {exporter!r}")
     if opset < MIN_OPSET:
         raise ExportError(f"--opset must be at least {MIN_OPSET} (DeformConv), got {opset}")
     if batch is not None and batch < 1:
@@ -95,35 +212,30 @@ def export_onnx(
         # would silently mishandle other batch sizes. Fix the batch at 1 (runtimes split batches).
         logger.warning("%s traces with a fixed batch: exporting with batch 1", type(model).__name__)
         batch = 1
-    images, image_sizes = _dummy_inputs(batch or 1, backend.input_spec.size_divisibility)
+    size_divisibility = max(backend.input_spec.size_divisibility, 32)
+    # torch.export specialises a batch of 1 to a constant: trace a dynamic batch with 2 images.
+    example_batch = batch or (2 if exporter == "dynamo" else 1)
+    images, image_sizes = _dummy_inputs(example_batch, size_divisibility)
     images, image_sizes = images.to(backend.device), image_sizes.to(backend.device)
     with torch.no_grad():
         output_names = list(model(images, image_sizes).keys())
-    batch_axis = {} if batch is not None else {0: "batch"}
-    dynamic_axes: dict[str, dict[int, str]] = {
-        "images": {**batch_axis, 2: "height", 3: "width"},
-        "image_sizes": dict(batch_axis),
-    }
-    for name in output_names:
-        dynamic_axes[name] = {**batch_axis, 1: f"{name}_dim1"}
-    step("tracing and writing model.onnx")
-    with deform_conv_onnx_symbolic(dcn, opset), warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic are expected
-        torch.onnx.export(
-            model,
-            (images, image_sizes),
-            str(onnx_path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["images", "image_sizes"],
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+    if exporter == "dynamo":
+        step("capturing with torch.export and writing model.onnx")
+        _write_torch_export(
+            model, (images, image_sizes), output_names, onnx_path,
+            fixed_batch=batch is not None, dcn=dcn, opset=opset, size_divisibility=size_divisibility,
+        )  # fmt: skip
+    else:
+        step("tracing and writing model.onnx")
+        _write_torchscript(
+            model, (images, image_sizes), output_names, onnx_path,
+            fixed_batch=batch is not None, dcn=dcn, opset=opset,
+        )  # fmt: skip
     step("checking the graph (onnx.checker, shape inference)")
     graph = check_onnx(onnx_path, strict_shapes=(dcn == "onnx"))
     record = {
         "exporter": "dyhead-serve",
+        "onnx_exporter": exporter,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "opset": opset,

@@ -73,16 +73,22 @@ def tiny_checkpoint(path: Path, seed: int = 0, meta: str = "dyhead_r50_atss_fpn_
     torch.manual_seed(seed)
     model = build_model(load_config(meta, overrides=["MODEL.DEVICE", "cpu", *TINY_OVERRIDES]))
     state = model.state_dict()
+    randomise_for_detections(state, seed)
+    torch.save({"model": state}, path)
+    return path
+
+
+def randomise_for_detections(state: dict[str, torch.Tensor], seed: int = 0) -> None:
+    """Overwrite a state dict in place with random weights (He-scaled, positive variances, class
+    logits biased to -1) with which a tiny detector produces detections."""
     gen = torch.Generator().manual_seed(seed)
     for name, value in state.items():
         if name.endswith("running_var"):
             value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
         elif value.is_floating_point() and value.dim() > 1:
             value.copy_(torch.randn(value.shape, generator=gen) * (2.0 / value[0].numel()) ** 0.5)
-        elif name.endswith("cls_logits.bias"):
+        elif name.endswith(("cls_logits.bias", "cls_score.bias")):
             value.fill_(-1.0)
-    torch.save({"model": state}, path)
-    return path
 
 
 @pytest.fixture(scope="session")
