@@ -13,6 +13,7 @@ from typing import Any
 import onnx
 import torch
 from torch import Tensor, nn
+from torch.fx.experimental import _config as fx_config
 
 from dyhead_serve.ops.onnx_node import DCN_FLAVOURS, MIN_OPSET
 from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
@@ -111,10 +112,21 @@ def _write_torch_export(
     height = size_divisibility * dim("height_blocks", min=1)
     width = size_divisibility * dim("width_blocks", min=1)
     dynamic_shapes = ({0: batch, 2: height, 3: width}, {0: batch, 1: dim.STATIC})
-    with warnings.catch_warnings(), torch.no_grad():
+    # As torch.onnx.export(dynamo=True) captures a module (torch 2.14): size-oblivious reasoning
+    # about sizes 0 and 1, guards that the dims cannot express deferred to run-time asserts. Without
+    # them, capturing Swin-T's window padding takes hours instead of minutes in sympy. Unlike
+    # torch.onnx.export, no retry with the constraint fixes torch suggests (they could fix an axis).
+    oblivious = fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
+    with warnings.catch_warnings(), torch.no_grad(), oblivious:
         warnings.simplefilter("ignore")
         try:
-            program = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+            program = torch.export.export(
+                model,
+                inputs,
+                dynamic_shapes=dynamic_shapes,
+                strict=False,
+                prefer_deferred_runtime_asserts_over_guards=True,
+            )
         except Exception as exc:  # torch.export raises many types; each one means "cannot capture"
             raise ExportError(f"torch.export cannot capture {type(model).__name__}: {_summary(exc)}") from exc
         try:
