@@ -88,3 +88,22 @@ def tiny_checkpoint(path: Path, seed: int = 0, meta: str = "dyhead_r50_atss_fpn_
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pth")
+
+
+def one_class_dense_decoder() -> dict:
+    """A valid ``decoder`` entry of model.json for a one-class ATSS model (tests that write
+    model.json files by hand)."""
+    spec = {
+        "kind": "atss",
+        "strides": [8, 16, 32, 64, 128],
+        "anchor_sizes": [[64.0], [128.0], [256.0], [512.0], [1024.0]],
+        "anchor_aspect_ratios": [[1.0]],
+        "anchor_offset": 0.0,
+        "box_weights": [10.0, 10.0, 5.0, 5.0],
+        "score_threshold": 0.05,
+        "topk_candidates": 1000,
+        "nms_threshold": 0.6,
+        "max_detections": 100,
+        "num_classes": 1,
+    }
+    return {"type": "dense", "spec": spec}

@@ -50,11 +50,18 @@ MAX_BASE_DEPTH = 16
 Node = TypeVar("Node")
 
 
-def read_config_text(path: str | os.PathLike[str], *, what: str = "config file") -> str:
+def read_config_text(
+    path: str | os.PathLike[str], *, what: str = "config file", max_bytes: int = MAX_CONFIG_BYTES
+) -> str:
     """The text of a config file, read with the limits above.
 
+    Args:
+        path: the file.
+        what: how messages name it ("config file", "model.json").
+        max_bytes: its largest accepted size.
+
     Raises:
-        ConfigError: missing or unreadable, not a regular file, larger than ``MAX_CONFIG_BYTES``,
+        ConfigError: missing or unreadable, not a regular file, larger than ``max_bytes``,
             not UTF-8, or holding a NUL character.
     """
     source = os.fspath(path)
@@ -68,11 +75,11 @@ def read_config_text(path: str | os.PathLike[str], *, what: str = "config file")
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(f"{what} {source!r} is not a regular file")
         try:
-            data = stream.read(MAX_CONFIG_BYTES + 1)
+            data = stream.read(max_bytes + 1)
         except OSError as exc:
             raise ConfigError(f"cannot read {what} {source!r}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{what} {source!r} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    if len(data) > max_bytes:
+        raise ConfigError(f"{what} {source!r} is larger than {max_bytes // 1024} KiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

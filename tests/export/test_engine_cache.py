@@ -31,7 +31,7 @@ from dyhead_serve.cli import exporter_command
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import needs_tensorrt
 
 H100 = BuildTarget("10.11.0.33", "NVIDIA H100 80GB HBM3", "9.0", "fp16", "coco-batch4")
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _artifact(engine: dict | None = None) -> ModelArtifact:
     spec = InputSpec("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), 800, 1333, 128)
     provenance = {ENGINE_KEY: engine} if engine is not None else {}
-    return ModelArtifact("m", spec, ["a"], {"type": "dense", "spec": {}}, provenance=provenance)
+    return ModelArtifact("m", spec, ["a"], one_class_dense_decoder(), provenance=provenance)
 
 
 def _engine_record(target: BuildTarget = H100, max_batch: int = 4) -> dict:

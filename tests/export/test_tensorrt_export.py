@@ -23,7 +23,7 @@ from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import HAS_TENSORRT, needs_tensorrt
 
 
@@ -45,7 +45,7 @@ def _model_dir(tmp_path, flavour: str):
             _OneDeformConv().eval(), args, str(tmp_path / "model.onnx"), dynamo=False, opset_version=19
         )
     spec = InputSpec("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), 800, 1333, 128)
-    ModelArtifact("one", spec, ["a"], {"type": "dense", "spec": {}}).save(tmp_path / "model.json")
+    ModelArtifact("one", spec, ["a"], one_class_dense_decoder()).save(tmp_path / "model.json")
     return tmp_path
 
 

@@ -10,6 +10,7 @@ import pytest
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.loader import load_backend
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY, check_engine_compatibility
+from tests.conftest import one_class_dense_decoder
 from tests.hardware import HAS_TENSORRT
 
 RECORD = {"tensorrt": "10.13.3.9", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -45,7 +46,7 @@ def _exported_dir(tmp_path):
         "input_spec": {"channel_order": "BGR", "pixel_mean": [0, 0, 0], "pixel_std": [1, 1, 1],
                        "min_size": 800, "max_size": 1333, "size_divisibility": 128},
         "class_names": ["a"],
-        "decoder": {"type": "dense", "spec": {}},
+        "decoder": one_class_dense_decoder(),
         "provenance": {ENGINE_KEY: RECORD},
     }  # fmt: skip
     (tmp_path / "model.json").write_text(json.dumps(meta))
