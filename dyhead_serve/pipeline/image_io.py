@@ -1,4 +1,9 @@
-"""Decoding images the way Detectron2's ``read_image`` does (PIL, EXIF orientation applied)."""
+"""Decoding images the way Detectron2's ``read_image`` does (PIL, EXIF orientation applied).
+
+Images with more than 8 bits per sample (16-bit grayscale PNG, TIFF and PGM, which Pillow opens in
+its 32-bit integer modes) are scaled from 0-65535 to 0-255; converting them directly would clip
+every value above 255 to white. Floating-point images have no defined scale and are refused.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,29 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
+# Pillow's modes of one integer sample wider than 8 bits.
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB, scaling wide integer samples (0-65535) to 0-255 instead of clipping them."""
+    if image.mode in _WIDE_INTEGER_MODES:
+        samples = np.asarray(image).astype(np.int64)  # [H, W]
+        if samples.size and (samples.min() < 0 or samples.max() > 65535):
+            raise ImageDecodeError(
+                f"{name}: {image.mode} pixel values outside 0-65535; save the image with 8 or 16 bits "
+                "per sample"
+            )
+        gray = ((samples * 255 + 32767) // 65535).astype(np.uint8)  # rounded to the nearest level
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode == "F":
+        raise ImageDecodeError(
+            f"{name}: floating-point pixels (mode F) have no defined 8-bit scale; save the image with 8 or "
+            "16 bits per sample"
+        )
+    return image.convert("RGB")
+
+
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array of shape [H, W, 3].
 
@@ -62,7 +90,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
                         f"{name}: {width}x{height} image has more than {max_pixels} pixels"
                     )
                 image.load()
-                rgb = _apply_exif_orientation(image).convert("RGB")
+                rgb = _to_rgb(_apply_exif_orientation(image), name)
                 return np.asarray(rgb, dtype=np.uint8).copy()
     except ImageDecodeError:
         raise
