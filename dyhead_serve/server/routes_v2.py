@@ -17,6 +17,7 @@ Request ``parameters`` may carry ``score_threshold``, ``max_detections`` and ``c
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -58,6 +59,7 @@ OUTPUTS = {
     "image_sizes": ("INT64", [-1, 2]),
 }
 _HEADER_LENGTH = "inference-header-content-length"
+_LENGTH = re.compile(r"[0-9]{1,12}")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": text}
     for status, text in {
@@ -161,7 +163,7 @@ def _image_elements(tensor: V2RequestInput, binary: bytes, max_files: int) -> li
         raise ApiError(413, "too_many_files", f"send at most {max_files} images per request")
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or size != len(binary):
+        if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
             raise ApiError(400, "bad_request", "binary_data_size does not match the binary part of the body")
         raw = _split_binary_elements(binary)
     elif tensor.data is not None:
@@ -186,7 +188,8 @@ async def _read_infer_request(request: Request, max_files: int) -> tuple[V2Infer
     body = await request.body()
     header_length = request.headers.get(_HEADER_LENGTH)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # ASCII digits only: str.isdigit also accepts "²", which int() refuses.
+        if not _LENGTH.fullmatch(header_length) or int(header_length) > len(body):
             raise ApiError(400, "bad_request", f"{_HEADER_LENGTH} must be a length within the body")
         body, binary = body[: int(header_length)], body[int(header_length) :]
     else:

@@ -65,7 +65,12 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        # bytes.isdigit is ASCII-only; a length of more digits than any limit is over it unparsed.
+        if (
+            declared is not None
+            and declared.isdigit()
+            and (len(declared) > 15 or int(declared) > self.max_bytes)
+        ):
             error = BodyTooLargeError(self.max_bytes)
             response = error_response(scope.get("path", ""), error.status, error.code, error.message)
             await response(scope, receive, send)
