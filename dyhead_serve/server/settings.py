@@ -71,6 +71,15 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, description="a request still unanswered after this: 504"
     )
+    read_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        le=3600.0,
+        description="time to receive a whole request (headers and body) from its first byte: 408 after",
+    )
+    max_connections: int = Field(
+        default=256, ge=1, le=100_000, description="open connections per worker; more get 503 and are closed"
+    )
     warmup: bool = Field(default=True, description="run one inference before reporting ready")
 
     # Limits on what a client may send.
@@ -80,6 +89,11 @@ class ServerSettings(BaseSettings):
     max_files: int = Field(default=16, ge=1, le=1024, description="most images in one request")
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="larger images are refused before decoding"
+    )
+    max_request_pixels: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="most pixels of all images of one request together, checked before decoding",
     )
 
     # Access.

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,43 @@ def encode(image: np.ndarray, image_format: str = "PNG", **params: object) -> by
 
 def photo_bytes(height: int = 120, width: int = 160, seed: int = 0, image_format: str = "PNG") -> bytes:
     return encode(synthetic_photo(height, width, seed=seed), image_format)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def live_server(app, settings) -> Iterator[str]:
+    """``app`` served as ``dyhead-serve serve`` serves it (uvicorn with our connection protocol and
+    limits), on a thread, on a free loopback port; yields its URL once ready."""
+    import httpx
+    import uvicorn
+
+    from dyhead_serve.server.connections import uvicorn_options
+
+    options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": free_port()}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{options['port']}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the live server did not become ready")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(60)
 
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:

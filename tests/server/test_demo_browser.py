@@ -7,8 +7,6 @@ skipped with the reason when either is missing.
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +14,7 @@ import httpx
 import pytest
 
 from dyhead_serve.server import ServerSettings, create_app
-from tests.server.conftest import photo_bytes
-from tests.server.test_process import free_port
+from tests.server.conftest import live_server, photo_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -34,25 +31,9 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def base_url(served_backend) -> Iterator[str]:
     """A real HTTP server (uvicorn on a thread) on loopback."""
-    import uvicorn
-
-    port = free_port()
-    app = create_app(ServerSettings(warmup=False), backend=served_backend)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(30)
+    settings = ServerSettings(warmup=False)
+    with live_server(create_app(settings, backend=served_backend), settings) as url:
+        yield url
 
 
 def test_demo_page_shows_boxes_and_a_table(base_url, tmp_path):

@@ -130,3 +130,37 @@ def test_floating_point_tiff_is_a_clear_400(client):
     response = client.post("/v1/detect", files={"file": ("f.tiff", floats, "image/tiff")})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_image"
     assert "floating-point" in response.json()["error"]["message"]
+
+
+# -- unexpected failures: consistent errors (point 10) ----------------------------------------
+
+
+class FailingBackend:
+    """The real backend's description, with an ``infer`` that fails as a broken GPU would."""
+
+    def __init__(self, inner) -> None:
+        for name in ("name", "model_name", "input_spec", "class_names", "decoder", "device", "precision"):
+            setattr(self, name, getattr(inner, name))
+
+    def infer(self, images, image_sizes):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_500_is_json_with_cors_headers(served_backend, caplog):
+    from fastapi.testclient import TestClient
+
+    from dyhead_serve.server import ServerSettings, create_app
+    from tests.server.conftest import wait_ready
+
+    origin = "https://app.example.com"
+    settings = ServerSettings(warmup=False, cors_origins=origin)
+    with TestClient(create_app(settings, backend=FailingBackend(served_backend))) as client:
+        wait_ready(client)
+        response = client.post("/v1/detect", files=IMAGE, headers={"Origin": origin})
+        assert response.status_code == 500
+        assert response.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
+        assert response.headers["access-control-allow-origin"] == origin
+        v2 = client.post(INFER, json=v2_json([1])[1]["json"], headers={"Origin": origin})
+        assert v2.status_code in (400, 500) and v2.headers["access-control-allow-origin"] == origin
+        assert 'status="500"' in client.get("/metrics").text
+    assert any("unhandled error" in r.getMessage() and r.exc_info for r in caplog.records)
