@@ -10,12 +10,21 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "ImageTooLargeError", "decode_image", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "decode_image",
+    "image_size",
+    "read_image",
+]
 
 # Enough for a 100-megapixel photograph; anything larger is refused before it is decoded.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -72,12 +81,10 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 array of shape [H, W, 3].
-
-    Raises:
-        ImageDecodeError: empty, truncated or unrecognised data, or more than ``max_pixels`` pixels.
-    """
+@contextmanager
+def _opened(data: bytes, max_pixels: int, name: str) -> Iterator[Image.Image]:
+    """The image Pillow opens from ``data`` (header read, pixels not yet decoded), with every
+    failure inside the block turned into an :class:`ImageDecodeError`."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     try:
@@ -89,9 +96,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
                     raise ImageTooLargeError(
                         f"{name}: {width}x{height} image has more than {max_pixels} pixels"
                     )
-                image.load()
-                rgb = _to_rgb(_apply_exif_orientation(image), name)
-                return np.asarray(rgb, dtype=np.uint8).copy()
+                yield image
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -100,6 +105,29 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
         raise ImageDecodeError(f"{name}: not a decodable image ({exc})") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+
+
+def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> tuple[int, int]:
+    """(width, height) of encoded image bytes, from the header alone (nothing is decoded).
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`, for what the header already shows.
+    """
+    with _opened(data, max_pixels, name) as image:
+        width, height = image.size
+        return width, height
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array of shape [H, W, 3].
+
+    Raises:
+        ImageDecodeError: empty, truncated or unrecognised data, or more than ``max_pixels`` pixels.
+    """
+    with _opened(data, max_pixels, name) as image:
+        image.load()
+        rgb = _to_rgb(_apply_exif_orientation(image), name)
+        return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
