@@ -19,7 +19,7 @@ from dyhead_serve.server.connections import CONNECTION_EVENTS, ReadDeadlineMiddl
 from dyhead_serve.server.deps import API_KEY_HEADER
 from dyhead_serve.server.errors import UnexpectedErrorMiddleware, install_error_handlers
 from dyhead_serve.server.metrics import Metrics, MetricsMiddleware
-from dyhead_serve.server.openapi_docs import install_openapi
+from dyhead_serve.server.openapi_docs import install_docs, install_openapi
 from dyhead_serve.server.routes_ops import router as ops_router
 from dyhead_serve.server.routes_v1 import router as v1_router
 from dyhead_serve.server.routes_v2 import model_router as v2_model_router
@@ -85,6 +85,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the installed package instead of a CDN: install_docs
+        redoc_url=None,
         openapi_tags=[
             {"name": "detection", "description": "detect objects in images"},
             {"name": "open inference protocol v2", "description": "KServe / Triton compatible"},
@@ -98,6 +100,7 @@ def create_app(
     for router in (ops_router, v1_router, v2_router, v2_model_router):
         app.include_router(router)
     install_openapi(app)
+    install_docs(app)
     # Added last = outermost: metrics see every response, the 413s of the size limit included,
     # and CORS headers go on every answer, 500s included.
     app.add_middleware(ReadDeadlineMiddleware, read_timeout_s=settings.read_timeout_s)

@@ -65,7 +65,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": text}
     for status, text in {
         400: "malformed request", 401: "missing or wrong X-API-Key", 404: "no such model",
-        413: "too large", 415: "unsupported media type", 422: "invalid parameters",
+        408: "the request did not arrive within read_timeout_s", 413: "too large",
+        415: "unsupported media type", 422: "invalid parameters",
         503: "not ready or busy (see Retry-After)", 504: "timed out",
     }.items()
 }  # fmt: skip

@@ -77,3 +77,36 @@ def test_demo_page_shows_boxes_and_a_table(base_url, tmp_path):
             browser.close()
     assert not errors, errors
     assert all(url.startswith((base_url, "blob:", "data:")) for url in requested), requested
+
+
+def test_docs_render_without_internet(base_url):
+    """/docs and /redoc in headless Chromium with every request off this server blocked: both
+    render the API's operations. Swagger UI asks for nothing elsewhere; ReDoc only for the logo of
+    its "API docs by Redocly" footer link, which then stays blank."""
+    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+        pytest.skip("no /usr/bin/chromium (Debian: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            blocked: list[str] = []
+
+            def only_this_server(route) -> None:
+                if route.request.url.startswith((base_url, "data:", "blob:")):
+                    route.continue_()
+                else:
+                    blocked.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_this_server)
+            page.goto(base_url + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            assert "/v1/detect" in page.content()
+            assert not blocked, blocked
+            page.goto(base_url + "/redoc")
+            page.wait_for_selector("[data-section-id]", timeout=30_000)
+            assert "/v1/detect" in page.content()
+        finally:
+            browser.close()
+    assert all(url.endswith("/redoc/logo-mini.svg") for url in blocked), blocked

@@ -164,3 +164,17 @@ def test_a_500_is_json_with_cors_headers(served_backend, caplog):
         assert v2.status_code in (400, 500) and v2.headers["access-control-allow-origin"] == origin
         assert 'status="500"' in client.get("/metrics").text
     assert any("unhandled error" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+# -- /docs without internet (point 10) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_scripts_from_this_server(client, page):
+    html = client.get(page).text
+    assert "://" not in html  # no CDN, no font service, no favicon elsewhere
+    assets = [part.split('"')[0] for part in html.split('="/docs-assets/')[1:]]
+    assert assets, html
+    for asset in assets:
+        response = client.get(f"/docs-assets/{asset}")
+        assert response.status_code == 200 and len(response.content) > 100, asset
