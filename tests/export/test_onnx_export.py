@@ -14,6 +14,7 @@ from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from PIL import Image
 
 from dyhead_serve.data.sample_image import synthetic_photo
+from dyhead_serve.model_args import override_flags
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from tests.conftest import TINY_OVERRIDES
@@ -112,9 +113,7 @@ def test_export_rejects_bad_arguments(tiny_backend, tmp_path):
 def test_export_cli_writes_and_verifies(tiny_weights, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.fromarray(synthetic_photo(256, 384, seed=4)).save(image)
-    overrides = [
-        x for pair in zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2], strict=True) for x in ("--set", *pair)
-    ]
+    overrides = override_flags(TINY_OVERRIDES)
     code = export_main(
         ["onnx", "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(tiny_weights), "--out", str(tmp_path),
          "--verify-image", str(image), *overrides]
