@@ -1,5 +1,5 @@
-"""Named models: the four official DyHead checkpoints (and, with the training issue, the
-embedded default), usable wherever a config and weights are accepted."""
+"""Named models: the four official DyHead checkpoints and the embedded default model, usable
+wherever a config and weights are accepted."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-# sha256 of dyhead_serve/zoo_files/default/model_final.pth, as trained (see README.md)
-DEFAULT_SHA256 = "abd28a40dc5313ef3d13a7d5e83105f634ec9a1082346699a9b7f8d4885fd067"
+# sha256 of dyhead_serve/zoo_files/default/model.safetensors, as trained (see README.md)
+DEFAULT_SHA256 = "7cf6076bb36d72533720f185003564861806e28b7cd7ba94bc0aa5ac1a33cfea"
 _PACKAGE = Path(__file__).parent
 _OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
 
@@ -88,7 +88,7 @@ ZOO: dict[str, ZooModel] = {
             sha256=DEFAULT_SHA256,
             description="small DyHead-ATSS (ResNet-18 at quarter width, 2 DyHead blocks) trained on the "
             "generated shapes dataset; shipped with its ONNX export",
-            embedded="zoo_files/default/model_final.pth",
+            embedded="zoo_files/default/model.safetensors",
             class_names=SHAPE_CLASSES,
         ),
     )

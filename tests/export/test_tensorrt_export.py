@@ -8,6 +8,7 @@ import argparse
 import onnx
 import pytest
 import torch
+
 from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.tensorrt_build import (
     PROFILES,
@@ -18,7 +19,6 @@ from dyhead_serve.export.tensorrt_build import (
     set_plugin_impl,
 )
 from dyhead_serve.export.tensorrt_cli import profile_from_args
-
 from dyhead_serve.model_args import override_flags
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
