@@ -23,6 +23,7 @@ __all__ = [
     "ZooError",
     "ZooModel",
     "cache_dir",
+    "demo_model_notice",
     "download",
     "get_model",
     "sha256_of",
@@ -93,6 +94,17 @@ ZOO: dict[str, ZooModel] = {
         ),
     )
 }
+
+
+def demo_model_notice(how_to_name: str = "--model dyhead_r50_atss_fpn_1x") -> str:
+    """What a newcomer should know when the embedded default model runs because no model was
+    named: it detects six generated shapes, not everyday objects, and how to run a COCO model."""
+    shapes = ", ".join(SHAPE_CLASSES)
+    return (
+        f"the embedded demo model detects six synthetic shapes only ({shapes}); for the 80 COCO "
+        f"object classes, name a COCO model: {how_to_name} (downloads the official weights; "
+        "`dyhead-serve zoo list` lists the models)"
+    )
 
 
 class ZooError(RuntimeError):
