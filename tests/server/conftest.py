@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,10 +40,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class LiveServer:
+    url: str
+    server: Any  # uvicorn.Server: set should_exit to shut it down as SIGTERM does
+    thread: threading.Thread
+
+
 @contextmanager
-def live_server(app, settings) -> Iterator[str]:
+def running_server(app, settings) -> Iterator[LiveServer]:
     """``app`` served as ``dyhead-serve serve`` serves it (uvicorn with our connection protocol and
-    limits), on a thread, on a free loopback port; yields its URL once ready."""
+    limits), on a thread, on a free loopback port, once it is ready."""
     import httpx
     import uvicorn
 
@@ -63,10 +72,17 @@ def live_server(app, settings) -> Iterator[str]:
     else:
         raise AssertionError("the live server did not become ready")
     try:
-        yield url
+        yield LiveServer(url, server, thread)
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+@contextmanager
+def live_server(app, settings) -> Iterator[str]:
+    """The URL of :func:`running_server`."""
+    with running_server(app, settings) as live:
+        yield live.url
 
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from dyhead_serve.server import ServerSettings, create_app
-from tests.server.conftest import live_server, photo_bytes
+from tests.server.conftest import live_server, photo_bytes, running_server
 
 MODEL = "dyhead_r50_atss_fpn_1x"
 READ_TIMEOUT_S = 1.0
@@ -158,29 +158,16 @@ def test_disconnect_mid_upload_is_499_without_a_traceback(server, caplog):
 
 def test_shutdown_answers_a_trickling_upload_at_once(served_backend):
     settings = ServerSettings(warmup=False, read_timeout_s=60)
-    app = create_app(settings, backend=served_backend)
-    import uvicorn
-
-    from dyhead_serve.server.connections import uvicorn_options
-    from tests.server.conftest import free_port
-
-    options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": free_port()}
-    server = uvicorn.Server(uvicorn.Config(app, **options))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{options['port']}"
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sock = connect(url)
-    sock.sendall(PARTIAL_JSON_UPLOAD)
-    time.sleep(0.3)
-    started = time.monotonic()
-    server.should_exit = True
-    status, _, body, _ = read_response(sock)
-    thread.join(30)
-    assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
-    assert not thread.is_alive() and time.monotonic() - started < 10  # not held until the 60 s deadline
+    with running_server(create_app(settings, backend=served_backend), settings) as live:
+        sock = connect(live.url)
+        sock.sendall(PARTIAL_JSON_UPLOAD)
+        time.sleep(0.3)
+        started = time.monotonic()
+        live.server.should_exit = True  # what SIGTERM does
+        status, _, body, _ = read_response(sock)
+        live.thread.join(30)
+        assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
+        assert not live.thread.is_alive() and time.monotonic() - started < 10  # not held 60 s
 
 
 # -- requests that would be parsed element by element (point 1) -------------------------------
