@@ -15,7 +15,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from dyhead_serve import __version__
 from dyhead_serve.runtime.base import Backend
-from dyhead_serve.server.connections import CONNECTION_EVENTS, ReadDeadlineMiddleware
+from dyhead_serve.server.connections import (
+    CONNECTION_EVENTS,
+    CONNECTION_LIMITS,
+    ConnectionLimits,
+    ReadDeadlineMiddleware,
+)
 from dyhead_serve.server.deps import API_KEY_HEADER
 from dyhead_serve.server.errors import UnexpectedErrorMiddleware, install_error_handlers
 from dyhead_serve.server.metrics import Metrics, MetricsMiddleware
@@ -75,8 +80,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         service.start()  # loads and warms up on its own thread: /healthz answers meanwhile
-        # The lifespan state reaches the connection protocol, which counts what it closes itself.
-        yield {CONNECTION_EVENTS: lambda reason: metrics.connections_closed.labels(reason).inc()}
+        # The lifespan state reaches the connection protocol: its limits, and where it counts the
+        # connections it closes itself.
+        yield {
+            CONNECTION_LIMITS: ConnectionLimits(settings.read_timeout_s, settings.max_connections),
+            CONNECTION_EVENTS: lambda reason: metrics.connections_closed.labels(reason).inc(),
+        }
         logger.info("shutting down: finishing queued work")
         service.stop(timeout=settings.request_timeout_s)
 

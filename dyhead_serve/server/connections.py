@@ -14,15 +14,18 @@ its first byte (from the opening of the connection for the first request):
 
 Connections beyond ``max_connections`` get 503 and are closed at once. On shutdown, a request
 whose body is still arriving is answered 503 at once instead of holding the drain.
+
+uvicorn is given the protocol by name and the protocol reads its limits from the app's lifespan
+state (:data:`CONNECTION_LIMITS`): with ``--workers``, each worker process then imports it only
+once it runs (unpickling a class bound to its arguments would import the whole app before the
+worker answers uvicorn's health check).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +38,9 @@ from dyhead_serve.server.settings import ServerSettings
 
 __all__ = [
     "CONNECTION_EVENTS",
+    "CONNECTION_LIMITS",
     "READ_WINDOW",
+    "ConnectionLimits",
     "LimitedH11Protocol",
     "ReadDeadlineMiddleware",
     "ReadWindow",
@@ -48,10 +53,21 @@ logger = logging.getLogger(__name__)
 READ_WINDOW = "dyhead.read_window"
 # Lifespan state key of a callable(reason) counting connections the protocol closed itself.
 CONNECTION_EVENTS = "dyhead.connection_events"
+# Lifespan state key of the ConnectionLimits the protocol applies.
+CONNECTION_LIMITS = "dyhead.connection_limits"
 # When a request's deadline passes while the app is reading its body, the app answers 408 itself;
 # the protocol closes the connection only if it has not within this time.
 _APP_GRACE_S = 1.0
 _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """read_timeout_s: time to receive a whole request (line, headers, body); max_connections: open
+    connections of this process (more are answered 503 and closed)."""
+
+    read_timeout_s: float
+    max_connections: int
 
 
 @dataclass
@@ -64,13 +80,8 @@ class ReadWindow:
 
 
 class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a receive deadline per request and a connection cap.
-
-    Args:
-        read_timeout_s: time to receive a whole request (line, headers, body).
-        max_connections: open connections of this process; more are answered 503 and closed.
-        (the others are uvicorn's)
-    """
+    """uvicorn's h11 protocol with a receive deadline per request and a connection cap, both from
+    the :class:`ConnectionLimits` in the app's lifespan state (arguments as uvicorn's)."""
 
     def __init__(
         self,
@@ -78,13 +89,13 @@ class LimitedH11Protocol(H11Protocol):
         server_state: Any,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        read_timeout_s: float,
-        max_connections: int,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.read_timeout_s = read_timeout_s
-        self.max_connections = max_connections
+        limits = app_state.get(CONNECTION_LIMITS)
+        if not isinstance(limits, ConnectionLimits):
+            raise RuntimeError("LimitedH11Protocol serves apps of dyhead_serve.server.create_app only")
+        self.read_timeout_s = limits.read_timeout_s
+        self.max_connections = limits.max_connections
         self._window: ReadWindow | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._grace_given = False
@@ -257,14 +268,11 @@ async def _receive_within(
 
 
 def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
-    """What ``uvicorn.Config`` needs to serve with these settings' connection limits."""
-    protocol: Callable[..., LimitedH11Protocol] = functools.partial(
-        LimitedH11Protocol, read_timeout_s=settings.read_timeout_s, max_connections=settings.max_connections
-    )
+    """What ``uvicorn.Config`` needs to serve an app of these settings with its connection limits."""
     return {
         "host": settings.host,
         "port": settings.port,
-        "http": protocol,
+        "http": f"{__name__}:{LimitedH11Protocol.__name__}",
         "log_config": None,  # keep the CLI's logging setup
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
     }
