@@ -4,7 +4,6 @@ and why."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
 from tests.hardware import HAS_CUDA
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 NUMERICS = "test_every_tile_and_dtype_matches_torchvision"
 PROPS = (
@@ -34,12 +33,7 @@ JUNIT = f"""<?xml version="1.0" encoding="utf-8"?>
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def test_numerics_rows_and_counts_come_from_the_junit_xml(gpu_check, tmp_path):

@@ -34,6 +34,7 @@ from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
 from tests.conftest import TINY_OVERRIDES
 from tests.hardware import HAS_TENSORRT, needs_tensorrt
+from tests.tensorrt_calls import TensorRTCalls
 
 
 class _OneDeformConv(torch.nn.Module):
@@ -165,40 +166,14 @@ def test_the_build_fits_the_profile_to_a_fixed_batch_graph_and_says_so(tmp_path,
         assert code == 2 and "TensorRT is not installed" in err
 
 
-class _Recorder:
-    """Records the TensorRT calls our build and load code makes, in order (a stand-in for the
-    ``tensorrt`` module in tests of that order; it builds nothing)."""
-
-    def __init__(self, plugins_ok: bool = True) -> None:
-        self.calls: list[str] = []
-        self.plugins_ok = plugins_ok
-
-    def init_libnvinfer_plugins(self, logger, namespace):
-        self.calls.append(f"init_libnvinfer_plugins({namespace!r})")
-        return self.plugins_ok
-
-    def OnnxParser(self, network, logger):  # noqa: N802 (TensorRT's name)
-        self.calls.append("OnnxParser")
-        recorder = self
-
-        class Parser:
-            num_errors = 0
-
-            def parse(self, data, path):
-                recorder.calls.append("parse")
-                return True
-
-        return Parser()
-
-
 def test_the_standard_plugins_are_registered_before_parsing(tmp_path):
     """The parser builds DeformConv from libnvinfer_plugin's ModulatedDeformConv2d creator."""
     model = onnx.load(str(_model_dir(tmp_path, "onnx") / "model.onnx"))
-    trt = _Recorder()
+    trt = TensorRTCalls()
     _parse(trt, network=None, model=model, onnx_path=tmp_path / "model.onnx", log=None)
     assert trt.calls == ["init_libnvinfer_plugins('')", "OnnxParser", "parse"]
     with pytest.raises(EngineBuildError, match="standard plugins"):
-        _parse(_Recorder(plugins_ok=False), None, model, tmp_path / "model.onnx", None)
+        _parse(TensorRTCalls(plugins_ok=False), None, model, tmp_path / "model.onnx", None)
 
 
 def test_a_refused_timing_cache_is_an_error(tmp_path):

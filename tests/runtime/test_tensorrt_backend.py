@@ -20,6 +20,7 @@ from dyhead_serve.runtime.tensorrt_compat import (
     deserialize_engine,
 )
 from tests.hardware import HAS_TENSORRT, needs_tensorrt
+from tests.tensorrt_calls import TensorRTCalls
 
 RECORD = {"tensorrt": "10.13.3.9", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
@@ -84,39 +85,15 @@ def test_inputs_must_be_multiples_of_the_size_divisibility_and_inside_the_profil
     check_input_shape("image_sizes", (2, 2), (1, 2), (4, 2), 128)  # not an image: no divisibility
 
 
-class _RecordingRuntime:
-    """Records what loading an engine asks of TensorRT, in order (a stand-in for the ``tensorrt``
-    module in a test of that order; it loads nothing)."""
-
-    def __init__(self, plugins_ok: bool = True) -> None:
-        self.calls: list[str] = []
-        self.plugins_ok = plugins_ok
-
-    def init_libnvinfer_plugins(self, logger, namespace):
-        self.calls.append(f"init_libnvinfer_plugins({namespace!r})")
-        return self.plugins_ok
-
-    def Runtime(self, logger):  # noqa: N802 (TensorRT's name)
-        self.calls.append("Runtime")
-        calls = self.calls
-
-        class Runtime:
-            def deserialize_cuda_engine(self, plan):
-                calls.append("deserialize_cuda_engine")
-                return "engine"
-
-        return Runtime()
-
-
 def test_the_standard_plugins_are_registered_before_an_engine_is_deserialised():
     """An engine built from DeformConv nodes holds libnvinfer_plugin layers: their creator must be
     registered when it is loaded."""
-    trt = _RecordingRuntime()
+    trt = TensorRTCalls()
     _, engine = deserialize_engine(trt, None, b"plan")
     assert engine == "engine"
     assert trt.calls == ["init_libnvinfer_plugins('')", "Runtime", "deserialize_cuda_engine"]
     with pytest.raises(BackendError, match="standard plugins"):
-        deserialize_engine(_RecordingRuntime(plugins_ok=False), None, b"plan")
+        deserialize_engine(TensorRTCalls(plugins_ok=False), None, b"plan")
 
 
 # What deployment does (TensorRT and a GPU): the engine of the tiny model with our plugin's AOT
