@@ -132,6 +132,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise CliError(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
     if not 0.0 <= args.draw_threshold <= 1.0:
         raise CliError(f"--draw-threshold must be in [0, 1], got {args.draw_threshold}")
+    if args.model is None and args.config is None:
+        from dyhead_serve.zoo import demo_model_notice
+
+        logger.info("no model named: %s", demo_model_notice())
     predictor = make_predictor(_load_backend_from_args(args))
     results, errors = predict_files(
         predictor,
@@ -221,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``dyhead-serve`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="dyhead-serve",
-        description="DyHead object detectors: predict on images (more commands arrive with training, "
-        "export and serving).",
+        description="DyHead object detectors: predict on images, train, evaluate (COCO AP), list the "
+        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

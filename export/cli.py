@@ -80,6 +80,12 @@ def _add_onnx(subparsers: argparse._SubParsersAction) -> None:
         help="image for the built-in verification (default: a generated photograph-like image)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
+    p.add_argument(
+        "--external-weights",
+        action="store_true",
+        help="also write the weights as OUT/model.safetensors, read by model.onnx (ONNX external data) "
+        "and by PyTorch (--weights): one copy of the weights for both",
+    )
     p.set_defaults(func=_run_onnx)
 
 
@@ -98,7 +104,8 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from .onnx_export import ExportError, export_onnx
     from .verify import compare_backends
 
-    steps = tqdm(total=4 if not args.no_verify else 3, desc="export", unit="step", file=sys.stderr)
+    total = (3 if args.no_verify else 4) + (1 if args.external_weights else 0)
+    steps = tqdm(total=total, desc="export", unit="step", file=sys.stderr)
     try:
         steps.set_postfix_str("loading weights")
         source = model_source_from_args(args, exported=False, default=False)
@@ -119,6 +126,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
             dcn=args.dcn,
             provenance=provenance,
             on_step=on_step,
+            external_weights=args.external_weights,
         )
         if args.no_verify:
             steps.close()

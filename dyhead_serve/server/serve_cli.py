@@ -145,6 +145,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ModelSourceError, ZooError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.model is None and settings.config is None:
+        from dyhead_serve.zoo import demo_model_notice
+
+        logger.info(
+            "no model named: %s", demo_model_notice("dyhead-serve serve --model dyhead_r50_atss_fpn_1x")
+        )
     if not _is_loopback(settings.host):
         logger.warning(
             "listening on %s: reachable from other machines%s",

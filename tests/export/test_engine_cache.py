@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from dyhead_serve.cli import exporter_command
 from dyhead_serve.export.engine_cache import (
     BuildSource,
     BuildTarget,
@@ -26,8 +28,6 @@ from dyhead_serve.export.engine_cache import (
     profile_for_batch,
     resolve_source,
 )
-
-from dyhead_serve.cli import exporter_command
 from dyhead_serve.model_args import override_flags
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact

@@ -8,6 +8,9 @@ import argparse
 import onnx
 import pytest
 import torch
+
+from dyhead_serve import zoo
+from dyhead_serve.config import load_config
 from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.onnx_export import input_dims
 from dyhead_serve.export.tensorrt_build import (
@@ -23,9 +26,6 @@ from dyhead_serve.export.tensorrt_build import (
     set_plugin_impl,
 )
 from dyhead_serve.export.tensorrt_cli import profile_from_args
-
-from dyhead_serve import zoo
-from dyhead_serve.config import load_config
 from dyhead_serve.model_args import override_flags
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.ops import ModulatedDeformConv2d

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dyhead_serve.plugins import modulated_deform_conv
-from dyhead_serve.plugins.mdcn_kernel import TILES
 from torchvision.ops import deform_conv2d
 
+from dyhead_serve.plugins import modulated_deform_conv
+from dyhead_serve.plugins.mdcn_kernel import TILES
 from tests.hardware import needs_gpu
 
 pytestmark = [pytest.mark.gpu, needs_gpu]

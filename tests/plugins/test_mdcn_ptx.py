@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dyhead_serve.plugins.mdcn_kernel import DEFAULT_TILE, SCALAR_ARGS, TILES
 from dyhead_serve.plugins.mdcn_ptx import (
     DTYPES,

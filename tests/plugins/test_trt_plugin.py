@@ -81,9 +81,10 @@ def _run_plugin_engine(
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], list[str]]:
     """Build one strongly typed engine with a plugin layer per entry (the inputs' dtype decides
     each layer's), run it once; (outputs, inputs, the engine's layer descriptions)."""
-    import dyhead_serve.plugins.trt_plugin  # noqa: F401  (registers the plugin)
     import tensorrt as trt
     import tensorrt.plugin as trtp
+
+    import dyhead_serve.plugins.trt_plugin  # noqa: F401  (registers the plugin)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -129,8 +130,9 @@ def _run_plugin_engine(
 
 
 def test_plugin_is_registered():
-    import dyhead_serve.plugins.trt_plugin  # noqa: F401
     import tensorrt as trt
+
+    import dyhead_serve.plugins.trt_plugin  # noqa: F401
 
     creator = trt.get_plugin_registry().get_creator("ModulatedDeformConv2d", "1", "dyhead")
     assert creator is not None

@@ -117,7 +117,6 @@ assert not loaded, f"serving imported {loaded}"
 def aot_engine(tiny_weights, tmp_path_factory):
     """The tiny ATSS model's fp32 engine with the plugin's AOT kernels ("small" profile)."""
     from dyhead_serve.export.cli import main as export_main
-
     from dyhead_serve.model_args import override_flags
     from tests.conftest import TINY_OVERRIDES
 
