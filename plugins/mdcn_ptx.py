@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of the kernel to PTX, as TensorRT's AOT plugin embeds it.
 
 Triton compiles for a given :class:`GPUTarget` without a GPU, so this runs on any machine with
-Triton (>= 3.3, the first whose ``ASTSource`` takes ``constexprs``) installed. The result is checked
+Triton >= 3.3.1 installed (3.3 is the first whose ``ASTSource`` takes ``constexprs``, 3.3.1 the
+first that compiles ``tl.dot`` for sm_120). The result is checked
 for what an AOT plugin cannot provide: Triton scratch memory (TensorRT passes no scratch buffer)
 and more than 48 KiB of shared memory per block. Each specialisation gets an entry name of its
 own (:func:`kernel_name`): one engine holds many plugin layers with different dtypes and tiles.
@@ -37,7 +38,8 @@ MAX_SHARED_BYTES = 48 * 1024
 # that introduced it (8.0 for sm_90a, 8.6 for sm_100a, 8.7 for sm_120a, 8.8 for sm_103a/sm_121a,
 # 9.0 for sm_110a); asking less aborts the whole process inside LLVM. Never below 7.8 (CUDA 11.8,
 # the oldest CUDA any TensorRT 10 supports): newer Triton (3.8) emits ``::cta``-scoped
-# instructions that need it even on sm_75..sm_89. An architecture missing here is refused before LLVM runs.
+# instructions that need it even on sm_75..sm_89. An architecture missing here is refused before
+# LLVM runs.
 PTX_ISA = {
     75: 78, 80: 78, 86: 78, 87: 78, 89: 78,
     90: 80, 100: 86, 103: 88, 110: 90, 120: 87, 121: 88,
