@@ -195,6 +195,17 @@ def test_mounted_engine_is_used_when_it_fits_this_machine(tmp_path):
     assert mounted_engine(tmp_path, H100, max_batch=4) is None  # no engine at all
 
 
+def test_a_mounted_fixed_batch_engine_serves_any_server_batch(tmp_path):
+    """A Faster R-CNN engine takes batches of 1 (its graph's); the backend runs larger server
+    batches in chunks of 1, so a server batch of 4 is no reason to refuse it."""
+    folder = tmp_path / "rcnn"
+    folder.mkdir()
+    (folder / "model.plan").write_bytes(b"plan")
+    _artifact({**_engine_record(max_batch=1), "fixed_batch": 1}).save(folder / "model.json")
+    result, _ = mounted_engine(folder, H100, max_batch=4)
+    assert result.how == "mounted"
+
+
 def test_engine_command_without_tensorrt_is_a_one_line_error(monkeypatch, capsys):
     """Run as `python -m dyhead_serve.export`: errors raised by subcommand modules must still be
     one line, not a traceback."""
