@@ -19,7 +19,9 @@ from dyhead_serve.ops.onnx_node import DCN_FLAVOURS, MIN_OPSET
 from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
-__all__ = ["DEFAULT_EXPORTER", "EXPORTERS", "ExportError", "check_onnx", "export_onnx"]
+from .external_weights import WEIGHTS_FILE, share_weights
+
+__all__ = ["DEFAULT_EXPORTER", "EXPORTERS", "ExportError", "check_onnx", "export_onnx", "input_dims"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +68,15 @@ def _tensor_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
 
 def _write_torchscript(
     model: nn.Module, inputs: tuple[Tensor, Tensor], output_names: list[str], path: Path,
-    *, fixed_batch: bool, dcn: str, opset: int,
+    *, dims: dict[str, list[int | str]], dcn: str, opset: int, keep_batch_norms: bool,
 ) -> None:  # fmt: skip
     """The TorchScript exporter (deprecated since PyTorch 2.9): a trace, axes named dynamic."""
     from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
 
-    batch_axis = {} if fixed_batch else {0: "batch"}
-    dynamic_axes: dict[str, dict[int, str]] = {
-        "images": {**batch_axis, 2: "height", 3: "width"},
-        "image_sizes": dict(batch_axis),
+    dynamic_axes = {
+        name: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for name, shape in dims.items()
     }
+    batch_axis = {0: "batch"} if isinstance(dims["images"][0], str) else {}
     for name in output_names:
         dynamic_axes[name] = {**batch_axis, 1: f"{name}_dim1"}
     with deform_conv_onnx_symbolic(dcn, opset), warnings.catch_warnings(), torch.no_grad():
@@ -90,6 +91,9 @@ def _write_torchscript(
             output_names=output_names,
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
+            # EVAL folds batch norms into the convolutions' weights; PRESERVE (the model is in
+            # eval mode) keeps them, so each weight of the state dict is an initializer as is.
+            training=torch.onnx.TrainingMode.PRESERVE if keep_batch_norms else torch.onnx.TrainingMode.EVAL,
         )
 
 
@@ -179,6 +183,27 @@ def _summary(exc: BaseException) -> str:
     return " ".join([f"{type(exc).__name__}: {lines[0] if lines else ''}", *caused[:1]])
 
 
+def input_dims(model: nn.Module, batch: int | None) -> dict[str, list[int | str]]:
+    """The graph inputs' dimensions as the export writes them: an int where fixed, a name where
+    dynamic. A model whose forward loops over images in Python (``traces_dynamic_batch = False``,
+    Faster R-CNN) gets a fixed batch of 1 when none is asked: a trace records one image, so a
+    dynamic batch would silently mishandle the others (runtimes split batches instead).
+
+    Args:
+        model: the detector.
+        batch: a fixed batch size, or None for a dynamic one where the model allows it.
+
+    Returns:
+        ``{"images": [N, 3, "height", "width"], "image_sizes": [N, 2]}``, N an int or ``"batch"``
+        (the TorchScript exporter's names; the torch.export one names height and width
+        ``{divisibility}*height_blocks`` and ``{divisibility}*width_blocks``).
+    """
+    if batch is None and not getattr(model, "traces_dynamic_batch", True):
+        batch = 1
+    n: int | str = batch if batch is not None else "batch"
+    return {"images": [n, 3, "height", "width"], "image_sizes": [n, 2]}
+
+
 def export_onnx(
     backend: TorchBackend,
     out_dir: str | Path,
@@ -189,6 +214,7 @@ def export_onnx(
     exporter: str = DEFAULT_EXPORTER,
     provenance: dict[str, Any] | None = None,
     on_step: Callable[[str], None] | None = None,
+    external_weights: bool = False,
 ) -> Path:
     """Write ``out_dir/model.onnx`` and ``out_dir/model.json`` for a torch backend's detector.
 
@@ -202,6 +228,11 @@ def export_onnx(
             ``"dynamo"`` (``torch.export`` and ONNX Script, torch's default).
         provenance: recorded in model.json (config, weights checksum, ...).
         on_step: called with a short description as each stage starts (progress reporting).
+        external_weights: also write the state dict as ``model.safetensors`` and have the graph
+            read its weights from that file (see :mod:`.external_weights`): one copy of the
+            weights for ONNX Runtime and PyTorch. Batch norms are then kept as graph nodes
+            (ONNX Runtime fuses them when it loads the graph) so that the weights stay as
+            trained.
 
     Returns:
         the path of model.onnx.
@@ -219,14 +250,13 @@ def export_onnx(
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     model: nn.Module = backend.model.eval()
-    if batch is None and not getattr(model, "traces_dynamic_batch", True):
-        # Its forward loops over images in Python: a trace records one image, so the graph
-        # would silently mishandle other batch sizes. Fix the batch at 1 (runtimes split batches).
+    dims = input_dims(model, batch)
+    if batch is None and isinstance(dims["images"][0], int):
         logger.warning("%s traces with a fixed batch: exporting with batch 1", type(model).__name__)
-        batch = 1
+    fixed_batch = dims["images"][0] if isinstance(dims["images"][0], int) else None
     size_divisibility = max(backend.input_spec.size_divisibility, 32)
     # torch.export specialises a batch of 1 to a constant: trace a dynamic batch with 2 images.
-    example_batch = batch or (2 if exporter == "dynamo" else 1)
+    example_batch = fixed_batch or (2 if exporter == "dynamo" else 1)
     images, image_sizes = _dummy_inputs(example_batch, size_divisibility)
     images, image_sizes = images.to(backend.device), image_sizes.to(backend.device)
     with torch.no_grad():
@@ -235,14 +265,20 @@ def export_onnx(
         step("capturing with torch.export and writing model.onnx")
         _write_torch_export(
             model, (images, image_sizes), output_names, onnx_path,
-            fixed_batch=batch is not None, dcn=dcn, opset=opset, size_divisibility=size_divisibility,
+            fixed_batch=fixed_batch is not None, dcn=dcn, opset=opset, size_divisibility=size_divisibility,
         )  # fmt: skip
     else:
         step("tracing and writing model.onnx")
         _write_torchscript(
             model, (images, image_sizes), output_names, onnx_path,
-            fixed_batch=batch is not None, dcn=dcn, opset=opset,
+            dims=dims, dcn=dcn, opset=opset, keep_batch_norms=external_weights,
         )  # fmt: skip
+    record_weights: dict[str, Any] = {}
+    if external_weights:
+        step("storing the weights once, in model.safetensors")
+        shared = share_weights(onnx_path, model.state_dict())
+        logger.info("%s", shared.describe())
+        record_weights = {"weights_file": WEIGHTS_FILE}
     step("checking the graph (onnx.checker, shape inference)")
     graph = check_onnx(onnx_path, strict_shapes=(dcn == "onnx"))
     record = {
@@ -253,7 +289,8 @@ def export_onnx(
         "opset": opset,
         "dcn": dcn,
         "precision": "fp32",
-        "batch": batch if batch is not None else "dynamic",
+        "batch": fixed_batch if fixed_batch is not None else "dynamic",
+        **record_weights,
         **(provenance or {}),
     }
     artifact = ModelArtifact(

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dyhead_serve.model_args import add_model_arguments, model_source_from_args
+
 from .errors import ExportCliError
 from .tensorrt_build import PROFILES, parse_shape
 
@@ -48,13 +50,10 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    source = p.add_mutually_exclusive_group(required=True)
+    source = add_model_arguments(p, exported=False, default=False, required=True)
     source.add_argument(
         "--onnx", type=Path, help="folder with model.onnx and model.json (dyhead-export onnx)"
     )
-    source.add_argument("--config", help="Detectron2 DyHead YAML file or shipped official config name")
-    source.add_argument("--model", help="a zoo name (see `dyhead-serve zoo list`)")
-    p.add_argument("--weights", help="checkpoint (.pth/.pkl); required with --config")
     p.add_argument("--out", required=True, type=Path, help="output folder for model.plan and model.json")
     p.add_argument(
         "--fp16", action="store_true", help="allow float16 kernels (verified with looser tolerances)"
@@ -65,16 +64,16 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
     p.add_argument(
         "--dcn",
-        choices=["plugin", "builtin"],
+        choices=["plugin", "onnx"],
         default=None,
-        help="deformable convs as our plugin (AOT Triton kernel; default) or TensorRT's builtin "
-        "DeformConv; with --onnx the graph decides and this must agree",
+        help="deformable convs as our plugin's nodes (AOT Triton kernel; the default here) or as ONNX "
+        "DeformConv nodes (TensorRT builds them with its standard ModulatedDeformConv2d plugin); the "
+        "names of `dyhead-export onnx --dcn`. With --onnx the graph decides and this must agree",
     )
     p.add_argument("--plugin-impl", choices=["aot", "jit"], default="aot", help="plugin implementation")
     p.add_argument("--timing-cache", type=Path, default=None, help="default: OUT/timing.cache")
     p.add_argument("--verify-image", type=Path, default=None, help="image for the verification")
     p.add_argument("--no-verify", action="store_true", help="skip the verification")
-    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     p.set_defaults(func=_run_tensorrt)
 
 
@@ -105,9 +104,6 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     from .onnx_export import ExportError
     from .tensorrt_build import BuildOptions, EngineBuildError, build_engine, graph_dcn_flavour
 
-    if args.config is not None and args.weights is None:
-        raise ExportCliError("--config needs --weights (the checkpoint to build)")
-
     def step(text: str) -> None:
         print(f"[tensorrt] {text}", file=sys.stderr)
 
@@ -119,18 +115,16 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
 
             onnx_dir = args.onnx
             flavour = graph_dcn_flavour(onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False))
-            wanted = {"plugin": "plugin", "builtin": "onnx", None: flavour}[args.dcn]
-            if flavour is not None and wanted != flavour:
+            if flavour is not None and args.dcn not in (None, flavour):
                 found = "plugin" if flavour == "plugin" else "DeformConv"
-                flag = "plugin" if args.dcn == "plugin" else "onnx"
                 raise ExportCliError(
                     f"{onnx_dir}/model.onnx has {found} nodes but --dcn {args.dcn} was asked; "
-                    f"re-export with `dyhead-export onnx --dcn {flag}`"
+                    f"re-export with `dyhead-export onnx --dcn {args.dcn}`"
                 )
         else:
             reference = _export_first(args, step)
             onnx_dir = args.out
-            flavour = "plugin" if args.dcn in (None, "plugin") else "onnx"
+            flavour = args.dcn or "plugin"
         options = BuildOptions(
             profile=profile_from_args(args),
             fp16=args.fp16,
@@ -166,25 +160,14 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
 
 def _export_first(args: argparse.Namespace, step: Any) -> Any:
     """Export --config/--weights (or --model) to ONNX in --out; return the torch backend."""
-    from dyhead_serve.runtime.loader import load_torch_backend
-    from dyhead_serve.zoo import get_model, sha256_of, weights_path
+    from dyhead_serve.runtime.loader import load_torch_backend_from
 
     from .onnx_export import export_onnx
 
-    overrides = [item for pair in args.set for item in pair]
-    if args.model is not None:
-        entry = get_model(args.model)
-        weights = Path(args.weights) if args.weights else weights_path(entry)
-        config, name, class_names = entry.config_path, entry.name, entry.class_names
-    else:
-        weights, config, name, class_names = Path(args.weights), args.config, Path(args.config).stem, None
+    source = model_source_from_args(args, exported=False, default=False)
     step("loading weights")
-    backend = load_torch_backend(
-        config, weights, device="cpu", overrides=overrides, model_name=name, class_names=class_names
-    )
-    provenance = {"config": str(config), "weights": str(weights), "weights_sha256": sha256_of(weights)}
-    dcn = "plugin" if args.dcn in (None, "plugin") else "onnx"
-    export_onnx(backend, args.out, dcn=dcn, provenance=provenance, on_step=step)
+    backend = load_torch_backend_from(source, device="cpu")
+    export_onnx(backend, args.out, dcn=args.dcn or "plugin", provenance=source.provenance(), on_step=step)
     return backend
 
 

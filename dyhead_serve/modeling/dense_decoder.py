@@ -16,7 +16,9 @@ from torchvision.ops import batched_nms
 from dyhead_serve.modeling.anchors import AnchorGenerator
 from dyhead_serve.modeling.box_coding import BoxCoder
 
-__all__ = ["DenseDecoder", "DenseDecoderSpec", "RawDetections"]
+__all__ = ["DENSE_DECODER_KINDS", "DenseDecoder", "DenseDecoderSpec", "RawDetections"]
+
+DENSE_DECODER_KINDS = ("atss", "retinanet")
 
 
 @dataclass
@@ -49,7 +51,7 @@ class DenseDecoderSpec:
     num_classes: int
 
     def __post_init__(self) -> None:
-        if self.kind not in ("atss", "retinanet"):
+        if self.kind not in DENSE_DECODER_KINDS:
             raise ValueError(f"unknown dense decoder kind {self.kind!r}")
 
 

@@ -24,6 +24,7 @@ from dyhead_serve.server.schemas import (
 )
 from dyhead_serve.server.service import DetectionService, ImageResult
 from dyhead_serve.server.uploads import read_detect_request
+from dyhead_serve.zoo import DEFAULT_MODEL, demo_model_notice
 
 __all__ = ["model_info", "router"]
 
@@ -37,7 +38,7 @@ Classes = Annotated[
     list[str] | None,
     Query(description="keep only these classes, by name or id; repeat or separate by commas"),
 ]
-_DETECT_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
+_DETECT_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 503, 504)
 
 
 async def _read(
@@ -164,6 +165,9 @@ def model_info(service: DetectionService) -> ModelInfo:
         class_names=list(backend.class_names),
         max_batch_size=service.settings.max_batch_size,
         ready=service.ready,
+        notice=demo_model_notice("dyhead-serve serve --model dyhead_r50_atss_fpn_1x")
+        if backend.model_name == DEFAULT_MODEL
+        else None,
     )
 
 

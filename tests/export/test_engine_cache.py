@@ -16,22 +16,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from dyhead_serve.cli import exporter_command
 from dyhead_serve.export.engine_cache import (
+    BuildSource,
     BuildTarget,
     EngineCacheError,
-    ModelSource,
     engine_key,
     find_or_build,
     mounted_engine,
     profile_for_batch,
     resolve_source,
 )
-
-from dyhead_serve.cli import exporter_command
+from dyhead_serve.model_args import override_flags
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import needs_tensorrt
 
 H100 = BuildTarget("10.11.0.33", "NVIDIA H100 80GB HBM3", "9.0", "fp16", "coco-batch4")
@@ -41,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _artifact(engine: dict | None = None) -> ModelArtifact:
     spec = InputSpec("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), 800, 1333, 128)
     provenance = {ENGINE_KEY: engine} if engine is not None else {}
-    return ModelArtifact("m", spec, ["a"], {"type": "dense", "spec": {}}, provenance=provenance)
+    return ModelArtifact("m", spec, ["a"], one_class_dense_decoder(), provenance=provenance)
 
 
 def _engine_record(target: BuildTarget = H100, max_batch: int = 4) -> dict:
@@ -160,7 +161,7 @@ def test_a_failed_build_caches_nothing(weights, tmp_path):
 
 def test_concurrent_starts_build_once(tmp_path):
     """Replicas sharing the cache volume: one builds, the others wait and reuse its engine."""
-    source = ModelSource("m", "0" * 64, ("--onnx", "x"))
+    source = BuildSource("m", "0" * 64, ("--onnx", "x"))
     build = StandInBuild(seconds=0.3)
     results = []
     threads = [
@@ -194,6 +195,17 @@ def test_mounted_engine_is_used_when_it_fits_this_machine(tmp_path):
     assert mounted_engine(tmp_path, H100, max_batch=4) is None  # no engine at all
 
 
+def test_a_mounted_fixed_batch_engine_serves_any_server_batch(tmp_path):
+    """A Faster R-CNN engine takes batches of 1 (its graph's); the backend runs larger server
+    batches in chunks of 1, so a server batch of 4 is no reason to refuse it."""
+    folder = tmp_path / "rcnn"
+    folder.mkdir()
+    (folder / "model.plan").write_bytes(b"plan")
+    _artifact({**_engine_record(max_batch=1), "fixed_batch": 1}).save(folder / "model.json")
+    result, _ = mounted_engine(folder, H100, max_batch=4)
+    assert result.how == "mounted"
+
+
 def test_engine_command_without_tensorrt_is_a_one_line_error(monkeypatch, capsys):
     """Run as `python -m dyhead_serve.export`: errors raised by subcommand modules must still be
     one line, not a traceback."""
@@ -211,8 +223,7 @@ def test_engine_command_without_tensorrt_is_a_one_line_error(monkeypatch, capsys
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_real_build_then_reuse(tiny_weights, tmp_path):
-    pairs = zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2], strict=True)
-    overrides = [arg for pair in pairs for arg in ("--set", *pair)]
+    overrides = override_flags(TINY_OVERRIDES)
     command = [
         *exporter_command(), "engine", "--config", "dyhead_r50_atss_fpn_1x",
         "--weights", str(tiny_weights), *overrides, "--profile", "small", "--max-batch", "2",

@@ -12,14 +12,14 @@ import json
 import onnx
 import pytest
 import torch
+
+from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export import onnx_export
 from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
 from dyhead_serve.export.verify import compare_backends
-from dyhead_serve.plugins.schema import MDCN_SCHEMA
-
-from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.pipeline.preprocess import preprocess
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.loader import load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from dyhead_serve.runtime.torch_backend import TorchBackend

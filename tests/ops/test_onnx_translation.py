@@ -11,12 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_node import deform_conv_node
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
 from dyhead_serve.ops.onnx_translation import deform_conv_translation_table
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 
 class _ThreeLevels(torch.nn.Module):

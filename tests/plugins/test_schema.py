@@ -12,12 +12,12 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from dyhead_serve.plugins.mdcn_kernel import SCALAR_ARGS
-from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 from dyhead_serve import plugins
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
+from dyhead_serve.plugins.mdcn_kernel import SCALAR_ARGS
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 SOURCE = Path(plugins.__file__).with_name("trt_plugin.py")
 ANNOTATION_OF_KIND = {"ints": "npt.NDArray[np.int32]", "int": "int"}
@@ -66,6 +66,19 @@ def test_implementations_follow_tensorrts_argument_schema():
     assert _params(_decorated("autotune")) == [*tensors, ("outputs", "tuple[trtp.TensorDesc]")]
     aot_return = ast.unparse(_decorated("aot_impl").returns)
     assert aot_return == "tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]"
+
+
+def test_aot_impl_compiles_for_the_building_gpus_architecture():
+    """compile_ptx without ``arch`` would have Triton query the driver (and build its cuda_utils
+    extension) inside the builder callback."""
+    calls = [
+        node
+        for node in ast.walk(_decorated("aot_impl"))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "compile_ptx"
+    ]
+    assert len(calls) == 1
+    arch = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}.get("arch")
+    assert arch == "current_arch()"
 
 
 def test_trt_plugin_does_not_postpone_annotations():
