@@ -19,15 +19,24 @@ conv (:func:`dyhead_serve.ops.deform_conv.read_leading_offset_map`), so it is pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
-__all__ = ["DCN_FLAVOURS", "MIN_OPSET", "DeformConvNode", "check_flavour", "deform_conv_node"]
+__all__ = [
+    "DCN_FLAVOURS",
+    "MIN_OPSET",
+    "DeformConvNode",
+    "check_flavour",
+    "deform_conv_node",
+    "torchvision_deform_conv_node",
+]
 
 MIN_OPSET = 19  # the first opset with DeformConv
 DCN_FLAVOURS = ("onnx", "plugin")
 
 AttributeValue = int | list[int] | str
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,11 @@ class DeformConvNode:
     op_type: str
     inputs: tuple[str, ...]
     attributes: dict[str, AttributeValue]
+
+    def arrange(self, input: T, weight: T, offset: T, mask: T, bias: T) -> list[T]:
+        """torchvision's tensor arguments (graph values of either exporter) in the node's order."""
+        tensors = {"input": input, "weight": weight, "offset": offset, "mask": mask, "bias": bias}
+        return [tensors[name] for name in self.inputs]
 
 
 def check_flavour(flavour: str, opset: int) -> None:
@@ -102,3 +116,22 @@ def deform_conv_node(
             },
         )
     raise ValueError(f"unknown deformable-conv flavour {flavour!r}; choose one of {DCN_FLAVOURS}")
+
+
+def torchvision_deform_conv_node(
+    flavour: str, kernel_shape: tuple[int, int], *scalars: int | bool
+) -> DeformConvNode:
+    """:func:`deform_conv_node` from ``torchvision::deform_conv2d``'s integer arguments, in its
+    schema's order: stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups,
+    offset_groups, use_mask."""
+    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups, offset_groups, use_mask = scalars
+    return deform_conv_node(
+        flavour,
+        kernel_shape=kernel_shape,
+        stride=(int(stride_h), int(stride_w)),
+        padding=(int(pad_h), int(pad_w)),
+        dilation=(int(dilation_h), int(dilation_w)),
+        groups=int(groups),
+        offset_groups=int(offset_groups),
+        use_mask=bool(use_mask),
+    )

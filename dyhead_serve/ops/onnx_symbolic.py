@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.onnx import symbolic_helper
 
-from dyhead_serve.ops.onnx_node import check_flavour, deform_conv_node
+from dyhead_serve.ops.onnx_node import check_flavour, torchvision_deform_conv_node
 
 __all__ = ["deform_conv_onnx_symbolic"]
 
@@ -37,20 +37,13 @@ def _symbolic(flavour: str) -> Any:
         stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
         groups: int, offset_groups: int, use_mask: bool,
     ) -> Any:  # fmt: skip
-        node = deform_conv_node(
-            flavour,
-            kernel_shape=_kernel_shape(weight),
-            stride=(stride_h, stride_w),
-            padding=(pad_h, pad_w),
-            dilation=(dil_h, dil_w),
-            groups=groups,
-            offset_groups=offset_groups,
-            use_mask=use_mask,
-        )
-        values = {"input": input, "weight": weight, "offset": offset, "mask": mask, "bias": bias}
+        node = torchvision_deform_conv_node(
+            flavour, _kernel_shape(weight), stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+            groups, offset_groups, use_mask,
+        )  # fmt: skip
         attributes = {f"{k}_{_TYPE_SUFFIX[type(v)]}": v for k, v in node.attributes.items()}
         name = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-        return g.op(name, *(values[k] for k in node.inputs), **attributes)
+        return g.op(name, *node.arrange(input, weight, offset, mask, bias), **attributes)
 
     return deform_conv2d
 

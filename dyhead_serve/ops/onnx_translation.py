@@ -23,7 +23,7 @@ import torch
 import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 from onnxscript import values
 
-from dyhead_serve.ops.onnx_node import check_flavour, deform_conv_node
+from dyhead_serve.ops.onnx_node import check_flavour, torchvision_deform_conv_node
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 __all__ = ["deform_conv_translation_table"]
@@ -78,19 +78,12 @@ def _translation(flavour: str, opset: int) -> Callable[..., Any]:
         stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
         groups: int, offset_groups: int, use_mask: bool,
     ) -> Any:  # fmt: skip
-        node = deform_conv_node(
-            flavour,
-            kernel_shape=_kernel_shape(weight),
-            stride=(stride_h, stride_w),
-            padding=(pad_h, pad_w),
-            dilation=(dilation_h, dilation_w),
-            groups=groups,
-            offset_groups=offset_groups,
-            use_mask=use_mask,
-        )
-        tensors = {"input": input, "weight": weight, "offset": offset, "mask": mask, "bias": bias}
+        node = torchvision_deform_conv_node(
+            flavour, _kernel_shape(weight), stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+            groups, offset_groups, use_mask,
+        )  # fmt: skip
         op = _op(flavour, opset, node.domain, node.op_type)
-        return op(*(tensors[k] for k in node.inputs), **node.attributes)
+        return op(*node.arrange(input, weight, offset, mask, bias), **node.attributes)
 
     return deform_conv2d
 
