@@ -47,11 +47,6 @@ def installed_command(script: str, module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-def exporter_command() -> list[str]:
-    """The command line of this installation's ``dyhead-export``."""
-    return installed_command("dyhead-export", "dyhead_serve.export")
-
-
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model arguments (shared with every command) and the runtime's: --backend, --device,
     --threads. Used by predict and serve."""
@@ -125,6 +120,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from dyhead_serve.modeling.output_shape import OutputShapeError
     from dyhead_serve.predict import predict_files
     from dyhead_serve.runtime.base import make_predictor
 
@@ -137,13 +133,16 @@ def _run_predict(args: argparse.Namespace) -> int:
 
         logger.info("no model named: %s", demo_model_notice())
     predictor = make_predictor(_load_backend_from_args(args))
-    results, errors = predict_files(
-        predictor,
-        args.images,
-        score_threshold=args.score_threshold,
-        out_dir=args.out_dir,
-        draw_threshold=args.draw_threshold,
-    )
+    try:
+        results, errors = predict_files(
+            predictor,
+            args.images,
+            score_threshold=args.score_threshold,
+            out_dir=args.out_dir,
+            draw_threshold=args.draw_threshold,
+        )
+    except OutputShapeError as exc:  # the model, not an image, is at fault: stop at the first
+        raise CliError(str(exc)) from exc
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
     for message in errors:

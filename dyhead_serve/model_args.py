@@ -23,7 +23,8 @@ CONFIG_HELP = (
 )
 WEIGHTS_HELP = (
     "checkpoint for --config, or a local copy of a zoo model's weights: a .pth (Detectron2's "
-    "{'model': ...} or a bare state dict) or a Detectron2 .pkl, read without executing pickled code"
+    "{'model': ...} or a bare state dict), a Detectron2 .pkl or a .safetensors file, read without "
+    "executing pickled code"
 )
 
 

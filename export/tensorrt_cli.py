@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dyhead_serve.model_args import add_model_arguments, model_source_from_args
+from dyhead_serve.model_args import add_model_arguments, model_source_from_args, overrides_from_args
 
 from .errors import ExportCliError
 from .tensorrt_build import PROFILES, parse_shape
@@ -107,6 +107,11 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     def step(text: str) -> None:
         print(f"[tensorrt] {text}", file=sys.stderr)
 
+    if args.onnx is not None and (args.weights is not None or overrides_from_args(args)):
+        raise ExportCliError(
+            f"{args.onnx} is an exported network: --weights and config overrides no longer apply "
+            "(export again with `dyhead-export onnx` to change them)"
+        )
     try:
         image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
         reference = None

@@ -15,6 +15,7 @@ from torchvision.ops import batched_nms
 
 from dyhead_serve.modeling.anchors import AnchorGenerator
 from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.modeling.output_shape import check_output_dim
 
 __all__ = ["DENSE_DECODER_KINDS", "DenseDecoder", "DenseDecoderSpec", "RawDetections"]
 
@@ -86,14 +87,11 @@ class DenseDecoder:
             image_sizes: (h, w) of each resized image before padding.
             score_threshold: overrides the configured threshold when given.
         """
+        check_output_dim(outputs, "logits", -1, self.spec.num_classes, "class scores")
         grid = self.grid_sizes(padded_hw)
         anchors = self.anchor_generator.grid_anchors(grid, device=outputs["logits"].device)
         counts = [len(a) for a in anchors]
-        if sum(counts) != outputs["logits"].shape[1]:
-            raise ValueError(
-                f"the network returned {outputs['logits'].shape[1]} anchors for a {padded_hw} input, "
-                f"expected {sum(counts)}; is the input padded to the model's size divisibility?"
-            )
+        check_output_dim(outputs, "logits", 1, sum(counts), f"anchors for a {padded_hw} input")
         threshold = self.spec.score_threshold if score_threshold is None else score_threshold
         logits = outputs["logits"].float().split(counts, dim=1)
         deltas = outputs["deltas"].float().split(counts, dim=1)

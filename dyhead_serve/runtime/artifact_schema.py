@@ -166,7 +166,7 @@ INPUT_SPEC_RULES: dict[str, Rule] = {
     "pixel_std": list_of(number(0.0, 1e4, above_low=True), min_length=3, max_length=3),
     "min_size": integer(1, MAX_IMAGE_SIDE),
     "max_size": integer(1, MAX_IMAGE_SIDE),
-    "size_divisibility": integer(0, 1024),
+    "size_divisibility": integer(1, 1024),  # TensorRT profiles and the backends divide by it
 }
 
 _BOX_WEIGHTS = list_of(_POSITIVE, min_length=4, max_length=4)

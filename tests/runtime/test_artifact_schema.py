@@ -6,12 +6,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from dyhead_serve.cli import main as cli_main
+from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ArtifactError, ModelArtifact
 from dyhead_serve.runtime.artifact_schema import DECODER_KINDS, INPUT_SPEC_RULES
@@ -73,6 +76,11 @@ BROKEN = [
         "input_spec.pixel_std: expected a list of 3",
     ),
     ("boolean-size", edit("input_spec.size_divisibility", True), "input_spec.size_divisibility"),
+    (
+        "zero-divisibility",
+        edit("input_spec.size_divisibility", 0),
+        r"input_spec.size_divisibility: .*\[1, 1024\]",
+    ),
     ("string-size", edit("input_spec.max_size", "1333"), "input_spec.max_size"),
     ("class-names-a-string", edit("class_names", "abc"), "class_names: expected a list"),
     ("class-name-not-a-string", edit("class_names.0", 7), r"class_names\[0\]"),
@@ -144,6 +152,25 @@ def test_predict_exits_2_naming_the_field(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert message.split(":")[0].replace("\\", "") in err
+
+
+def test_a_valid_model_json_of_another_model_is_refused_at_the_first_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Consistent in itself (one class, one name) but not the graph's (six class scores): the
+    decoder compares the outputs with its spec, so predict stops with exit 2 instead of labels."""
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED.parent, folder)
+    document = json.loads(SHIPPED.read_text())
+    document["class_names"] = ["circle"]
+    document["decoder"]["spec"]["num_classes"] = 1
+    (folder / "model.json").write_text(json.dumps(document))
+    image = tmp_path / "x.png"
+    Image.fromarray(synthetic_photo(128, 128, seed=1)).save(image)
+    assert cli_main(["predict", "--model", str(folder), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "'logits' output has 6 class scores, but the decoder spec declares 1" in err
+    assert "Traceback" not in err
 
 
 def test_every_spec_field_has_a_rule() -> None:

@@ -16,6 +16,7 @@ from torchvision.ops import batched_nms
 
 from dyhead_serve.modeling.box_coding import BoxCoder
 from dyhead_serve.modeling.dense_decoder import RawDetections
+from dyhead_serve.modeling.output_shape import check_output_dim
 
 __all__ = ["RCNNDecoder", "RCNNDecoderSpec", "fast_rcnn_inference_single_image"]
 
@@ -105,6 +106,10 @@ class RCNNDecoder:
             image_sizes: (h, w) of each resized image before padding; boxes are clipped to it.
             score_threshold: overrides the configured threshold when given.
         """
+        classes = self.spec.num_classes
+        check_output_dim(outputs, "logits", -1, classes + 1, "class scores (classes + background)")
+        if outputs["deltas"].shape[-1] != 4:  # 4: class-agnostic regression
+            check_output_dim(outputs, "deltas", -1, 4 * classes, "box deltas (4 per class)")
         threshold = self.spec.score_threshold if score_threshold is None else score_threshold
         counts = outputs["num_proposals"].tolist()
         if len(counts) != len(image_sizes):
