@@ -21,7 +21,8 @@ InferFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
 
 class Decoder(Protocol):
-    """Turns a network's raw outputs into detections in resized-image coordinates."""
+    """Turns a network's raw outputs into detections in resized-image coordinates (or, for
+    rules that map boxes back before NMS, original-image ones: see :class:`RawDetections`)."""
 
     def __call__(
         self,
@@ -29,6 +30,7 @@ class Decoder(Protocol):
         padded_hw: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         score_threshold: float | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[RawDetections]: ...
 
 
@@ -80,7 +82,9 @@ class Predictor:
         t1 = time.perf_counter()
         outputs = self.infer(batch.images, batch.image_sizes_tensor())
         t2 = time.perf_counter()
-        raw = self.decoder(outputs, batch.padded_hw, batch.image_sizes, score_threshold)[0]
+        raw = self.decoder(
+            outputs, batch.padded_hw, batch.image_sizes, score_threshold, original_sizes=batch.original_sizes
+        )[0]
         detections = to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], self.class_names)
         t3 = time.perf_counter()
         self.last_times = StageTimes(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)

@@ -24,7 +24,7 @@ import torch
 
 from dyhead_serve.pipeline.image_io import ImageDecodeError, ImageTooLargeError, decode_image
 from dyhead_serve.pipeline.postprocess import Detections, to_original_image
-from dyhead_serve.pipeline.preprocess import Batch, preprocess, resized_shape
+from dyhead_serve.pipeline.preprocess import Batch, preprocess
 from dyhead_serve.runtime.base import Backend
 from dyhead_serve.server.batcher import BatcherClosedError, BatchResult, DynamicBatcher, QueueFullError
 from dyhead_serve.server.errors import ApiError
@@ -314,7 +314,7 @@ class DetectionService:
     ) -> _Prepared:
         spec = self.require_backend().input_spec
         height, width = image.shape[:2]
-        if min(resized_shape(height, width, spec.min_size, spec.max_size)) < 1:
+        if min(spec.resized_shape(height, width)) < 1:
             raise ApiError(
                 422, "unsupported_image_size",
                 f"{name or 'image'}: a {width}x{height} image is too elongated to resize for this model",
@@ -336,8 +336,9 @@ class DetectionService:
             begin = time.perf_counter()
             batch = item.batch
             raw = backend.decoder(
-                result.outputs, batch.padded_hw, batch.image_sizes, options.score_threshold
-            )[0]
+                result.outputs, batch.padded_hw, batch.image_sizes, options.score_threshold,
+                original_sizes=batch.original_sizes,
+            )[0]  # fmt: skip
             detections = to_original_image(
                 raw, batch.image_sizes[0], batch.original_sizes[0], backend.class_names
             )

@@ -93,6 +93,7 @@ class RCNNDecoder:
         padded_hw: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         score_threshold: float | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[RawDetections]:
         """Decode a batch.
 
@@ -104,6 +105,7 @@ class RCNNDecoder:
             padded_hw: (H, W) of the network input (unused: proposals are already in pixels).
             image_sizes: (h, w) of each resized image before padding; boxes are clipped to it.
             score_threshold: overrides the configured threshold when given.
+            original_sizes: unused (detections stay in input coordinates).
         """
         threshold = self.spec.score_threshold if score_threshold is None else score_threshold
         counts = outputs["num_proposals"].tolist()
