@@ -6,9 +6,10 @@ format is read from the first bytes (:func:`checkpoint_format`):
 
 - :func:`torch.save` files, a zip archive (it starts with ``PK``) or the legacy format (a pickle
   that starts with torch's magic number): read with ``torch.load(..., weights_only=True)``. The file
-  holds either a bare state dict or Detectron2's ``DetectionCheckpointer`` dict, whose ``model``
+  holds either a bare state dict, Detectron2's ``DetectionCheckpointer`` dict, whose ``model``
   entry is the state dict (its ``optimizer``, ``scheduler``, ``iteration`` and ``trainer``
-  entries are ignored).
+  entries are ignored), or an mmdetection / mmengine checkpoint, whose ``state_dict`` entry is
+  (``meta`` and the rest are ignored).
 - plain pickles, such as Detectron2 model-zoo ``.pkl`` files (often written by Python 2 from
   Caffe2): a dict, optionally with a ``model`` entry, of numpy arrays (or tensors). They are read
   with a restricted unpickler that can rebuild arrays, tensors and plain containers and nothing
@@ -19,7 +20,9 @@ outside those allowlists is refused with :class:`CheckpointError` before anythin
 
 :func:`load_state_dict` then compares the tensors with ``model.state_dict()`` (parameters and
 persistent buffers, integer buffers such as Swin's ``relative_position_index`` included) and
-either loads them or raises :class:`CheckpointMismatchError` carrying a :class:`LoadReport`.
+either loads them or raises :class:`CheckpointMismatchError` carrying a :class:`LoadReport`. A
+checkpoint family that names tensors otherwise (mmdetection) is loaded through a
+:class:`KeyMap`, and its report speaks the file's names.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointFormat",
     "CheckpointMismatchError",
+    "KeyMap",
     "LoadReport",
     "ShapeMismatch",
     "checkpoint_format",
@@ -96,12 +100,14 @@ class LoadReport:
         unexpected_keys: in the checkpoint but not in the model, in the checkpoint's order.
         shape_mismatches: in both, with different shapes; these are never loaded.
         source: where the checkpoint came from (a path), for messages.
+        hint: a last line for the reader (what the mismatch suggests), or empty.
     """
 
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
     shape_mismatches: list[ShapeMismatch] = field(default_factory=list)
     source: str = "the given state dict"
+    hint: str = ""
 
     @property
     def ok(self) -> bool:
@@ -138,7 +144,29 @@ class LoadReport:
             f"shape mismatches (not loaded): {len(self.shape_mismatches)}",
             [str(mismatch) for mismatch in self.shape_mismatches],
         )
+        if self.hint:
+            lines.append(self.hint)
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """How a checkpoint family names a model's tensors.
+
+    Attributes:
+        to_file: model ``state_dict()`` name -> name in the checkpoint, for every model tensor.
+        optional: checkpoint names that may be present and are ignored (mmdetection's
+            ``num_batches_tracked`` counters of BatchNorm layers our frozen norms do not keep).
+        family: the checkpoint family, for messages (``"mmdetection"``).
+    """
+
+    to_file: dict[str, str]
+    optional: frozenset[str] = frozenset()
+    family: str = "mmdetection"
+
+    def to_model(self) -> dict[str, str]:
+        """Checkpoint name -> model name."""
+        return {file_key: model_key for model_key, file_key in self.to_file.items()}
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -333,11 +361,13 @@ def _extract_tensors(contents: Any, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"checkpoint {path}: expected a dict of tensors, found {type(contents).__name__}"
         )
-    if isinstance(contents.get("model"), Mapping):
-        others = [str(key) for key in contents if key != "model"]
-        if others:
-            logger.debug("%s: using the 'model' entry, ignoring %s", path, ", ".join(others))
-        contents = contents["model"]
+    for entry in ("model", "state_dict"):  # Detectron2's checkpointer; mmdetection / mmengine
+        if isinstance(contents.get(entry), Mapping):
+            others = [str(key) for key in contents if key != entry]
+            if others:
+                logger.debug("%s: using the %r entry, ignoring %s", path, entry, ", ".join(others))
+            contents = contents[entry]
+            break
 
     tensors: dict[str, torch.Tensor] = {}
     for key, value in contents.items():
@@ -384,18 +414,28 @@ def compare_state_dicts(
     model_state: Mapping[str, torch.Tensor],
     *,
     source: str = "the given state dict",
+    optional: frozenset[str] = frozenset(),
 ) -> LoadReport:
-    """Compare a checkpoint's tensors with a model's ``state_dict()`` by name and shape."""
+    """Compare a checkpoint's tensors with a model's ``state_dict()`` by name and shape.
+
+    ``optional`` names checkpoint entries that are neither expected nor unexpected. A scalar
+    stored as a 0-d tensor matches a one-element ``[1]`` tensor (mmdetection's ``Scale``).
+    """
     report = LoadReport(source=source)
     for name, target in model_state.items():
         if name not in checkpoint:
             report.missing_keys.append(name)
-        elif checkpoint[name].shape != target.shape:
+        elif not _same_shape(checkpoint[name], target):
             report.shape_mismatches.append(
                 ShapeMismatch(name, tuple(checkpoint[name].shape), tuple(target.shape))
             )
-    report.unexpected_keys = [name for name in checkpoint if name not in model_state]
+    report.unexpected_keys = [name for name in checkpoint if name not in model_state and name not in optional]
     return report
+
+
+def _same_shape(stored: torch.Tensor, target: torch.Tensor) -> bool:
+    scalars = {tuple(stored.shape), tuple(target.shape)} == {(), (1,)}
+    return stored.shape == target.shape or scalars
 
 
 def load_state_dict(
@@ -403,6 +443,7 @@ def load_state_dict(
     state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike[str],
     *,
     strict: bool = True,
+    key_map: KeyMap | None = None,
 ) -> LoadReport:
     """Copy a checkpoint's tensors into ``model``, in place.
 
@@ -414,6 +455,8 @@ def load_state_dict(
         strict: if True, any missing key, unexpected key or shape mismatch raises and nothing
             is loaded. If False, every same-named, same-shaped tensor is loaded, the rest of
             the model keeps its values, and the report is logged at WARNING.
+        key_map: how the checkpoint names the model's tensors, when not as ``state_dict()``
+            does (mmdetection checkpoints); the report then uses the checkpoint's names.
 
     Returns:
         The comparison report (``report.ok`` is True when everything matched).
@@ -433,7 +476,16 @@ def load_state_dict(
             raise TypeError(f"state dict values must be tensors; not for keys {not_tensors[:5]}")
 
     model_state = model.state_dict()
-    report = compare_state_dicts(checkpoint, model_state, source=source)
+    if key_map is not None:
+        # Compare in the checkpoint's names, so that the report speaks the file's language.
+        model_state = {key_map.to_file[name]: tensor for name, tensor in model_state.items()}
+    optional = key_map.optional if key_map is not None else frozenset()
+    report = compare_state_dicts(checkpoint, model_state, source=source, optional=optional)
+    if key_map is not None and report.missing_keys and not set(checkpoint) & set(model_state):
+        report.hint = (
+            f"no tensor of the checkpoint has a {key_map.family} name of this model: is it a checkpoint "
+            f"of another family (the config says the weights are {key_map.family}'s)?"
+        )
     if not report.ok:
         if strict:
             raise CheckpointMismatchError(report)
@@ -444,7 +496,8 @@ def load_state_dict(
     with torch.no_grad():
         for name in names:
             # state_dict() tensors share storage with the parameters and buffers.
-            model_state[name].copy_(checkpoint[name])
+            target = model_state[name]
+            target.copy_(checkpoint[name].reshape(target.shape))
     logger.info("loaded %d tensors from %s", len(names), source)
     return report
 
