@@ -204,9 +204,9 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """Tensor[B, H*W, C] -> Tensor[B, ceil(H/2) * ceil(W/2), 2C]."""
         batch, _, channels = x.shape
-        x = x.view(batch, height, width, channels)
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        # Padded unconditionally (by zero rows when even): a Python branch on the size would be
+        # frozen into a traced ONNX graph at the traced size.
+        x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, width % 2, 0, height % 2))
         if self.order == "official":
             # (row, col) = (0,0), (1,0), (0,1), (1,1), each a block of C channels.
             parts = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
@@ -259,8 +259,10 @@ class SwinStage(nn.Module):
         The shifted-window mask depends only on the padded map size: built once per call.
         """
         ws = self.window_size
-        padded_height = -(-height // ws) * ws
-        padded_width = -(-width // ws) * ws
+        # Not -(-h // ws) * ws: traced into ONNX, integer division truncates towards zero, and
+        # the mask would have fewer windows than the map whenever h is not a multiple of ws.
+        padded_height = height + (ws - height % ws) % ws
+        padded_width = width + (ws - width % ws) % ws
         mask = shifted_window_mask(padded_height, padded_width, ws, self.shift_size, device=x.device)
         for block in self.blocks:
             x = block(x, height, width, mask)
@@ -281,8 +283,9 @@ class PatchEmbed(nn.Module):
         """Tensor[B, C_in, H, W] -> Tensor[B, embed_dim, ceil(H/p), ceil(W/p)]."""
         p = self.patch_size
         height, width = images.shape[-2:]
-        if height % p or width % p:
-            images = F.pad(images, (0, (p - width % p) % p, 0, (p - height % p) % p))
+        images = F.pad(
+            images, (0, (p - width % p) % p, 0, (p - height % p) % p)
+        )  # no branch: see PatchMerging
         x = self.proj(images)
         batch, channels, out_h, out_w = x.shape
         x = self.norm(x.flatten(2).transpose(1, 2))  # [B, h*w, C]
