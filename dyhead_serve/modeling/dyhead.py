@@ -81,11 +81,13 @@ class DyHeadBlock(nn.Module):
         scale_attention: nn.Module
         if layout == "official":
             self.DyConv = nn.ModuleList([high, mid, low])
+            # Both act on the convolutions' outputs: out_channels (the official code says
+            # in_channels, the same number in every official model).
             self.AttnConv = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, 1, kernel_size=1), nn.ReLU(inplace=True)
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(out_channels, 1, kernel_size=1), nn.ReLU(inplace=True)
             )
             self.h_sigmoid = HardSigmoid()
-            self.relu = task = DyReLU(in_channels, out_channels)
+            self.relu = task = DyReLU(out_channels, out_channels)
             self.offset = offset = nn.Conv2d(in_channels, 27, kernel_size=3, stride=1, padding=1)
             attention = self.AttnConv
             scale_attention = nn.Sequential(self.AttnConv, self.h_sigmoid)
@@ -166,11 +168,11 @@ class DyHead(nn.Module):
             as the DynamicHead checkpoints store them under ``backbone.``) or ``"mmdet"``
             (``dyhead_blocks.N``, as mmdetection's ``DyHead`` neck, stored under ``neck.1.``).
 
-    Example::
+    Example (weights of an mmdetection DyHead model, whose neck is ``neck.1``)::
 
         neck = DyHead(256, num_blocks=6, layout="mmdet")
-        mmdet = torch.load("atss_r50_fpn_dyhead.pth", weights_only=True)["state_dict"]
-        neck.load_state_dict({k[len("neck.1."):]: v for k, v in mmdet.items() if k.startswith("neck.1.")})
+        state = read_state_dict("atss_r50_fpn_dyhead_4x4_1x_coco_20211219_023314-eaa620c6.pth")
+        neck.load_state_dict({k.removeprefix("neck.1."): v for k, v in state.items() if k.startswith("neck.1.")})
         levels = neck([p3, p4, p5, p6, p7])
     """
 
