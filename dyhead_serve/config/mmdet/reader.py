@@ -162,7 +162,7 @@ def _read(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
     if key in stack:
         chain = " -> ".join(str(p) for p in (*stack, key))
         raise ConfigError(f"config file {path}: _base_ inheritance loops back on itself ({chain})")
-    if len(stack) >= MAX_BASE_DEPTH:
+    if len(stack) > MAX_BASE_DEPTH:
         raise ConfigError(f"config file {path}: _base_ inheritance deeper than {MAX_BASE_DEPTH} levels")
     text, references = _substitute_placeholders(_read_source(path), path)
     tree = _parse(text, path)
