@@ -172,7 +172,8 @@ class DyHead(nn.Module):
 
         neck = DyHead(256, num_blocks=6, layout="mmdet")
         state = read_state_dict("atss_r50_fpn_dyhead_4x4_1x_coco_20211219_023314-eaa620c6.pth")
-        neck.load_state_dict({k.removeprefix("neck.1."): v for k, v in state.items() if k.startswith("neck.1.")})
+        prefix = "neck.1."
+        neck.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
         levels = neck([p3, p4, p5, p6, p7])
     """
 

@@ -86,13 +86,15 @@ def test_base_inheritance_follows_mmengine(tmp_path: Path) -> None:
         "model = dict(backbone=dict(style='caffe'), neck=[3], head=dict(_delete_=True, c=3),\n"
         "             new=dict(_delete_=True, x=1))\n"
         "test_pipeline = [dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),\n"
-        "                 dict(type='Resize', root={{ _base_.data_root }}, n={{_base_.model.backbone.depth}})]\n"
+        "                 dict(type='Resize', root={{ _base_.data_root }},\n"
+        "                      n={{_base_.model.backbone.depth}})]\n"
         "depth = _base_.model.backbone.depth\n",
     )
     cfg = read_mmdet_config(path)
     # dicts merge key by key, lists and _delete_ dicts replace, the base's other keys stay
     assert cfg["model"] == {
-        "type": "ATSS", "backbone": {"depth": 50, "style": "caffe"}, "neck": [3], "head": {"c": 3}, "new": {"x": 1},
+        "type": "ATSS", "backbone": {"depth": 50, "style": "caffe"}, "neck": [3], "head": {"c": 3},
+        "new": {"x": 1},
     }  # fmt: skip
     assert cfg["test_pipeline"] == [
         {"type": "LoadImageFromFile", "backend_args": None},
@@ -119,7 +121,7 @@ def test_base_errors(tmp_path: Path) -> None:
         read_mmdet_config(write(tmp_path / "ref.py", "_base_ = 'a.py'\ny = {{_base_.nothing}}\n"))
     with pytest.raises(ConfigError, match="is a dict here but a int in the base"):
         read_mmdet_config(write(tmp_path / "type.py", "_base_ = 'a.py'\nx = dict(y=1)\n"))
-    with pytest.raises(ConfigError, match=".py files only"):
+    with pytest.raises(ConfigError, match=r"\.py files only"):
         read_mmdet_config(write(tmp_path / "c.yaml", "x: 1\n"))
 
 
@@ -160,7 +162,7 @@ def test_hostile_files(tmp_path: Path) -> None:
 
 def test_deep_nesting_and_exponential_sharing_are_refused(tmp_path: Path) -> None:
     deep = "x = " + "[" * 80 + "]" * 80 + "\n"
-    with pytest.raises(ConfigError, match="nested|nested too deeply"):
+    with pytest.raises(ConfigError, match=r"nested"):
         read_mmdet_config(write(tmp_path / "deep.py", deep))
     chain = "a0 = [1]\n" + "".join(f"a{i} = [a{i - 1}]\n" for i in range(1, 100))
     with pytest.raises(ConfigError, match="nested more than"):

@@ -129,7 +129,7 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     printed: list[object] = []
     namespace = {"print": printed.append, "__name__": "readme"}
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    exec(compile(code.group(1), "README.md", "exec"), namespace)  # noqa: S102 - the repository's own README
+    exec(compile(code.group(1), "README.md", "exec"), namespace)  # the repository's own README
     assert printed == [[(1, 256, 24, 32), (1, 256, 12, 16), (1, 256, 6, 8), (1, 256, 3, 4), (1, 256, 2, 2)]]
     assert torch.equal(namespace["dyhead"].state_dict()["dyhead_blocks.3.spatial_conv_mid.norm.weight"],
                        weights["neck.1.dyhead_blocks.3.spatial_conv_mid.norm.weight"])  # fmt: skip

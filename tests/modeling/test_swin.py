@@ -187,7 +187,9 @@ def test_onnx_export_is_correct_at_sizes_other_than_the_traced_one(tmp_path):
         torch.onnx.export(
             net, (torch.randn(1, 3, 64, 96),), str(path), dynamo=False, opset_version=19,
             input_names=["images"], output_names=["stage2", "stage3"],
-            dynamic_axes={"images": {2: "h", 3: "w"}, "stage2": {2: "h2", 3: "w2"}, "stage3": {2: "h3", 3: "w3"}},
+            dynamic_axes={
+                "images": {2: "h", 3: "w"}, "stage2": {2: "h2", 3: "w2"}, "stage3": {2: "h3", 3: "w3"},
+            },
         )  # fmt: skip
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for size in [(64, 96), (80, 80), (100, 60)]:  # 20x20 and 25x15 stage-2 maps: not multiples of 7
