@@ -21,9 +21,9 @@ import warnings
 
 import numpy as np
 import torch
-from dyhead_serve.export.onnx_export import export_onnx
 
 from dyhead_serve.data.sample_image import synthetic_photo
+from dyhead_serve.export.onnx_export import export_onnx
 from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.runtime.base import Backend
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend

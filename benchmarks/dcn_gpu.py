@@ -63,10 +63,9 @@ def dyhead_convs() -> list[tuple[str, tuple[int, int], int, tuple[int, int]]]:
 
 
 def bench_convs(args: argparse.Namespace) -> None:
+    from dyhead_serve.ops import modulated_deform_conv2d, use_dcn_kernel
     from dyhead_serve.plugins import modulated_deform_conv
     from dyhead_serve.plugins.mdcn_kernel import DEFAULT_TILE, TILES
-
-    from dyhead_serve.ops import modulated_deform_conv2d, use_dcn_kernel
 
     tiles = TILES if args.all_tiles else (DEFAULT_TILE,)
     header = (

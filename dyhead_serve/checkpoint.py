@@ -10,6 +10,8 @@ format is read from the first bytes (:func:`checkpoint_format`):
   entry is the state dict (its ``optimizer``, ``scheduler``, ``iteration`` and ``trainer``
   entries are ignored), or an mmdetection / mmengine checkpoint, whose ``state_dict`` entry is
   (``meta`` and the rest are ignored).
+- safetensors files (a JSON header and raw bytes; the embedded default model is one): read by
+  :mod:`dyhead_serve.safetensors_file`, which checks every field of the header first.
 - plain pickles, such as Detectron2 model-zoo ``.pkl`` files (often written by Python 2 from
   Caffe2): a dict, optionally with a ``model`` entry, of numpy arrays (or tensors). They are read
   with a restricted unpickler that can rebuild arrays, tensors and plain containers and nothing
@@ -47,6 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyhead_serve.safetensors_file import SafetensorsError, is_safetensors, read_safetensors
+
 __all__ = [
     "CheckpointError",
     "CheckpointFormat",
@@ -62,7 +66,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".safetensors")
 _ZIP_MAGIC = b"PK\x03\x04"
 # The first object a legacy (non-zip) torch.save file pickles (torch.serialization.MAGIC_NUMBER).
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -186,6 +190,7 @@ class CheckpointFormat(enum.Enum):
 
     TORCH = "torch.save file"  # zip archive, or the legacy pickle that starts with the magic number
     PICKLE = "plain pickle"  # pickle.dump of a dict, as Detectron2's model-zoo .pkl files
+    SAFETENSORS = "safetensors file"  # a JSON header and raw tensor bytes (no pickle at all)
 
 
 def checkpoint_format(path: str | os.PathLike[str]) -> CheckpointFormat:
@@ -197,6 +202,8 @@ def checkpoint_format(path: str | os.PathLike[str]) -> CheckpointFormat:
     Raises:
         CheckpointError: the file cannot be opened.
     """
+    if is_safetensors(path):
+        return CheckpointFormat.SAFETENSORS
     try:
         with Path(path).open("rb") as file:
             if file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
@@ -224,10 +231,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read the model tensors of a checkpoint file, on the CPU, without running pickled code.
 
     Args:
-        path: a ``.pth``, ``.pt`` or ``.pkl`` file, read by its contents whatever the suffix:
-            a :func:`torch.save` file (bare state dict or a dict with a ``model`` entry) or a
-            plain pickle such as a Detectron2 ``.pkl`` (dict of numpy arrays, optionally under
-            ``model``).
+        path: a ``.pth``, ``.pt``, ``.pkl`` or ``.safetensors`` file, read by its contents
+            whatever the suffix: a :func:`torch.save` file (bare state dict or a dict with a
+            ``model`` entry), a plain pickle such as a Detectron2 ``.pkl`` (dict of numpy arrays,
+            optionally under ``model``) or a safetensors file.
 
     Returns:
         Tensor name -> tensor, in file order. Non-tensor entries (``__author__``,
@@ -246,8 +253,14 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         reason = "is a directory, not a file" if path.is_dir() else "no such file"
         raise CheckpointError(f"checkpoint {path}: {reason}")
 
-    is_torch_file = checkpoint_format(path) is CheckpointFormat.TORCH
-    contents = _torch_load(path) if is_torch_file else _pickle_load(path)
+    kind = checkpoint_format(path)
+    if kind is CheckpointFormat.SAFETENSORS:
+        try:
+            contents: Any = read_safetensors(path)
+        except (SafetensorsError, OSError) as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    else:
+        contents = _torch_load(path) if kind is CheckpointFormat.TORCH else _pickle_load(path)
     state_dict = _strip_ddp_prefix(_extract_tensors(contents, path), path)
     logger.debug("read %d tensors from %s", len(state_dict), path)
     return state_dict

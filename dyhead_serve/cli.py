@@ -53,25 +53,11 @@ def exporter_command() -> list[str]:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model / --config / --weights / --backend / --device / --set, shared by predict and serve."""
-    p.add_argument(
-        "--model",
-        default=None,
-        help="a zoo name (see `dyhead-serve zoo list`) or a folder written by `dyhead-export` "
-        "(model.json + model.onnx/model.plan); default: the embedded default model",
-    )
-    p.add_argument(
-        "--config",
-        default=None,
-        help="instead of --model: a Detectron2 DyHead YAML file or a shipped official config name "
-        "(dyhead_r50_atss_fpn_1x, dyhead_r50_retina_fpn_1x, ...); needs --weights",
-    )
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="checkpoint for --config, or a local copy of a zoo model's weights: official .pth "
-        "(with or without 'model') or Detectron2 .pkl",
-    )
+    """The model arguments (shared with every command) and the runtime's: --backend, --device,
+    --threads. Used by predict and serve."""
+    from dyhead_serve.model_args import add_model_arguments
+
+    add_model_arguments(p, exported=True, default=True)
     p.add_argument(
         "--backend",
         default="auto",
@@ -80,26 +66,16 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
-    p.add_argument(
-        "--set",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("KEY", "VALUE"),
-        help="override a config key, Detectron2 style (e.g. --set TEST.DETECTIONS_PER_IMAGE 50); repeatable",
-    )
 
 
 def _load_backend_from_args(args: argparse.Namespace) -> Backend:
     from dyhead_serve.checkpoint import CheckpointError
     from dyhead_serve.config import ConfigError
+    from dyhead_serve.model_args import overrides_from_args
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import load_backend
     from dyhead_serve.zoo import ZooError
 
-    if args.config is not None and args.weights is None:
-        raise CliError("--config needs --weights (the checkpoint to load)")
-    overrides = [item for pair in args.set for item in pair]
     try:
         return load_backend(
             args.model,
@@ -107,7 +83,7 @@ def _load_backend_from_args(args: argparse.Namespace) -> Backend:
             weights=args.weights,
             backend=args.backend,
             device=args.device,
-            overrides=overrides,
+            overrides=overrides_from_args(args),
             threads=args.threads,
         )
     except (ConfigError, CheckpointError, BackendError, ZooError, ValueError, FileNotFoundError) as exc:
@@ -156,6 +132,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise CliError(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
     if not 0.0 <= args.draw_threshold <= 1.0:
         raise CliError(f"--draw-threshold must be in [0, 1], got {args.draw_threshold}")
+    if args.model is None and args.config is None:
+        from dyhead_serve.zoo import demo_model_notice
+
+        logger.info("no model named: %s", demo_model_notice())
     predictor = make_predictor(_load_backend_from_args(args))
     results, errors = predict_files(
         predictor,
@@ -245,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``dyhead-serve`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="dyhead-serve",
-        description="DyHead object detectors: predict on images (more commands arrive with training, "
-        "export and serving).",
+        description="DyHead object detectors: predict on images, train, evaluate (COCO AP), list the "
+        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

@@ -9,7 +9,7 @@ from typing import Any
 
 from dyhead_serve.pipeline.draw import draw_detections
 from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
-from dyhead_serve.pipeline.predictor import Predictor
+from dyhead_serve.pipeline.predictor import Predictor, UnsupportedImageSizeError
 from dyhead_serve.runtime.base import make_predictor
 from dyhead_serve.runtime.torch_backend import build_torch_backend, class_names_for, input_spec_from_config
 
@@ -58,10 +58,13 @@ def predict_files(
     for path in paths:
         try:
             image = read_image(path)
+            detections = predictor(image, score_threshold=score_threshold)
+        except UnsupportedImageSizeError as exc:
+            errors.append(f"{path}: {exc}")
+            continue
         except (FileNotFoundError, ImageDecodeError, OSError) as exc:
             errors.append(str(exc))
             continue
-        detections = predictor(image, score_threshold=score_threshold)
         logger.info("%s: %d detections (%.0f ms)", path, len(detections), predictor.last_times.network * 1000)
         results.append(
             {

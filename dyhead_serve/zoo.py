@@ -1,5 +1,5 @@
-"""Named models: the four official DyHead checkpoints (and, with the training issue, the
-embedded default), usable wherever a config and weights are accepted."""
+"""Named models: the four official DyHead checkpoints and the embedded default model, usable
+wherever a config and weights are accepted."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ __all__ = [
     "ZooError",
     "ZooModel",
     "cache_dir",
+    "demo_model_notice",
     "download",
     "get_model",
     "sha256_of",
@@ -32,8 +33,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-# sha256 of dyhead_serve/zoo_files/default/model_final.pth, as trained (see README.md)
-DEFAULT_SHA256 = "abd28a40dc5313ef3d13a7d5e83105f634ec9a1082346699a9b7f8d4885fd067"
+# sha256 of dyhead_serve/zoo_files/default/model.safetensors, as trained (see README.md)
+DEFAULT_SHA256 = "7cf6076bb36d72533720f185003564861806e28b7cd7ba94bc0aa5ac1a33cfea"
 _PACKAGE = Path(__file__).parent
 _OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
 
@@ -88,11 +89,22 @@ ZOO: dict[str, ZooModel] = {
             sha256=DEFAULT_SHA256,
             description="small DyHead-ATSS (ResNet-18 at quarter width, 2 DyHead blocks) trained on the "
             "generated shapes dataset; shipped with its ONNX export",
-            embedded="zoo_files/default/model_final.pth",
+            embedded="zoo_files/default/model.safetensors",
             class_names=SHAPE_CLASSES,
         ),
     )
 }
+
+
+def demo_model_notice(how_to_name: str = "--model dyhead_r50_atss_fpn_1x") -> str:
+    """What a newcomer should know when the embedded default model runs because no model was
+    named: it detects six generated shapes, not everyday objects, and how to run a COCO model."""
+    shapes = ", ".join(SHAPE_CLASSES)
+    return (
+        f"the embedded demo model detects six synthetic shapes only ({shapes}); for the 80 COCO "
+        f"object classes, name a COCO model: {how_to_name} (downloads the official weights; "
+        "`dyhead-serve zoo list` lists the models)"
+    )
 
 
 class ZooError(RuntimeError):

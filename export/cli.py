@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dyhead_serve.cli import run_command
+from dyhead_serve.model_args import add_model_arguments, model_source_from_args
+from dyhead_serve.runtime.loader import load_torch_backend_from
 
 from .engine_cli import add_engine_parser
 from .errors import ExportCliError
@@ -54,10 +56,7 @@ def _add_onnx(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ONNX_EPILOG,
     )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="Detectron2 DyHead YAML file or shipped official config name")
-    source.add_argument("--model", help="a zoo name (see `dyhead-serve zoo list`)")
-    p.add_argument("--weights", help="checkpoint (.pth/.pkl); required with --config, optional with --model")
+    add_model_arguments(p, exported=False, default=False, required=True)
     p.add_argument("--out", required=True, type=Path, help="output folder for model.onnx and model.json")
     p.add_argument("--opset", type=int, default=19, help="ONNX opset, >= 19 (DeformConv); default 19")
     p.add_argument(
@@ -82,12 +81,10 @@ def _add_onnx(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
     p.add_argument(
-        "--set",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("KEY", "VALUE"),
-        help="override a config key (e.g. --set MODEL.ATSS.NUM_CLASSES 6); repeatable",
+        "--external-weights",
+        action="store_true",
+        help="also write the weights as OUT/model.safetensors, read by model.onnx (ONNX external data) "
+        "and by PyTorch (--weights): one copy of the weights for both",
     )
     p.set_defaults(func=_run_onnx)
 
@@ -102,38 +99,20 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from dyhead_serve.data.sample_image import synthetic_photo
     from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
     from dyhead_serve.runtime.base import BackendError
-    from dyhead_serve.runtime.loader import load_torch_backend
-    from dyhead_serve.zoo import ZooError, get_model, sha256_of, weights_path
+    from dyhead_serve.zoo import ZooError
 
     from .onnx_export import ExportError, export_onnx
     from .verify import compare_backends
 
-    if args.config is not None and args.weights is None:
-        raise ExportCliError("--config needs --weights (the checkpoint to export)")
-    overrides = [item for pair in args.set for item in pair]
-    steps = tqdm(total=4 if not args.no_verify else 3, desc="export", unit="step", file=sys.stderr)
+    total = (3 if args.no_verify else 4) + (1 if args.external_weights else 0)
+    steps = tqdm(total=total, desc="export", unit="step", file=sys.stderr)
     try:
         steps.set_postfix_str("loading weights")
-        if args.model is not None:
-            entry = get_model(args.model)
-            weights = Path(args.weights) if args.weights else weights_path(entry)
-            config, name, class_names = entry.config_path, entry.name, entry.class_names
-        else:
-            weights, config, name = Path(args.weights), args.config, Path(args.config).stem
-            class_names = None
+        source = model_source_from_args(args, exported=False, default=False)
         image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
-        backend = load_torch_backend(
-            config, weights, device="cpu", overrides=overrides, model_name=name, class_names=class_names
-        )
+        backend = load_torch_backend_from(source, device="cpu")
         steps.update()
-        provenance: dict[str, object] = {
-            # a zoo model is named, not located: its files move with the installation
-            "config": f"zoo:{args.model}" if args.model else str(config),
-            "weights": f"zoo:{args.model}" if args.model and not args.weights else str(weights),
-            "weights_sha256": sha256_of(weights),
-        }
-        if overrides:
-            provenance["overrides"] = overrides
+        provenance = source.provenance()
 
         def on_step(text: str) -> None:
             steps.set_postfix_str(text)
@@ -147,6 +126,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
             dcn=args.dcn,
             provenance=provenance,
             on_step=on_step,
+            external_weights=args.external_weights,
         )
         if args.no_verify:
             steps.close()

@@ -35,15 +35,17 @@ from typing import Literal
 
 from dyhead_serve import __version__, zoo
 from dyhead_serve.cli import exporter_command
+from dyhead_serve.model_args import override_flags
+from dyhead_serve.model_source import ModelSourceError, resolve_model
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.tensorrt_compat import check_engine_compatibility
 
 __all__ = [
+    "BuildSource",
     "BuildTarget",
     "EngineCacheError",
     "EngineResult",
-    "ModelSource",
     "current_target",
     "engine_key",
     "find_or_build",
@@ -65,7 +67,7 @@ class EngineCacheError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class BuildSource:
     """What an engine is built from.
 
     Attributes:
@@ -115,21 +117,15 @@ def _model_id(fields: dict[str, object]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _set_args(overrides: Sequence[str]) -> tuple[str, ...]:
-    if len(overrides) % 2:
-        raise EngineCacheError(f"overrides come in KEY VALUE pairs, got {list(overrides)}")
-    pairs = zip(overrides[::2], overrides[1::2], strict=True)
-    return tuple(arg for key, value in pairs for arg in ("--set", key, value))
-
-
 def resolve_source(
     model: str | None = None,
     *,
     config: str | None = None,
     weights: str | None = None,
     overrides: Sequence[str] = (),
-) -> ModelSource:
-    """Name and checksum the model to build, as ``dyhead-serve serve`` names models.
+) -> BuildSource:
+    """Name and checksum the model to build, as ``dyhead-serve serve`` names models (see
+    :func:`dyhead_serve.model_source.resolve_model`).
 
     Args:
         model: a zoo name (default: the embedded default), or a folder with ``model.onnx`` and
@@ -140,45 +136,35 @@ def resolve_source(
 
     A zoo model's weights are downloaded into the zoo cache first when they are not there.
     """
-    if config is not None:
-        if model is not None:
-            raise EngineCacheError("name the model either with --model or with --config/--weights, not both")
-        if weights is None:
-            raise EngineCacheError("--config needs --weights (the checkpoint to build the engine from)")
-        weights_file = Path(weights)
-        if not weights_file.is_file():
-            raise EngineCacheError(f"{weights_file}: no such checkpoint")
-        config_file = Path(config)
-        fields: dict[str, object] = {
-            "config": zoo.sha256_of(config_file) if config_file.is_file() else f"shipped:{config}",
-            "weights": zoo.sha256_of(weights_file),
-            "overrides": list(overrides),
-        }
-        args = ("--config", config, "--weights", str(weights_file), *_set_args(overrides))
-        return ModelSource(config_file.stem, _model_id(fields), args)
-
-    if model is not None and Path(model).is_dir():
-        folder = Path(model)
-        if overrides:
-            raise EngineCacheError(f"{folder} is an exported network: config overrides no longer apply")
+    try:
+        source = resolve_model(model, config=config, weights=weights, overrides=overrides)
+    except (ModelSourceError, zoo.ZooError) as exc:
+        raise EngineCacheError(str(exc)) from exc
+    if source.kind == "exported":
+        folder = source.folder
+        assert folder is not None
         if not (folder / "model.onnx").is_file() or not (folder / "model.json").is_file():
             raise EngineCacheError(
                 f"{folder} holds no model.onnx + model.json to build an engine from "
                 "(export one with `dyhead-export onnx`)"
             )
-        fields = {name: zoo.sha256_of(folder / name) for name in ("model.onnx", "model.json")}
-        return ModelSource(folder.resolve().name, _model_id(fields), ("--onnx", str(folder)))
-
-    try:
-        entry = zoo.get_model(model or zoo.DEFAULT_MODEL)
-        weights_file = Path(weights) if weights is not None else zoo.weights_path(entry)
-    except zoo.ZooError as exc:
-        raise EngineCacheError(str(exc)) from exc
-    if not weights_file.is_file():
+        fields: dict[str, object] = {
+            name: zoo.sha256_of(folder / name) for name in ("model.onnx", "model.json")
+        }
+        return BuildSource(source.name, _model_id(fields), ("--onnx", str(folder)))
+    weights_file = source.weights
+    if weights_file is None or not weights_file.is_file():
         raise EngineCacheError(f"{weights_file}: no such checkpoint")
-    fields = {"zoo": entry.name, "weights": zoo.sha256_of(weights_file), "overrides": list(overrides)}
-    args = ("--model", entry.name, "--weights", str(weights_file), *_set_args(overrides))
-    return ModelSource(entry.name, _model_id(fields), args)
+    set_args = override_flags(source.overrides)
+    fields = {"weights": zoo.sha256_of(weights_file), "overrides": list(source.overrides)}
+    if source.kind == "config":
+        config_file = Path(str(source.config))
+        fields["config"] = zoo.sha256_of(config_file) if config_file.is_file() else f"shipped:{source.config}"
+        args = ("--config", str(source.config), "--weights", str(weights_file), *set_args)
+        return BuildSource(config_file.stem, _model_id(fields), args)
+    fields["zoo"] = source.name
+    args = ("--model", source.name, "--weights", str(weights_file), *set_args)
+    return BuildSource(source.name, _model_id(fields), args)
 
 
 def profile_for_batch(max_batch: int, profile: str | None = None) -> str:
@@ -237,7 +223,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "unnamed"
 
 
-def engine_key(source: ModelSource, target: BuildTarget) -> Path:
+def engine_key(source: BuildSource, target: BuildTarget) -> Path:
     """The engine's folder relative to the cache root."""
     model_dir = f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', source.label)}-{source.model_id[:16]}"
     capability = target.compute_capability.replace(".", "")
@@ -300,7 +286,7 @@ def _run_export(command: Sequence[str]) -> int:
 
 
 def find_or_build(
-    source: ModelSource,
+    source: BuildSource,
     target: BuildTarget,
     root: Path,
     *,

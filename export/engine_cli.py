@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from dyhead_serve.model_args import add_model_arguments, overrides_from_args
+
 from .errors import ExportCliError
 from .tensorrt_build import PROFILES
 
@@ -20,6 +22,8 @@ examples:
   dyhead-export engine --model exported/atss --cache /var/lib/dyhead-serve/engines
   dyhead-serve serve --backend tensorrt --model "$(dyhead-export engine --model dyhead_r50_atss_fpn_1x)"
 
+--model DIR (a `dyhead-export` folder): its model.plan is used as it is when it was built for
+this GPU and TensorRT version; otherwise its model.onnx + model.json are built.
 The first run for a model, TensorRT version, GPU, precision and profile builds the engine with
 `dyhead-export tensorrt` (ONNX export, build, verification against PyTorch: minutes); later runs
 find it in the cache at once. Standard output carries only the engine folder; progress and a
@@ -38,17 +42,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    source = p.add_mutually_exclusive_group()
-    source.add_argument(
-        "--model",
-        default=None,
-        help="a zoo name (default: the embedded default), or a folder: its model.plan is used as it "
-        "is when it was built for this GPU and TensorRT, otherwise its model.onnx + model.json are built",
-    )
-    source.add_argument("--config", default=None, help="Detectron2 DyHead YAML file or shipped config name")
-    p.add_argument(
-        "--weights", default=None, help="checkpoint for --config, or a local copy of a zoo model's weights"
-    )
+    add_model_arguments(p, exported=True, default=True)
     p.add_argument(
         "--cache",
         type=Path,
@@ -70,7 +64,6 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
         help="shape preset (default: the smallest COCO preset that takes --max-batch images)",
     )
     p.add_argument("--workspace", type=float, default=None, metavar="GB", help="builder workspace")
-    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     p.set_defaults(func=_run_engine)
 
 
@@ -88,7 +81,7 @@ def _run_engine(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1:
         raise ExportCliError(f"--max-batch must be at least 1, got {args.max_batch}")
-    overrides = [item for pair in args.set for item in pair]
+    overrides = overrides_from_args(args)
     try:
         target = current_target(args.precision, profile_for_batch(args.max_batch, args.profile))
         mounted = None

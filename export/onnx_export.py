@@ -17,6 +17,8 @@ from dyhead_serve.ops.onnx_symbolic import DCN_FLAVOURS, MIN_OPSET, deform_conv_
 from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
+from .external_weights import WEIGHTS_FILE, share_weights
+
 __all__ = ["ExportError", "check_onnx", "export_onnx"]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ def export_onnx(
     dcn: str = "onnx",
     provenance: dict[str, Any] | None = None,
     on_step: Callable[[str], None] | None = None,
+    external_weights: bool = False,
 ) -> Path:
     """Write ``out_dir/model.onnx`` and ``out_dir/model.json`` for a torch backend's detector.
 
@@ -75,6 +78,11 @@ def export_onnx(
         dcn: ``"onnx"`` (opset ``DeformConv``) or ``"plugin"`` (nodes of our TensorRT plugin).
         provenance: recorded in model.json (config, weights checksum, ...).
         on_step: called with a short description as each stage starts (progress reporting).
+        external_weights: also write the state dict as ``model.safetensors`` and have the graph
+            read its weights from that file (see :mod:`.external_weights`): one copy of the
+            weights for ONNX Runtime and PyTorch. Batch norms are then kept as graph nodes
+            (ONNX Runtime fuses them when it loads the graph) so that the weights stay as
+            trained.
 
     Returns:
         the path of model.onnx.
@@ -119,7 +127,16 @@ def export_onnx(
             output_names=output_names,
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
+            # EVAL folds batch norms into the convolutions' weights; PRESERVE (the model is in
+            # eval mode) keeps them, so each weight of the state dict is an initializer as is.
+            training=torch.onnx.TrainingMode.PRESERVE if external_weights else torch.onnx.TrainingMode.EVAL,
         )
+    record_weights: dict[str, Any] = {}
+    if external_weights:
+        step("storing the weights once, in model.safetensors")
+        shared = share_weights(onnx_path, model.state_dict())
+        logger.info("%s", shared.describe())
+        record_weights = {"weights_file": WEIGHTS_FILE}
     step("checking the graph (onnx.checker, shape inference)")
     graph = check_onnx(onnx_path, strict_shapes=(dcn == "onnx"))
     record = {
@@ -130,6 +147,7 @@ def export_onnx(
         "dcn": dcn,
         "precision": "fp32",
         "batch": batch if batch is not None else "dynamic",
+        **record_weights,
         **(provenance or {}),
     }
     artifact = ModelArtifact(

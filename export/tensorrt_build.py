@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dyhead_serve.model_args import add_model_arguments, model_source_from_args
+
 from .errors import ExportCliError
 from .tensorrt_build import PROFILES, parse_shape
 
@@ -48,13 +50,10 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    source = p.add_mutually_exclusive_group(required=True)
+    source = add_model_arguments(p, exported=False, default=False, required=True)
     source.add_argument(
         "--onnx", type=Path, help="folder with model.onnx and model.json (dyhead-export onnx)"
     )
-    source.add_argument("--config", help="Detectron2 DyHead YAML file or shipped official config name")
-    source.add_argument("--model", help="a zoo name (see `dyhead-serve zoo list`)")
-    p.add_argument("--weights", help="checkpoint (.pth/.pkl); required with --config")
     p.add_argument("--out", required=True, type=Path, help="output folder for model.plan and model.json")
     p.add_argument(
         "--fp16", action="store_true", help="allow float16 kernels (verified with looser tolerances)"
@@ -74,7 +73,6 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timing-cache", type=Path, default=None, help="default: OUT/timing.cache")
     p.add_argument("--verify-image", type=Path, default=None, help="image for the verification")
     p.add_argument("--no-verify", action="store_true", help="skip the verification")
-    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     p.set_defaults(func=_run_tensorrt)
 
 
@@ -104,9 +102,6 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
 
     from .onnx_export import ExportError
     from .tensorrt_build import BuildOptions, EngineBuildError, build_engine, graph_dcn_flavour
-
-    if args.config is not None and args.weights is None:
-        raise ExportCliError("--config needs --weights (the checkpoint to build)")
 
     def step(text: str) -> None:
         print(f"[tensorrt] {text}", file=sys.stderr)
@@ -166,25 +161,15 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
 
 def _export_first(args: argparse.Namespace, step: Any) -> Any:
     """Export --config/--weights (or --model) to ONNX in --out; return the torch backend."""
-    from dyhead_serve.runtime.loader import load_torch_backend
-    from dyhead_serve.zoo import get_model, sha256_of, weights_path
+    from dyhead_serve.runtime.loader import load_torch_backend_from
 
     from .onnx_export import export_onnx
 
-    overrides = [item for pair in args.set for item in pair]
-    if args.model is not None:
-        entry = get_model(args.model)
-        weights = Path(args.weights) if args.weights else weights_path(entry)
-        config, name, class_names = entry.config_path, entry.name, entry.class_names
-    else:
-        weights, config, name, class_names = Path(args.weights), args.config, Path(args.config).stem, None
+    source = model_source_from_args(args, exported=False, default=False)
     step("loading weights")
-    backend = load_torch_backend(
-        config, weights, device="cpu", overrides=overrides, model_name=name, class_names=class_names
-    )
-    provenance = {"config": str(config), "weights": str(weights), "weights_sha256": sha256_of(weights)}
+    backend = load_torch_backend_from(source, device="cpu")
     dcn = "plugin" if args.dcn in (None, "plugin") else "onnx"
-    export_onnx(backend, args.out, dcn=dcn, provenance=provenance, on_step=step)
+    export_onnx(backend, args.out, dcn=dcn, provenance=source.provenance(), on_step=step)
     return backend
 
 

@@ -22,7 +22,7 @@ class Tolerances:
     """Largest differences an export may show against PyTorch.
 
     ``raw``: max |a - b| of raw outputs, relative to max(1, max |reference|).
-    ``box_px`` and ``score``: per matched detection (the issue's standard: 0.01 px, 1e-4).
+    ``box_px`` and ``score``: per matched detection (default 0.01 px and 1e-4).
     """
 
     raw: float = 1e-3

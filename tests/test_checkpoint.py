@@ -386,9 +386,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_unknown_suffix(tmp_path: Path) -> None:
-    path = tmp_path / "model.safetensors"
+    path = tmp_path / "model.ckpt"
     path.write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"unknown suffix '\.safetensors'"):
+    with pytest.raises(CheckpointError, match=r"unknown suffix '\.ckpt'"):
         read_state_dict(path)
 
 

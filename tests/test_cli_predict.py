@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dyhead_serve.cli import main
 
@@ -41,15 +43,18 @@ def test_predict_prints_json_and_draws(capsys, atss_checkpoint, photo_path, tmp_
 def test_bad_images_are_reported_and_others_processed(capsys, atss_checkpoint, photo_path, tmp_path):
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    sliver = tmp_path / "sliver.png"  # 1 x 4000: its short edge would be resized to 0 pixels
+    Image.fromarray(np.zeros((1, 4000, 3), np.uint8)).save(sliver)
     code, out, err = _predict(
         capsys, "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(atss_checkpoint), "--device", "cpu",
-        *SMALL, str(tmp_path / "missing.jpg"), str(junk), str(photo_path),
+        *SMALL, str(tmp_path / "missing.jpg"), str(junk), str(sliver), str(photo_path),
     )  # fmt: skip
     assert code == 1
     assert [r["file"] for r in json.loads(out)] == [str(photo_path)]
     lines = err.strip().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "missing.jpg" in lines[0] and "junk.jpg" in lines[1]
+    assert "sliver.png" in lines[2] and "too elongated" in lines[2]
 
 
 @pytest.mark.parametrize(

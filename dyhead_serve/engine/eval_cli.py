@@ -14,6 +14,7 @@ import logging
 import sys
 
 from dyhead_serve.engine.dataset_args import add_register_coco_argument, catalog_from_args
+from dyhead_serve.model_args import add_model_arguments, model_source_from_args
 
 __all__ = ["add_eval_arguments", "run_eval"]
 
@@ -21,32 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config``, ``--weights``, ``--device``, ``--no-progress``, ``--register-coco`` and
-    the trailing ``KEY VALUE`` overrides to ``parser``."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--config",
-        help="a Detectron2 DyHead YAML file or a shipped config name; DATASETS.TEST names the datasets",
-    )
-    source.add_argument(
-        "--model",
-        help="a zoo name instead of --config/--weights (e.g. `default`: the embedded model on the "
-        "generated shapes validation split)",
-    )
-    parser.add_argument(
-        "--weights",
-        help="checkpoint: .pth (with or without 'model') or Detectron2 .pkl; required with --config",
-    )
+    """Add the model arguments (``--model`` | ``--config`` + ``--weights``, overrides with
+    ``--set`` or trailing ``KEY VALUE``), ``--device``, ``--no-progress`` and ``--register-coco``
+    to ``parser``. The config's DATASETS.TEST names the datasets."""
+    add_model_arguments(parser, exported=False, default=False, required=True, trailing_overrides=True)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_register_coco_argument(parser)
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, Detectron2 style, after every option: e.g. DATASETS.TEST "
-        "\"('my_val',)\" OUTPUT_DIR out/eval",
-    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -63,19 +45,15 @@ def run_eval(args: argparse.Namespace) -> int:
     from dyhead_serve.predict import build_torch_predictor
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import resolve_torch_device
-    from dyhead_serve.zoo import ZooError, get_model, weights_path
+    from dyhead_serve.zoo import ZooError
 
     try:
         catalog = catalog_from_args(args)
         device = resolve_torch_device(args.device)
-        config, weights = args.config, args.weights
-        if args.model is not None:
-            entry = get_model(args.model)
-            config = entry.config_path
-            weights = weights or weights_path(entry)
-        elif weights is None:
-            raise ValueError("--config needs --weights (the checkpoint to evaluate)")
-        cfg = load_config(config, overrides=[*args.opts, "MODEL.DEVICE", device])
+        source = model_source_from_args(args, exported=False, default=False)
+        weights = source.weights
+        assert source.config is not None
+        cfg = load_config(source.config, overrides=[*source.overrides, "MODEL.DEVICE", device])
         for name in cfg.DATASETS.TEST:
             catalog.get(name)  # an unknown name fails before the model is built
         predictor = build_torch_predictor(cfg, weights)

@@ -23,6 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from dyhead_serve.model_args import add_override_arguments, overrides_from_args
+
 __all__ = ["add_train_arguments", "run_train", "torchrun_command"]
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ _PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config``, ``--num-gpus``, ``--resume``, ``--device``, ``--register-coco`` and the
-    trailing ``KEY VALUE`` overrides to ``parser``."""
+    config overrides (``--set KEY VALUE`` and trailing ``KEY VALUE``) to ``parser``."""
     from dyhead_serve.engine.dataset_args import add_register_coco_argument
 
     parser.add_argument(
@@ -58,13 +60,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="cpu, cuda or auto (cuda when available; default); sets MODEL.DEVICE"
     )
     add_register_coco_argument(parser)
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, Detectron2 style, after every option: e.g. SOLVER.IMS_PER_BATCH 8 "
-        "SOLVER.BASE_LR 0.005 OUTPUT_DIR out/run1",
-    )
+    add_override_arguments(parser, trailing=True)
 
 
 def torchrun_command(args: argparse.Namespace) -> str:
@@ -84,7 +80,7 @@ def torchrun_command(args: argparse.Namespace) -> str:
         argv += ["--device", str(args.device)]
     for name, json_file, image_root in args.register_coco or []:
         argv += ["--register-coco", name, json_file, image_root]
-    argv += [str(opt) for opt in args.opts]
+    argv += overrides_from_args(args)
     return shlex.join(argv)
 
 
@@ -214,7 +210,8 @@ def _train(args: argparse.Namespace, device: str) -> int:
 
     catalog = catalog_from_args(args)
     cfg = auto_scale_workers(
-        load_config(args.config, overrides=[*args.opts, "MODEL.DEVICE", device]), get_world_size()
+        load_config(args.config, overrides=[*overrides_from_args(args), "MODEL.DEVICE", device]),
+        get_world_size(),
     )
     for name in cfg.DATASETS.TRAIN:
         catalog.get(name)  # an unknown name fails before anything is built

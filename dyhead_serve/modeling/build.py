@@ -21,6 +21,7 @@ from dyhead_serve.modeling.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from dyhead_serve.modeling.heads import ATSSHead, RetinaNetHead
 from dyhead_serve.modeling.losses import build_atss_loss, build_retinanet_loss
 from dyhead_serve.modeling.rcnn import GeneralizedRCNN, build_rcnn
+from dyhead_serve.ops.dcn_kernel import get_dcn_kernel
 
 __all__ = ["BACKBONES", "META_ARCHITECTURES", "build_backbone", "build_model"]
 
@@ -230,6 +231,7 @@ META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector | GeneralizedRCNN]] 
 
 def build_model(cfg: Cfg) -> DenseDetector | GeneralizedRCNN:
     """The detector named by ``MODEL.META_ARCHITECTURE``, in eval mode, on ``MODEL.DEVICE``."""
+    get_dcn_kernel()  # a deformable-conv kernel that cannot run fails here, not in a forward pass
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in META_ARCHITECTURES:
         raise ValueError(

@@ -5,7 +5,7 @@
   (:func:`dyhead_serve.ops.deform_conv.deform_conv2d_by_sampling`, equal to float32 rounding).
 - ``torchvision``: torchvision everywhere, CPU training included: bit-identical training losses
   to the official implementation's on the CPU, at about five times the training time.
-- ``triton``: our Triton kernel (:func:`plugins.modulated_deform_conv`) for CUDA tensors; CPU
+- ``triton``: our Triton kernel (:func:`dyhead_serve.plugins.modulated_deform_conv`) for CUDA tensors; CPU
   tensors as ``auto``.
 
 The choice is process-wide: ``DYHEAD_DCN_KERNEL=torchvision|triton|auto`` in the environment, or
@@ -42,11 +42,26 @@ def _check(name: str) -> str:
     return name
 
 
+def _check_triton(how: str) -> None:
+    from dyhead_serve import plugins
+
+    if not plugins.triton_available():
+        raise ValueError(f"{how} needs Triton (installed with torch's CUDA wheels on Linux)")
+
+
 def get_dcn_kernel() -> str:
-    """The selected kernel: set_dcn_kernel's, else $DYHEAD_DCN_KERNEL's, else auto."""
+    """The selected kernel: set_dcn_kernel's, else $DYHEAD_DCN_KERNEL's, else auto.
+
+    Raises:
+        ValueError: an unknown name, or ``triton`` without Triton installed. Model builders call
+            this, so a bad selection fails when the model is built, not in a forward pass.
+    """
     if _selected is not None:
         return _selected
-    return _check(os.environ.get(ENV_VAR, "auto") or "auto")
+    name = _check(os.environ.get(ENV_VAR, "auto") or "auto")
+    if name == "triton":
+        _check_triton(f"{ENV_VAR}=triton")
+    return name
 
 
 def set_dcn_kernel(name: str | None) -> None:
@@ -58,10 +73,7 @@ def set_dcn_kernel(name: str | None) -> None:
     """
     global _selected
     if name is not None and _check(name) == "triton":
-        from dyhead_serve import plugins
-
-        if not plugins.triton_available():
-            raise ValueError("--dcn-kernel triton needs Triton (installed with torch's CUDA wheels on Linux)")
+        _check_triton("the triton deformable-conv kernel")
     _selected = name
 
 

@@ -1,4 +1,9 @@
-"""Images in, detections out: preprocessing, one network call per image, decoding, rescaling."""
+"""Images in, detections out: preprocessing, one network call per image, decoding, rescaling.
+
+The two steps around the network, :func:`prepare_image` and :func:`detections_from_outputs`, are
+what every path runs: ``dyhead-serve predict`` and ``eval`` through :class:`Predictor`, the
+server around its batcher. So the AP that eval reports measures what the server answers.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,16 @@ from torch import Tensor
 
 from dyhead_serve.modeling.dense_decoder import RawDetections
 from dyhead_serve.pipeline.postprocess import Detections, to_original_image
-from dyhead_serve.pipeline.preprocess import InputSpec, preprocess
+from dyhead_serve.pipeline.preprocess import Batch, InputSpec, preprocess
 
-__all__ = ["Decoder", "Predictor", "StageTimes"]
+__all__ = [
+    "Decoder",
+    "Predictor",
+    "StageTimes",
+    "UnsupportedImageSizeError",
+    "detections_from_outputs",
+    "prepare_image",
+]
 
 InferFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
@@ -32,6 +44,38 @@ class Decoder(Protocol):
         score_threshold: float | None = None,
         original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[RawDetections]: ...
+
+
+class UnsupportedImageSizeError(ValueError):
+    """The image cannot be resized for this model (so elongated that an edge would become 0)."""
+
+
+def prepare_image(image: np.ndarray, spec: InputSpec, device: str | torch.device = "cpu") -> Batch:
+    """First step: one RGB uint8 image [H, W, 3] -> a normalised, padded batch of one.
+
+    Raises:
+        UnsupportedImageSizeError: an edge of the resized image would be 0 pixels.
+        ValueError: not an RGB uint8 array.
+    """
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if min(spec.resized_shape(height, width)) < 1:
+        raise UnsupportedImageSizeError(f"a {width}x{height} image is too elongated to resize for this model")
+    return preprocess([image], spec, device)
+
+
+def detections_from_outputs(
+    outputs: dict[str, Tensor],
+    batch: Batch,
+    decoder: Decoder,
+    class_names: Sequence[str],
+    score_threshold: float | None = None,
+) -> Detections:
+    """Last step: the network's raw outputs for ``batch`` (one image) -> detections in the
+    original image's pixels, best first."""
+    raw = decoder(
+        outputs, batch.padded_hw, batch.image_sizes, score_threshold, original_sizes=batch.original_sizes
+    )[0]
+    return to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
 
 
 @dataclass
@@ -76,16 +120,14 @@ class Predictor:
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, score_threshold: float | None = None) -> Detections:
-        """Detect objects in one RGB uint8 image [H, W, 3]."""
+        """Detect objects in one RGB uint8 image [H, W, 3] (see :func:`prepare_image` for the
+        errors)."""
         t0 = time.perf_counter()
-        batch = preprocess([image], self.input_spec, self.device)
+        batch = prepare_image(image, self.input_spec, self.device)
         t1 = time.perf_counter()
         outputs = self.infer(batch.images, batch.image_sizes_tensor())
         t2 = time.perf_counter()
-        raw = self.decoder(
-            outputs, batch.padded_hw, batch.image_sizes, score_threshold, original_sizes=batch.original_sizes
-        )[0]
-        detections = to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], self.class_names)
+        detections = detections_from_outputs(outputs, batch, self.decoder, self.class_names, score_threshold)
         t3 = time.perf_counter()
         self.last_times = StageTimes(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)
         return detections

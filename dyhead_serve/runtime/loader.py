@@ -10,10 +10,17 @@ from pathlib import Path
 
 import torch
 
+from dyhead_serve.model_source import ModelSource, resolve_model
 from dyhead_serve.runtime.base import Backend, BackendError
 from dyhead_serve.runtime.torch_backend import TorchBackend, build_torch_backend
 
-__all__ = ["BACKENDS", "load_backend", "load_torch_backend", "resolve_torch_device"]
+__all__ = [
+    "BACKENDS",
+    "load_backend",
+    "load_torch_backend",
+    "load_torch_backend_from",
+    "resolve_torch_device",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,24 @@ def _load_exported(model_dir: Path, backend: str, device: str, threads: int) -> 
     return OnnxRuntimeBackend(model_dir, device=device, intra_op_threads=threads)
 
 
+def load_torch_backend_from(source: ModelSource, device: str = "auto") -> TorchBackend:
+    """The torch backend of a zoo model or a config with weights (see :func:`resolve_model`)."""
+    if source.kind == "exported":
+        raise BackendError(
+            f"{source.folder} holds an exported network; "
+            "the torch backend needs --config and --weights, or a zoo name"
+        )
+    assert source.config is not None
+    return load_torch_backend(
+        source.config,
+        source.weights,
+        device=device,
+        overrides=source.overrides,
+        model_name=source.name,
+        class_names=source.class_names,
+    )
+
+
 def load_backend(
     model: str | Path | None = None,
     *,
@@ -88,8 +113,8 @@ def load_backend(
     """Load a model for inference.
 
     Args:
-        model: a folder with ``model.json`` (+ ``model.onnx`` / ``model.plan``), or a zoo name.
-            Exclusive with ``config``.
+        model: a folder with ``model.json`` (+ ``model.onnx`` / ``model.plan``), or a zoo name
+            (None: the embedded default). Exclusive with ``config``.
         config, weights: a Detectron2 DyHead config (file or shipped name) and its checkpoint
             (torch backend). With a zoo name, ``weights`` replaces the download.
         backend: ``auto`` (TensorRT for an engine on a GPU host, ONNX Runtime for ``model.onnx``,
@@ -97,42 +122,26 @@ def load_backend(
         device: ``auto``, ``cpu`` or ``cuda``.
         overrides: ``KEY VALUE`` config overrides (torch backend).
         threads: ONNX Runtime intra-op threads (0: its default).
+
+    Raises:
+        BackendError, ModelSourceError, ZooError, ConfigError, CheckpointError.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if config is not None:
-        if model is not None:
-            raise BackendError("name a model either with --model or with --config/--weights, not both")
-        if backend not in ("auto", "torch"):
-            raise BackendError(f"--config runs in the torch backend; export it first for {backend}")
-        return load_torch_backend(config, weights, device=device, overrides=overrides)
-    from dyhead_serve import zoo
-
-    if model is None:
-        if zoo.DEFAULT_MODEL not in zoo.ZOO:
-            raise BackendError(
-                "this version has no embedded default model; name one with --model or --config"
-            )
-        model = zoo.DEFAULT_MODEL
-    path = Path(model)
-    if path.is_dir():
-        return _load_exported(path, backend, device, threads)
-    entry = zoo.get_model(str(model))
-    weights_file = Path(weights) if weights is not None else zoo.weights_path(entry)
-    if entry.embedded and backend in ("auto", "onnxruntime") and not overrides and weights is None:
+    source = resolve_model(model, config=config, weights=weights, overrides=overrides)
+    if source.kind == "exported":
+        assert source.folder is not None
+        return _load_exported(source.folder, backend, device, threads)
+    if source.embedded and backend in ("auto", "onnxruntime") and not source.overrides:
         # The embedded model ships exported (model.onnx + model.json beside its weights) and runs
         # in ONNX Runtime unless torch is asked for.
-        return _load_exported(weights_file.parent, "onnxruntime", device, threads)
+        assert source.weights is not None
+        return _load_exported(source.weights.parent, "onnxruntime", device, threads)
     if backend not in ("auto", "torch"):
+        if source.kind == "config":
+            raise BackendError(f"--config runs in the torch backend; export it first for {backend}")
         raise BackendError(
-            f"zoo model {entry.name} runs in the torch backend; export it with "
-            f"`dyhead-export onnx --model {entry.name} --out DIR` and pass --model DIR for {backend}"
+            f"zoo model {source.name} runs in the torch backend; export it with "
+            f"`dyhead-export onnx --model {source.name} --out DIR` and pass --model DIR for {backend}"
         )
-    return load_torch_backend(
-        entry.config_path,
-        weights_file,
-        device=device,
-        overrides=overrides,
-        model_name=entry.name,
-        class_names=entry.class_names,
-    )
+    return load_torch_backend_from(source, device)

@@ -12,18 +12,9 @@ from torch import Tensor
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError, infer_in_chunks
 
-__all__ = ["OnnxRuntimeBackend", "available_providers"]
+__all__ = ["OnnxRuntimeBackend"]
 
 logger = logging.getLogger(__name__)
-
-
-def available_providers() -> list[str]:
-    """ONNX Runtime's execution providers on this machine ([] when onnxruntime is missing)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return []
-    return list(ort.get_available_providers())
 
 
 class OnnxRuntimeBackend:

@@ -24,6 +24,7 @@ from dyhead_serve.server.schemas import (
 )
 from dyhead_serve.server.service import DetectionService, ImageResult
 from dyhead_serve.server.uploads import read_detect_request
+from dyhead_serve.zoo import DEFAULT_MODEL, demo_model_notice
 
 __all__ = ["model_info", "router"]
 
@@ -164,6 +165,9 @@ def model_info(service: DetectionService) -> ModelInfo:
         class_names=list(backend.class_names),
         max_batch_size=service.settings.max_batch_size,
         ready=service.ready,
+        notice=demo_model_notice("dyhead-serve serve --model dyhead_r50_atss_fpn_1x")
+        if backend.model_name == DEFAULT_MODEL
+        else None,
     )
 
 

@@ -160,6 +160,10 @@ class ModelInfo(BaseModel):
     class_names: list[str]
     max_batch_size: int
     ready: bool
+    notice: str | None = Field(
+        default=None,
+        description="what to know about this model (the embedded demo model says what it detects)",
+    )
 
 
 class ModelsResponse(BaseModel):

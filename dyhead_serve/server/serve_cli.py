@@ -119,21 +119,38 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
+    from dyhead_serve.model_args import overrides_from_args
+    from dyhead_serve.model_source import ModelSourceError, resolve_model
     from dyhead_serve.server.app import create_app
     from dyhead_serve.server.settings import ServerSettings
+    from dyhead_serve.zoo import ZooError
 
-    if args.config is not None and args.weights is None:
-        print("error: --config needs --weights (the checkpoint to load)", file=sys.stderr)
-        return 2
     values = {name: getattr(args, name) for name in _SETTINGS_FLAGS if getattr(args, name, None) is not None}
-    if args.set:
-        values["overrides"] = [item for pair in args.set for item in pair]
+    if overrides_from_args(args):
+        values["overrides"] = overrides_from_args(args)
     try:
         settings = ServerSettings(**values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         print(f"error: invalid server settings: {problems}", file=sys.stderr)
         return 2
+    try:  # the model arguments, before anything starts (weights load in the server's lifespan)
+        resolve_model(
+            settings.model,
+            config=settings.config,
+            weights=settings.weights,
+            overrides=settings.overrides,
+            download=False,
+        )
+    except (ModelSourceError, ZooError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if settings.model is None and settings.config is None:
+        from dyhead_serve.zoo import demo_model_notice
+
+        logger.info(
+            "no model named: %s", demo_model_notice("dyhead-serve serve --model dyhead_r50_atss_fpn_1x")
+        )
     if not _is_loopback(settings.host):
         logger.warning(
             "listening on %s: reachable from other machines%s",

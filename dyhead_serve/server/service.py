@@ -1,8 +1,10 @@
 """The detection service behind the routes: loads the model, warms it up, admits requests and
 runs them through decode -> preprocess -> batcher -> decode boxes -> original pixels.
 
-It runs the same pipeline functions as ``dyhead-serve predict`` (:mod:`dyhead_serve.pipeline`),
-each image preprocessed on its own, so a request gets the same detections as predict.
+It runs the same two pipeline steps as ``dyhead-serve predict`` and ``eval``
+(:func:`~dyhead_serve.pipeline.predictor.prepare_image` before the network,
+:func:`~dyhead_serve.pipeline.predictor.detections_from_outputs` after it), each image
+preprocessed on its own, so a request gets the same detections as predict.
 Decoding and preprocessing run on a small thread pool, inference on the batcher's thread: the
 event loop only moves bytes.
 """
@@ -23,8 +25,9 @@ import numpy as np
 import torch
 
 from dyhead_serve.pipeline.image_io import ImageDecodeError, ImageTooLargeError, decode_image
-from dyhead_serve.pipeline.postprocess import Detections, to_original_image
-from dyhead_serve.pipeline.preprocess import Batch, preprocess
+from dyhead_serve.pipeline.postprocess import Detections
+from dyhead_serve.pipeline.predictor import UnsupportedImageSizeError, detections_from_outputs, prepare_image
+from dyhead_serve.pipeline.preprocess import Batch
 from dyhead_serve.runtime.base import Backend
 from dyhead_serve.server.batcher import BatcherClosedError, BatchResult, DynamicBatcher, QueueFullError
 from dyhead_serve.server.errors import ApiError
@@ -313,14 +316,11 @@ class DetectionService:
         self, image: np.ndarray, name: str | None, keep_image: bool, started: float
     ) -> _Prepared:
         spec = self.require_backend().input_spec
-        height, width = image.shape[:2]
-        if min(spec.resized_shape(height, width)) < 1:
-            raise ApiError(
-                422, "unsupported_image_size",
-                f"{name or 'image'}: a {width}x{height} image is too elongated to resize for this model",
-            )  # fmt: skip
         begin = time.perf_counter()
-        batch = preprocess([image], spec)
+        try:
+            batch = prepare_image(image, spec)
+        except UnsupportedImageSizeError as exc:
+            raise ApiError(422, "unsupported_image_size", f"{name or 'image'}: {exc}") from None
         end = time.perf_counter()
         self.metrics.preprocess_seconds.observe(end - begin)
         return _Prepared(name, batch, image if keep_image else None, end - (started or begin))
@@ -329,18 +329,14 @@ class DetectionService:
     def _finish(
         self, prepared: Sequence[_Prepared], results: Sequence[BatchResult], options: DetectOptions
     ) -> list[ImageResult]:
-        """Raw outputs -> detections in original pixels, as the Predictor does, then the options."""
+        """Raw outputs -> detections in original pixels (the Predictor's last step), then the
+        request's options."""
         backend = self.require_backend()
         outcome = []
         for item, result in zip(prepared, results, strict=True):
             begin = time.perf_counter()
-            batch = item.batch
-            raw = backend.decoder(
-                result.outputs, batch.padded_hw, batch.image_sizes, options.score_threshold,
-                original_sizes=batch.original_sizes,
-            )[0]  # fmt: skip
-            detections = to_original_image(
-                raw, batch.image_sizes[0], batch.original_sizes[0], backend.class_names
+            detections = detections_from_outputs(
+                result.outputs, item.batch, backend.decoder, backend.class_names, options.score_threshold
             )
             detections = _apply_options(detections, options)
             outcome.append(

@@ -184,9 +184,8 @@ def test_embedded_default_model_is_package_data():
     """The CPU image installs the package as a wheel: the embedded model must be in it."""
     from dyhead_serve import zoo
 
-    entry = zoo.ZOO.get(zoo.DEFAULT_MODEL)
-    if entry is None or entry.embedded is None:
-        pytest.skip("no embedded default model in this version")
+    entry = zoo.ZOO[zoo.DEFAULT_MODEL]
+    assert entry.embedded is not None
     package = REPO / "dyhead_serve"
     folder = (package / entry.embedded).parent
     patterns = read_pyproject()["tool"]["setuptools"]["package-data"]

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from dyhead_serve.export.cli import build_parser as export_parser
 
 from dyhead_serve.cli import build_parser as serve_parser
+from dyhead_serve.export.cli import build_parser as export_parser
 from tests.deploy.conftest import DOCKER, find_tool
 
 ENTRYPOINT = DOCKER / "entrypoint.sh"

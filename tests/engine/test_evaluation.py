@@ -156,7 +156,7 @@ def test_eval_command_evaluates_the_config_test_set(
          "DATASETS.TEST", "('mine',)", "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "0"]
     )  # fmt: skip
     assert run_eval(args) == 0
-    assert seen == {"weights": "w.pth", "device": "cpu", "test": ("mine",)}
+    assert seen == {"weights": Path("w.pth"), "device": "cpu", "test": ("mine",)}
     out = capsys.readouterr().out
     assert "== mine" in out and "Average Precision  (AP) @[ IoU=0.50:0.95" in out and "100.000" in out
     assert json.loads((tmp_path / "out" / "coco_eval.json").read_text())["AP50"] == pytest.approx(100.0)

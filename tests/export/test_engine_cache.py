@@ -16,18 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from dyhead_serve.cli import exporter_command
 from dyhead_serve.export.engine_cache import (
+    BuildSource,
     BuildTarget,
     EngineCacheError,
-    ModelSource,
     engine_key,
     find_or_build,
     mounted_engine,
     profile_for_batch,
     resolve_source,
 )
-
-from dyhead_serve.cli import exporter_command
+from dyhead_serve.model_args import override_flags
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
@@ -160,7 +161,7 @@ def test_a_failed_build_caches_nothing(weights, tmp_path):
 
 def test_concurrent_starts_build_once(tmp_path):
     """Replicas sharing the cache volume: one builds, the others wait and reuse its engine."""
-    source = ModelSource("m", "0" * 64, ("--onnx", "x"))
+    source = BuildSource("m", "0" * 64, ("--onnx", "x"))
     build = StandInBuild(seconds=0.3)
     results = []
     threads = [
@@ -211,8 +212,7 @@ def test_engine_command_without_tensorrt_is_a_one_line_error(monkeypatch, capsys
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_real_build_then_reuse(tiny_weights, tmp_path):
-    pairs = zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2], strict=True)
-    overrides = [arg for pair in pairs for arg in ("--set", *pair)]
+    overrides = override_flags(TINY_OVERRIDES)
     command = [
         *exporter_command(), "engine", "--config", "dyhead_r50_atss_fpn_1x",
         "--weights", str(tiny_weights), *overrides, "--profile", "small", "--max-batch", "2",

@@ -7,13 +7,15 @@ import json
 import onnx
 import pytest
 import torch
-from dyhead_serve.export.cli import main as export_main
-from dyhead_serve.export.onnx_export import ExportError, export_onnx
-from dyhead_serve.export.verify import compare_backends
-from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from PIL import Image
 
 from dyhead_serve.data.sample_image import synthetic_photo
+from dyhead_serve.export.cli import main as export_main
+from dyhead_serve.export.onnx_export import ExportError, export_onnx
+from dyhead_serve.export.verify import compare_backends
+from dyhead_serve.model_args import override_flags
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
+from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from tests.conftest import TINY_OVERRIDES
@@ -112,9 +114,7 @@ def test_export_rejects_bad_arguments(tiny_backend, tmp_path):
 def test_export_cli_writes_and_verifies(tiny_weights, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.fromarray(synthetic_photo(256, 384, seed=4)).save(image)
-    overrides = [
-        x for pair in zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2], strict=True) for x in ("--set", *pair)
-    ]
+    overrides = override_flags(TINY_OVERRIDES)
     code = export_main(
         ["onnx", "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(tiny_weights), "--out", str(tmp_path),
          "--verify-image", str(image), *overrides]
@@ -126,6 +126,28 @@ def test_export_cli_writes_and_verifies(tiny_weights, tmp_path, capsys):
     assert backend.name == "onnxruntime" and backend.class_names == [f"class_{i}" for i in range(5)]
     code = export_main(["onnx", "--config", "dyhead_r50_atss_fpn_1x", "--out", str(tmp_path)])
     assert code == 2
+
+
+def test_external_weights_are_one_copy_for_onnxruntime_and_torch(tiny_weights, tmp_path, capsys):
+    out = tmp_path / "shared"
+    code = export_main(
+        ["onnx", "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(tiny_weights), "--out", str(out),
+         "--external-weights", *override_flags(TINY_OVERRIDES)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    inline = sum(len(t.raw_data) for t in graph.graph.initializer)
+    assert inline < 0.01 * (out / "model.safetensors").stat().st_size
+    assert ModelArtifact.load(out / "model.json").provenance["weights_file"] == "model.safetensors"
+    image = synthetic_photo(256, 384, seed=4)
+    torch_backend = load_backend(
+        config="dyhead_r50_atss_fpn_1x",
+        weights=out / "model.safetensors",
+        device="cpu",
+        overrides=TINY_OVERRIDES,
+    )
+    report = compare_backends(torch_backend, load_backend(out), image)
+    assert report.ok, report.format()
 
 
 class _Perturbed:

@@ -8,6 +8,7 @@ import argparse
 import onnx
 import pytest
 import torch
+
 from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.tensorrt_build import (
     PROFILES,
@@ -18,7 +19,7 @@ from dyhead_serve.export.tensorrt_build import (
     set_plugin_impl,
 )
 from dyhead_serve.export.tensorrt_cli import profile_from_args
-
+from dyhead_serve.model_args import override_flags
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
 from dyhead_serve.pipeline.preprocess import InputSpec
@@ -117,9 +118,7 @@ def test_without_tensorrt_the_build_says_so(tmp_path, capsys):
 def test_build_verify_and_serve_the_tiny_model(tiny_weights, tmp_path, capsys, dcn, fp16):
     from dyhead_serve.runtime.loader import load_backend
 
-    overrides = [
-        x for pair in zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2], strict=True) for x in ("--set", *pair)
-    ]
+    overrides = override_flags(TINY_OVERRIDES)
     argv = ["tensorrt", "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(tiny_weights),
             "--out", str(tmp_path), "--profile", "small", "--dcn", dcn, *overrides,
             *(["--fp16"] if fp16 else [])]  # fmt: skip

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from dyhead_serve.export.onnx_export import export_onnx
 
 from dyhead_serve.config import load_config
+from dyhead_serve.export.onnx_export import export_onnx
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.runtime.base import make_predictor
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend

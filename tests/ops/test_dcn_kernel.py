@@ -30,6 +30,9 @@ def _inputs(device: str = "cpu"):
 
 
 def test_auto_is_the_default_and_the_environment_selects(monkeypatch):
+    from dyhead_serve import plugins
+
+    monkeypatch.setattr(plugins, "triton_available", lambda: True)
     assert get_dcn_kernel() == "auto"
     monkeypatch.setenv(ENV_VAR, "triton")
     assert get_dcn_kernel() == "triton"
@@ -41,6 +44,23 @@ def test_auto_is_the_default_and_the_environment_selects(monkeypatch):
         get_dcn_kernel()
     with pytest.raises(ValueError, match="unknown"):
         set_dcn_kernel("cudnn")
+
+
+def test_triton_without_triton_fails_when_the_model_is_built(monkeypatch):
+    """Selected through the environment, a missing Triton is reported when the model is built,
+    not in the middle of a forward pass."""
+    from dyhead_serve import plugins
+    from dyhead_serve.config import load_config
+    from dyhead_serve.modeling.build import build_model
+    from tests.conftest import TINY_OVERRIDES
+
+    monkeypatch.setattr(plugins, "triton_available", lambda: False)
+    monkeypatch.setenv(ENV_VAR, "triton")
+    cfg = load_config("dyhead_r50_atss_fpn_1x", overrides=["MODEL.DEVICE", "cpu", *TINY_OVERRIDES])
+    with pytest.raises(ValueError, match=f"{ENV_VAR}=triton needs Triton"):
+        build_model(cfg)
+    with pytest.raises(ValueError, match="needs Triton"):
+        set_dcn_kernel("triton")
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from dyhead_serve.plugins import modulated_deform_conv
 from torchvision.ops import deform_conv2d
 
 from dyhead_serve.ops import read_leading_offset_map
+from dyhead_serve.plugins import modulated_deform_conv
 
 FP32_TOL = 1e-5
 FP16_TOL = 2e-3

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from dyhead_serve.plugins.mdcn_kernel import DEFAULT_TILE, SCALAR_ARGS, TILES
 from dyhead_serve.plugins.mdcn_ptx import MAX_SHARED_BYTES, PTXError, compile_ptx, entry_params
 

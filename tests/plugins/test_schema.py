@@ -12,12 +12,12 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from dyhead_serve.plugins.mdcn_kernel import SCALAR_ARGS
-from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 from dyhead_serve import plugins
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
+from dyhead_serve.plugins.mdcn_kernel import SCALAR_ARGS
+from dyhead_serve.plugins.schema import MDCN_SCHEMA
 
 SOURCE = Path(plugins.__file__).with_name("trt_plugin.py")
 ANNOTATION_OF_KIND = {"ints": "npt.NDArray[np.int32]", "int": "int"}

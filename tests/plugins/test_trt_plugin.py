@@ -60,9 +60,10 @@ def test_cuda_kernel_matches_torchvision(dtype, tol):
 
 def _run_plugin_engine(p: dict, aot: bool) -> torch.Tensor:
     """Build a one-layer engine around the plugin (strongly typed: the inputs' dtype decides)."""
-    import dyhead_serve.plugins.trt_plugin  # noqa: F401  (registers the plugin)
     import tensorrt as trt
     import tensorrt.plugin as trtp
+
+    import dyhead_serve.plugins.trt_plugin  # noqa: F401  (registers the plugin)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -92,8 +93,9 @@ def _run_plugin_engine(p: dict, aot: bool) -> torch.Tensor:
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_plugin_is_registered():
-    import dyhead_serve.plugins.trt_plugin  # noqa: F401
     import tensorrt as trt
+
+    import dyhead_serve.plugins.trt_plugin  # noqa: F401
 
     creator = trt.get_plugin_registry().get_creator("ModulatedDeformConv2d", "1", "dyhead")
     assert creator is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dyhead_serve import zoo
+from dyhead_serve.model_source import ModelSourceError
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.loader import load_backend
 
@@ -12,7 +13,7 @@ from dyhead_serve.runtime.loader import load_backend
 def test_unknown_backend_and_conflicting_arguments(tmp_path):
     with pytest.raises(BackendError, match="unknown backend"):
         load_backend(tmp_path, backend="tflite")
-    with pytest.raises(BackendError, match="not both"):
+    with pytest.raises(ModelSourceError, match="not both"):
         load_backend("x", config="dyhead_r50_atss_fpn_1x")
 
 

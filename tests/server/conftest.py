@@ -44,7 +44,6 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
     """``dyhead-export onnx`` output (model.onnx + model.json) of the tiny detector."""
     from dyhead_serve.export.onnx_export import export_onnx
-
     from dyhead_serve.runtime.loader import load_torch_backend
 
     backend = load_torch_backend(

@@ -1,4 +1,5 @@
-"""The demo page in headless Chromium: choose an image, see it drawn with boxes and a table.
+"""The demo page in headless Chromium, serving the embedded demo model: its notice, an image
+drawn with boxes and a table, and the score slider filtering both without a new request.
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``playwright`` package;
 skipped with the reason when either is missing.
@@ -15,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dyhead_serve.data.synthetic import generate_synthetic_dataset
 from dyhead_serve.server import ServerSettings, create_app
-from tests.server.conftest import photo_bytes
 from tests.server.test_process import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,12 +33,14 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def base_url(served_backend) -> Iterator[str]:
-    """A real HTTP server (uvicorn on a thread) on loopback."""
+def base_url() -> Iterator[str]:
+    """A real HTTP server (uvicorn on a thread) on loopback, with the embedded demo model."""
     import uvicorn
 
+    from dyhead_serve.runtime.loader import load_backend
+
     port = free_port()
-    app = create_app(ServerSettings(warmup=False), backend=served_backend)
+    app = create_app(ServerSettings(warmup=False), backend=load_backend(device="cpu"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -55,16 +58,29 @@ def base_url(served_backend) -> Iterator[str]:
     thread.join(30)
 
 
+def _set_score(page, value: float) -> None:
+    page.eval_on_selector(
+        "#score", f"el => {{ el.value = '{value}'; el.dispatchEvent(new Event('input')); }}"
+    )
+
+
+def _rows(page) -> int:
+    return int(
+        page.eval_on_selector_all("#detections tbody tr td:first-child:not(.empty)", "cells => cells.length")
+    )
+
+
 def test_demo_page_shows_boxes_and_a_table(base_url, tmp_path):
     if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
         pytest.skip("no /usr/bin/chromium (Debian: apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
-    image = tmp_path / "street.png"
-    image.write_bytes(photo_bytes(120, 160, seed=11))
-    expected = httpx.post(f"{base_url}/v1/detect", files={"file": ("street.png", image.read_bytes())}).json()
-    detections = expected["results"][0]["detections"]
-    assert detections
+    shapes = generate_synthetic_dataset(tmp_path / "shapes", num_train=0, num_val=1, image_size=320, seed=11)
+    (image,) = shapes.image_root("val").glob("*.png")
+    expected = httpx.post(f"{base_url}/v1/detect", files={"file": ("shapes.png", image.read_bytes())}).json()
+    detections = expected["results"][0]["detections"]  # down to the model's threshold (0.05)
+    shown = [d for d in detections if d["score"] >= 0.3]
+    assert shown and len(shown) < len(detections), "needs detections on both sides of 0.3"
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -76,22 +92,35 @@ def test_demo_page_shows_boxes_and_a_table(base_url, tmp_path):
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(base_url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('onnxruntime')")
+            notice = page.inner_text("#notice")
+            assert page.is_visible("#notice") and "six synthetic shapes" in notice
+            assert "--model dyhead_r50_atss_fpn_1x" in notice
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#canvas", timeout=30_000)
             page.wait_for_function(
-                f"document.querySelectorAll('#detections tbody tr').length === {len(detections)}",
-                timeout=30_000,
+                f"document.querySelectorAll('#detections tbody tr').length === {len(shown)}", timeout=30_000
             )
             size = page.eval_on_selector(
                 "#canvas", "c => [c.dataset.width, c.dataset.height, c.width, c.height]"
             )
-            assert size[:2] == ["160", "120"] and size[2] * 120 == size[3] * 160  # drawn scaled, same aspect
+            assert size[:2] == ["320", "320"] and size[2] == size[3]  # drawn scaled, same aspect
             first_row = page.inner_text("#detections tbody tr")
             assert detections[0]["label"] in first_row and f"{detections[0]['score']:.3f}" in first_row
-            assert f"{len(detections)} detections" in page.inner_text("#status")
+            assert f"{len(shown)} of {len(detections)} detections" in page.inner_text("#status")
             page.hover("#detections tbody tr")  # hovering a row highlights its box
             assert "active" in (page.get_attribute("#detections tbody tr", "class") or "")
             page.screenshot(path=str(tmp_path / "demo.png"))
+
+            posts = sum("/v1/detect" in url for url in requested)
+            _set_score(page, 0.0)  # the slider filters in the browser: every detection, no request
+            assert _rows(page) == len(detections) and page.inner_text("#score-value") == "0.00"
+            _set_score(page, 1.0)
+            assert _rows(page) == 0 and "No detections with a score of at least 1.00" in page.inner_text(
+                "#detections"
+            )
+            _set_score(page, 0.3)
+            assert _rows(page) == len(shown)
+            assert sum("/v1/detect" in url for url in requested) == posts == 1
         finally:
             browser.close()
     assert not errors, errors

@@ -89,15 +89,17 @@ def test_real_server_answers_and_drains_on_sigterm(tiny_model_dir):
 
 
 @pytest.mark.slow  # a second server process: imports alone take seconds on a small machine
-def test_serve_exits_2_when_the_model_cannot_be_loaded():
-    process = start_server("--model", "/nonexistent/model", "--port", str(free_port()))
+def test_serve_exits_2_when_the_model_cannot_be_loaded(tmp_path):
+    empty = tmp_path / "exported"  # a folder, so it resolves as an export; loading it fails
+    empty.mkdir()
+    process = start_server("--model", str(empty), "--port", str(free_port()))
     try:
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 2, stderr
-    assert "error: cannot serve the model" in stderr and "/nonexistent/model" in stderr
+    assert "error: cannot serve the model" in stderr and str(empty) in stderr
 
 
 @pytest.mark.parametrize(
@@ -106,8 +108,9 @@ def test_serve_exits_2_when_the_model_cannot_be_loaded():
         (["--max-batch-size", "0"], "max_batch_size"),
         (["--cors-origins", "a", "--port", "70000"], "port"),
         (["--config", "dyhead_r50_atss_fpn_1x"], "--config needs --weights"),
+        (["--model", "/nonexistent/model"], "unknown model '/nonexistent/model'"),
     ],
-    ids=["bad-batch-size", "bad-port", "config-without-weights"],
+    ids=["bad-batch-size", "bad-port", "config-without-weights", "unknown-model"],
 )
 def test_serve_refuses_bad_settings_before_starting(args, message, capsys):
     assert cli_main(["serve", *args]) == 2

@@ -1,0 +1,114 @@
+"""The model arguments every command shares: ``--model``, ``--config``, ``--weights``,
+``--set KEY VALUE`` and (for ``train`` and ``eval``) trailing Detectron2-style ``KEY VALUE``
+overrides. Defined once here for ``dyhead-serve`` and ``dyhead-export``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from dyhead_serve.model_source import ModelSource, ModelSourceError, resolve_model
+
+__all__ = [
+    "add_model_arguments",
+    "add_override_arguments",
+    "model_source_from_args",
+    "override_flags",
+    "overrides_from_args",
+]
+
+CONFIG_HELP = (
+    "a Detectron2 DyHead YAML file or a shipped config name (dyhead_r50_atss_fpn_1x, "
+    "dyhead_r50_retina_fpn_1x, dyhead_r50_rcnn_fpn_1x, dyhead_swint_atss_fpn_2x_ms); needs --weights"
+)
+WEIGHTS_HELP = (
+    "checkpoint for --config, or a local copy of a zoo model's weights: a .pth (Detectron2's "
+    "{'model': ...} or a bare state dict) or a Detectron2 .pkl, read without executing pickled code"
+)
+
+
+def _model_help(exported: bool, default: bool) -> str:
+    text = "a zoo name (see `dyhead-serve zoo list`)"
+    if exported:
+        text += " or a folder written by `dyhead-export` (model.json + model.onnx/model.plan)"
+    if default:
+        text += "; default: the embedded demo model (six synthetic shapes)"
+    return text
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, *, trailing: bool = False) -> None:
+    """``--set KEY VALUE`` (repeatable) and, with ``trailing``, ``KEY VALUE`` pairs after every
+    option, as Detectron2's tools take them."""
+    parser.add_argument(
+        "--set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override a config key, Detectron2 style (e.g. --set TEST.DETECTIONS_PER_IMAGE 50); repeatable",
+    )
+    if trailing:
+        parser.add_argument(
+            "opts",
+            nargs=argparse.REMAINDER,
+            metavar="KEY VALUE",
+            help="more config overrides after every option, Detectron2 style: e.g. SOLVER.BASE_LR 0.005 "
+            "OUTPUT_DIR out/run1",
+        )
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    exported: bool = True,
+    default: bool = True,
+    required: bool = False,
+    trailing_overrides: bool = False,
+) -> argparse._MutuallyExclusiveGroup:
+    """Add ``--model`` | ``--config``, ``--weights`` and the overrides to ``parser``.
+
+    Args:
+        exported: ``--model`` also takes a folder written by ``dyhead-export``.
+        default: with neither ``--model`` nor ``--config``, the embedded default model.
+        required: one of ``--model``/``--config`` (or what the caller adds to the returned
+            group) must be given.
+        trailing_overrides: also take ``KEY VALUE`` pairs after every option.
+
+    Returns:
+        the mutually exclusive group of the model sources, for a command with one more
+        (``dyhead-export tensorrt --onnx``).
+    """
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--model", default=None, help=_model_help(exported, default))
+    group.add_argument("--config", default=None, help=CONFIG_HELP)
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    add_override_arguments(parser, trailing=trailing_overrides)
+    return group
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """``--set`` pairs then trailing pairs, flattened to ``[KEY, VALUE, KEY, VALUE, ...]``."""
+    flat = [str(item) for pair in getattr(args, "set", []) for item in pair]
+    return flat + [str(item) for item in getattr(args, "opts", None) or []]
+
+
+def override_flags(overrides: Sequence[str]) -> list[str]:
+    """Flattened ``KEY VALUE`` overrides as ``--set KEY VALUE`` flags (for a command line)."""
+    if len(overrides) % 2:
+        raise ModelSourceError(f"config overrides come in KEY VALUE pairs, got {list(overrides)}")
+    return [arg for i in range(0, len(overrides), 2) for arg in ("--set", overrides[i], overrides[i + 1])]
+
+
+def model_source_from_args(
+    args: argparse.Namespace, *, exported: bool = True, default: bool = True
+) -> ModelSource:
+    """Resolve the model arguments added by :func:`add_model_arguments` (see
+    :func:`dyhead_serve.model_source.resolve_model` for the rules and errors)."""
+    return resolve_model(
+        args.model,
+        config=args.config,
+        weights=args.weights,
+        overrides=overrides_from_args(args),
+        exported_ok=exported,
+        default_ok=default,
+    )
