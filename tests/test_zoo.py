@@ -37,8 +37,8 @@ def test_downloads_and_cached_files_are_checked_against_the_prefix(tmp_path: Pat
     assert target.read_bytes() == b"weights"
 
     monkeypatch.setenv("DYHEAD_SERVE_CACHE", str(tmp_path / "zoo"))
-    entry = zoo.ZooModel("m", "atss_r50_fpn_dyhead_1x_coco", "https://example.org/x-00000000.pth", "", "d", 1.0,
-                         sha256_prefix="00000000")  # fmt: skip
+    url = "https://example.org/x-00000000.pth"
+    entry = zoo.ZooModel("m", "atss_r50_fpn_dyhead_1x_coco", url, "", "d", 1.0, sha256_prefix="00000000")
     cached = tmp_path / "zoo" / "weights" / "x-00000000.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"not these weights")
