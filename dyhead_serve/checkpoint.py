@@ -9,7 +9,10 @@ format is read from the first bytes (:func:`checkpoint_format`):
   holds either a bare state dict, Detectron2's ``DetectionCheckpointer`` dict, whose ``model``
   entry is the state dict (its ``optimizer``, ``scheduler``, ``iteration`` and ``trainer``
   entries are ignored), or an mmdetection / mmengine checkpoint, whose ``state_dict`` entry is
-  (``meta`` and the rest are ignored).
+  (``meta`` and the rest are ignored). Files that ``weights_only`` refuses are read once more by
+  our own allowlists (numpy arrays and scalars, as for plain pickles); the training state that
+  mmengine pickles beside the weights (message-hub buffers) becomes inert placeholders, never
+  imported or called.
 - safetensors files (a JSON header and raw bytes; the embedded default model is one): read by
   :mod:`dyhead_serve.safetensors_file`, which checks every field of the header first.
 - plain pickles, such as Detectron2 model-zoo ``.pkl`` files (often written by Python 2 from
@@ -39,6 +42,7 @@ import os
 import pickle
 import pickletools
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -274,12 +278,87 @@ def _torch_load(path: Path) -> Any:
         # ("Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module x is blocked").
         match = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
         if match:
-            raise CheckpointError(f"checkpoint {path}: refusing global {match.group(1)}: {_REFUSAL}") from exc
+            # Training checkpoints (mmengine's) pickle numpy values and the trainer's state beside
+            # the weights: read them again with our own allowlists, training state made inert.
+            return _torch_load_allowlisted(path, refused=match.group(1), cause=exc)
         raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot read ({_reason(exc)})") from exc
     except Exception as exc:  # any other failure to parse the file is a corrupt file
         raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
+
+
+def _torch_load_allowlisted(path: Path, refused: str, cause: Exception) -> Any:
+    """Read a :func:`torch.save` file with :class:`_TorchFileUnpickler` (torch still reads the
+    tensor data); only a zip-format file, as every torch since 1.6 writes."""
+    if checkpoint_format(path) is not CheckpointFormat.TORCH or not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path}: refusing global {refused}: {_REFUSAL}") from cause
+    module = _UnpicklerModule(path)
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # the unpickler and numpy raise many types on malformed data
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
+    if module.inert:
+        logger.info("%s: training state not read (%s)", path, ", ".join(sorted(module.inert)))
+    return contents
+
+
+# Modules of the training frameworks whose objects mmdetection / mmengine checkpoints pickle
+# beside the weights (the message hub's history buffers; the bound methods those keep are rebuilt
+# with getattr). Reading such a file, each of these globals becomes an inert placeholder: nothing
+# of theirs is imported or called, and what they would have built is dropped with the other
+# non-tensor entries.
+_TRAINING_STATE_MODULES = ("mmengine", "mmcv", "mmdet")
+_GETATTR = {("builtins", "getattr"), ("__builtin__", "getattr")}
+
+
+class _Inert:
+    """Stands in for a training framework's object: takes any arguments and state, keeps none."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _UnpicklerModule:
+    """What ``torch.load(pickle_module=...)`` needs: an ``Unpickler`` class (torch gives it the
+    file and sets its ``persistent_load`` for the tensor data)."""
+
+    __name__ = "dyhead_serve_allowlisted_pickle"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.inert: set[str] = set()
+        module = self
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module_name: str, name: str) -> Any:
+                return module.find_class(module_name, name)
+
+        self.Unpickler = Unpickler
+
+    def find_class(self, module_name: str, name: str) -> Any:
+        if (module_name, name) in _TORCH_REBUILD:
+            return _TORCH_REBUILD[(module_name, name)]
+        storage = getattr(torch, name, None) if module_name == "torch" and name.endswith("Storage") else None
+        if isinstance(storage, type):
+            return storage  # a storage type, named inside the tensor data's ids
+        if (module_name, name) in _allowed_globals():
+            return _allowed_globals()[(module_name, name)]
+        if module_name.split(".")[0] in _TRAINING_STATE_MODULES or (module_name, name) in _GETATTR:
+            self.inert.add(f"{module_name}.{name}")
+            return _Inert
+        raise CheckpointError(f"checkpoint {self.path}: refusing global {module_name}.{name}: {_REFUSAL}")
+
+
+_TORCH_REBUILD: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+}
 
 
 def _pickle_load(path: Path) -> Any:
