@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dyhead_serve.config.errors import ConfigError
 from dyhead_serve.config.mmdet.reader import read_mmdet_config
 from dyhead_serve.config.mmdet.translate import mmdet_to_config
 from dyhead_serve.config.node import CfgNode
+from dyhead_serve.config.official import shipped_config_file
 
 __all__ = ["MMDET_CONFIGS", "load_mmdet_config", "mmdet_config_path", "mmdet_to_config", "read_mmdet_config"]
 
@@ -38,14 +38,7 @@ def mmdet_config_path(name: str) -> Path:
     Raises:
         ConfigError: not a shipped name, or its file is missing from the installation.
     """
-    if name not in MMDET_CONFIGS:
-        raise ConfigError(
-            f"no shipped mmdetection config named {name!r}; the shipped ones are {', '.join(MMDET_CONFIGS)}"
-        )
-    path = _SHIPPED_DIR / f"{name}.py"
-    if not path.is_file():
-        raise ConfigError(f"the shipped config file {str(path)!r} is missing: the installation is incomplete")
-    return path
+    return shipped_config_file(name, MMDET_CONFIGS, _SHIPPED_DIR, ".py", "shipped mmdetection")
 
 
 def load_mmdet_config(config: str | os.PathLike[str]) -> CfgNode:
