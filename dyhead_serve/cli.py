@@ -229,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyhead-serve",
         description="DyHead object detectors: predict on images, train, evaluate (COCO AP), list the "
-        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`.",
+        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`. "
+        "Models: the official DynamicHead (Detectron2) configs and checkpoints, and mmdetection's "
+        "DyHead models (its .py configs, read without executing them, and its checkpoints), with "
+        "each implementation's own detections.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

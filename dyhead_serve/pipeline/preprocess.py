@@ -33,8 +33,10 @@ RESIZE_RULES = ("detectron2", "mmdet")
 RESIZE_BACKENDS = ("pillow", "cv2")
 
 
-class MissingExtraError(RuntimeError):
-    """An optional dependency the model needs is not installed; the message names the extra."""
+class MissingExtraError(ValueError):
+    """An optional dependency the model needs is not installed; the message names the extra to
+    install. A ValueError, as the other "this model cannot be loaded" errors, so every command
+    reports it in one line."""
 
 
 def _cv2() -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
@@ -49,6 +50,14 @@ def test_predict_with_a_shipped_config_name_and_a_zoo_name(tmp_path, capsys, che
     assert result["detections"][0]["label"] in COCO_CLASS_NAMES
     (result,) = _predict(capsys, "--model", SIMPLE, "--weights", weights, *SMALL_FLAGS, str(image))
     _check(result, SIMPLE)
+
+
+def test_a_missing_opencv_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch, checkpoints):
+    image = write_photo("astronaut", tmp_path)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now fails
+    assert main(["-q", "predict", "--config", SIMPLE, "--weights", str(checkpoints(SIMPLE)), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "pip install 'dyhead-serve[mmdet]'" in err and "\n" not in err
 
 
 def test_predict_with_a_user_config_and_its_base_files(tmp_path, capsys, checkpoints):
