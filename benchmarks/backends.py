@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import torch
+from environment import describe
 
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export.onnx_export import export_onnx
@@ -64,7 +65,8 @@ def main() -> None:
     height, width = (int(v) for v in args.size.split("x"))
     models = args.model or ["default", "dyhead_r50_atss_fpn_1x"]
     batches = args.batch or [1, 4]
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU, images {height}x{width}")
+    print(describe(torch.get_num_threads()))
+    print(f"CPU, images {height}x{width}")
     columns = ("model", "batch", "backend", "img/s", "p50 ms", "p90 ms", "ratio")
     print("{:28s} {:>5s} {:12s} {:>8s} {:>9s} {:>9s} {:>6s}".format(*columns))
     for name in models:

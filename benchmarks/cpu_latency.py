@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from environment import describe
 
 from dyhead_serve.checkpoint import load_state_dict
 from dyhead_serve.config import OFFICIAL_CONFIGS, load_config
@@ -88,9 +89,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     models = args.model or list(OFFICIAL_CONFIGS)
     image = synthetic_photo(600, 1000)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, image 600x1000 -> 800x1333, fp32 CPU"
-    )
+    print(describe(torch.get_num_threads()))
+    print("image 600x1000 -> 800x1333, fp32 CPU")
     print(f"{'model':32s} {'stage':14s} {'median ms':>10s} {'p90 ms':>10s} {'share':>7s}")
     for name in models:
         torch.manual_seed(0)

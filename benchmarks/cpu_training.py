@@ -22,6 +22,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+from environment import describe
 from torchvision.ops import deform_conv2d
 
 from dyhead_serve.ops import deform_conv, use_dcn_kernel
@@ -116,7 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(describe(args.threads))
     bench_op(args.iters)
     bench_step(args.iters)
 

@@ -5,11 +5,15 @@ channels, and for each level the three deformable convs of a DyConv (the level i
 the finer level, stride 2; the coarser level with the larger offset map read as the official
 kernel reads it). For fp32 and fp16: median and p90 time (CUDA events), TFLOP/s, the ratio
 torchvision / Triton measured in the same run, and the kernel's error against torchvision. Then the
-whole-model latency of the torch path (ATSS R50 + DyHead, random weights) with each kernel.
+whole-model latency of the torch path (ATSS R50 + DyHead, random weights, an 800x1333 image) in
+float32 and under float16 autocast, each with torchvision's kernel and ours
+(``use_dcn_kernel``, the in-process form of ``DYHEAD_DCN_KERNEL=torchvision|triton``), with the
+largest relative difference of the outputs from torchvision's in the same precision.
 
     python benchmarks/dcn_gpu.py
     python benchmarks/dcn_gpu.py --iters 50 --dtypes fp16 --all-tiles
-    python benchmarks/dcn_gpu.py --skip-model
+    python benchmarks/dcn_gpu.py --skip-model          # the per-conv table only
+    python benchmarks/dcn_gpu.py --skip-convs          # the whole-model table only
 
 Exits with status 2 and a message when no CUDA GPU is visible.
 """
@@ -116,25 +120,38 @@ def bench_convs(args: argparse.Namespace) -> None:
 
 
 def bench_model(args: argparse.Namespace) -> None:
+    """Whole-model latency of the torch path, float32 and float16 autocast, each kernel."""
     from dyhead_serve.config import load_config
     from dyhead_serve.modeling.build import build_model
     from dyhead_serve.ops import use_dcn_kernel
 
     model = build_model(load_config("dyhead_r50_atss_fpn_1x", overrides=["MODEL.DEVICE", "cuda"])).eval()
-    print(f"\nwhole model (ATSS R50 + 6 DyHead blocks, random weights), batch {args.batch}, {PADDED_HW}:")
-    print(f"{'dtype':5s} {'kernel':12s} {'median ms':>10s} {'p90 ms':>8s} {'ratio':>7s}")
-    for name in args.dtypes:
-        dtype = DTYPES[name]
-        net = model.to(dtype)
-        images = torch.randn(args.batch, 3, *PADDED_HW, device="cuda", dtype=dtype)
-        sizes = torch.tensor([[800, 1333]] * args.batch, device="cuda")
-        baseline = None
+    images = torch.randn(args.batch, 3, *PADDED_HW, device="cuda")
+    sizes = torch.tensor([[800, 1333]] * args.batch, device="cuda")
+    print(
+        f"\nwhole model (ATSS R50 + 6 DyHead blocks, random weights), batch {args.batch}, an 800x1333 "
+        f"image padded to {PADDED_HW[0]}x{PADDED_HW[1]}:"
+    )
+    header = f"{'precision':13s} {'kernel':12s} {'median ms':>10s} {'p90 ms':>8s} {'ratio':>7s}"
+    print(f"{header} {'out rel diff':>12s}")
+    for precision in args.model_precisions:
+        autocast = precision == "fp16-autocast"
+        baseline: tuple[float, dict[str, torch.Tensor]] | None = None
         for kernel in ("torchvision", "triton"):
-            with use_dcn_kernel(kernel), torch.inference_mode():
-                times = time_cuda(partial(net, images, sizes), args.model_iters, 3)
+            with use_dcn_kernel(kernel), torch.inference_mode(), torch.autocast("cuda", enabled=autocast):
+                outputs = model(images, sizes)
+                times = time_cuda(partial(model, images, sizes), args.model_iters, 3)
             median = statistics.median(times)
-            baseline = baseline or median
-            print(f"{name:5s} {kernel:12s} {median:10.2f} {p90(times):8.2f} {baseline / median:7.2f}")
+            if baseline is None:
+                baseline = (median, outputs)
+            diff = max(
+                float((outputs[k].float() - ref.float()).abs().max() / ref.float().abs().max())
+                for k, ref in baseline[1].items()
+            )
+            print(
+                f"{precision:13s} {kernel:12s} {median:10.2f} {p90(times):8.2f} {baseline[0] / median:7.2f} "
+                f"{diff:12.2e}"
+            )
 
 
 def main() -> int:
@@ -147,7 +164,11 @@ def main() -> int:
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "fp16"])
     parser.add_argument("--all-tiles", action="store_true", help="time every tile, report the fastest")
     parser.add_argument("--model-iters", type=int, default=10)
+    parser.add_argument(
+        "--model-precisions", nargs="+", choices=["fp32", "fp16-autocast"], default=["fp32", "fp16-autocast"]
+    )
     parser.add_argument("--skip-model", action="store_true", help="only the per-conv table")
+    parser.add_argument("--skip-convs", action="store_true", help="only the whole-model table")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(
@@ -157,7 +178,8 @@ def main() -> int:
         return 2
     print(f"GPU: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
     print(f"torch {torch.__version__}; ratios are torchvision time / Triton time, same run\n")
-    bench_convs(args)
+    if not args.skip_convs:
+        bench_convs(args)
     if not args.skip_model:
         bench_model(args)
     return 0

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import io
 import ipaddress
-import os
 import re
 import signal
 import socket
@@ -32,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from environment import describe
 from PIL import Image
 
 MAX_REQUESTS = 5000
@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             for process, _ in servers.values():
                 stop_server(process)
         results.sort(key=lambda r: [m for m, _ in modes].index(r.mode))
-    print(f"cpu cores: {os.cpu_count()}, image: {args.image or 'synthetic 640x480 JPEG'}")
+    print(describe())
+    print(f"image: {args.image or 'synthetic 640x480 JPEG'}")
     print(format_table(results))
     return 0
 

@@ -239,8 +239,8 @@ def mounted_engine(folder: Path, target: BuildTarget, max_batch: int) -> tuple[E
     build from instead.
 
     Raises:
-        EngineCacheError: a foreign engine and no ONNX model, or an engine whose profile takes
-            fewer than ``max_batch`` images.
+        EngineCacheError: a foreign engine and no ONNX model, or an engine of a dynamic-batch graph
+            whose profile takes fewer than ``max_batch`` images.
     """
     if not (folder / "model.plan").is_file():
         return None
@@ -256,7 +256,10 @@ def mounted_engine(folder: Path, target: BuildTarget, max_batch: int) -> tuple[E
         return None
     profile = record.get("profile")
     largest = profile["max"][0] if isinstance(profile, dict) and "max" in profile else None
-    if largest is not None and int(largest) < max_batch:
+    # A graph with a fixed batch (Faster R-CNN: 1) takes no other: the backend runs the server's
+    # batches in chunks of it. A dynamic one built for fewer images than the server batches is a
+    # mistake to point out.
+    if record.get("fixed_batch") is None and largest is not None and int(largest) < max_batch:
         raise EngineCacheError(
             f"{folder}/model.plan takes batches of at most {largest} images, but the server batches up "
             f"to {max_batch}: set DYHEAD_SERVE_MAX_BATCH_SIZE={largest} (or --max-batch-size {largest})"

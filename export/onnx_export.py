@@ -19,7 +19,7 @@ from dyhead_serve.runtime.torch_backend import TorchBackend
 
 from .external_weights import WEIGHTS_FILE, share_weights
 
-__all__ = ["ExportError", "check_onnx", "export_onnx"]
+__all__ = ["ExportError", "check_onnx", "export_onnx", "input_dims"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,25 @@ def _tensor_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
         "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name,
         "shape": dims,
     }
+
+
+def input_dims(model: nn.Module, batch: int | None) -> dict[str, list[int | str]]:
+    """The graph inputs' dimensions as the export writes them: an int where fixed, a name where
+    dynamic. A model whose forward loops over images in Python (``traces_dynamic_batch = False``,
+    Faster R-CNN) gets a fixed batch of 1 when none is asked: a trace records one image, so a
+    dynamic batch would silently mishandle the others (runtimes split batches instead).
+
+    Args:
+        model: the detector.
+        batch: a fixed batch size, or None for a dynamic one where the model allows it.
+
+    Returns:
+        ``{"images": [N, 3, "height", "width"], "image_sizes": [N, 2]}``, N an int or ``"batch"``.
+    """
+    if batch is None and not getattr(model, "traces_dynamic_batch", True):
+        batch = 1
+    n: int | str = batch if batch is not None else "batch"
+    return {"images": [n, 3, "height", "width"], "image_sizes": [n, 2]}
 
 
 def export_onnx(
@@ -98,20 +117,18 @@ def export_onnx(
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     model: nn.Module = backend.model.eval()
-    if batch is None and not getattr(model, "traces_dynamic_batch", True):
-        # Its forward loops over images in Python: a trace records one image, so the graph
-        # would silently mishandle other batch sizes. Fix the batch at 1 (runtimes split batches).
+    dims = input_dims(model, batch)
+    if batch is None and isinstance(dims["images"][0], int):
         logger.warning("%s traces with a fixed batch: exporting with batch 1", type(model).__name__)
-        batch = 1
-    images, image_sizes = _dummy_inputs(batch or 1, backend.input_spec.size_divisibility)
+    fixed_batch = dims["images"][0] if isinstance(dims["images"][0], int) else None
+    images, image_sizes = _dummy_inputs(fixed_batch or 1, backend.input_spec.size_divisibility)
     images, image_sizes = images.to(backend.device), image_sizes.to(backend.device)
     with torch.no_grad():
         output_names = list(model(images, image_sizes).keys())
-    batch_axis = {} if batch is not None else {0: "batch"}
-    dynamic_axes: dict[str, dict[int, str]] = {
-        "images": {**batch_axis, 2: "height", 3: "width"},
-        "image_sizes": dict(batch_axis),
+    dynamic_axes = {
+        name: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for name, shape in dims.items()
     }
+    batch_axis = {} if fixed_batch is not None else {0: "batch"}
     for name in output_names:
         dynamic_axes[name] = {**batch_axis, 1: f"{name}_dim1"}
     step("tracing and writing model.onnx")
@@ -146,7 +163,7 @@ def export_onnx(
         "opset": opset,
         "dcn": dcn,
         "precision": "fp32",
-        "batch": batch if batch is not None else "dynamic",
+        "batch": fixed_batch if fixed_batch is not None else "dynamic",
         **record_weights,
         **(provenance or {}),
     }

@@ -22,7 +22,8 @@ import onnx
 
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
-from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
+from dyhead_serve.runtime.base import BackendError
+from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY, init_standard_plugins
 
 __all__ = [
     "PROFILES",
@@ -30,7 +31,9 @@ __all__ = [
     "EngineBuildError",
     "ShapeProfile",
     "build_engine",
+    "fit_profile",
     "graph_dcn_flavour",
+    "graph_input_dims",
     "parse_shape",
     "set_plugin_impl",
 ]
@@ -89,6 +92,48 @@ def parse_shape(text: str) -> Shape:
         raise ValueError(f"a shape is NxCxHxW, e.g. 1x3x896x1408; got {text!r}")
     n, c, h, w = (int(p) for p in parts)
     return n, c, h, w
+
+
+def graph_input_dims(model: onnx.ModelProto, name: str = "images") -> list[int | str]:
+    """The dimensions of a graph input: an int where the graph fixes it, its name where dynamic."""
+    for value in model.graph.input:
+        if value.name == name:
+            return [
+                d.dim_value if d.dim_value > 0 else (d.dim_param or "?")
+                for d in value.type.tensor_type.shape.dim
+            ]
+    raise EngineBuildError(f"the ONNX model has no input {name!r}")
+
+
+def fit_profile(profile: ShapeProfile, images_dims: list[int | str]) -> tuple[ShapeProfile, list[str]]:
+    """The profile an engine of a graph can have: on each axis the graph fixes, its size replaces
+    the asked range (a Faster R-CNN export has a batch of 1 whatever profile was asked).
+
+    Args:
+        profile: the asked profile.
+        images_dims: the graph's ``images`` input, e.g. ``[1, 3, "height", "width"]``.
+
+    Returns:
+        The fitted profile and one sentence per axis it changed, to tell the user.
+    """
+    if len(images_dims) != 4 or (isinstance(images_dims[1], int) and images_dims[1] != 3):
+        raise EngineBuildError(f"the ONNX model's images input is {images_dims}, not [N, 3, H, W]")
+    bounds = [list(profile.min), list(profile.opt), list(profile.max)]
+    notes = []
+    for axis, what in ((0, "batch"), (2, "height"), (3, "width")):
+        fixed = images_dims[axis]
+        if not isinstance(fixed, int) or all(b[axis] == fixed for b in bounds):
+            continue
+        asked = f"{profile.min[axis]}..{profile.max[axis]}"
+        for b in bounds:
+            b[axis] = fixed
+        chunks = "; a larger batch runs in chunks of it" if axis == 0 else ""
+        notes.append(
+            f"model.onnx fixes the {what} at {fixed}: the engine's profile takes {what} {fixed} "
+            f"(the profile asked {asked}){chunks}"
+        )
+    low, opt, high = ((b[0], b[1], b[2], b[3]) for b in bounds)
+    return ShapeProfile(low, opt, high), notes
 
 
 @dataclass(frozen=True)
@@ -166,6 +211,12 @@ def _network_flags(trt: Any, options: BuildOptions, dcn: str | None) -> tuple[in
 
 
 def _parse(trt: Any, network: Any, model: onnx.ModelProto, onnx_path: Path, log: Any) -> None:
+    """Parse the graph into ``network``, TensorRT's standard plugins registered first: the parser
+    builds ONNX ``DeformConv`` from their ``ModulatedDeformConv2d`` creator."""
+    try:
+        init_standard_plugins(trt, log)
+    except BackendError as exc:
+        raise EngineBuildError(str(exc)) from exc
     parser = trt.OnnxParser(network, log)
     if not parser.parse(model.SerializeToString(), str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
@@ -186,9 +237,16 @@ def _add_profile(trt: Any, builder: Any, network: Any, config: Any, profile: Sha
 
 
 def _load_timing_cache(config: Any, path: Path | None) -> Any:
+    """The timing cache at ``path`` (a new one when there is none), set on ``config``."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    # A cache written by another TensorRT version or GPU is refused (ignore_mismatch=False): its
+    # timings would pick tactics for the wrong device.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineBuildError(
+            f"TensorRT refused the timing cache {path} (written by another TensorRT version or GPU, "
+            "or damaged): delete it, or name another file with --timing-cache"
+        )
     return cache
 
 
@@ -199,6 +257,10 @@ def build_engine(
     on_step: Callable[[str], None] | None = None,
 ) -> Path:
     """Build ``out_dir/model.plan`` from ``onnx_dir/model.onnx`` and write ``out_dir/model.json``.
+
+    The optimisation profile is ``options.profile`` fitted to the graph (:func:`fit_profile`): an
+    axis the graph fixes keeps its size, and ``on_step`` is told so. model.json records the
+    profile built.
 
     Returns the path of model.plan.
     """
@@ -211,9 +273,14 @@ def build_engine(
     options.profile.check(artifact.input_spec.size_divisibility)
     if options.plugin_impl not in ("aot", "jit"):
         raise EngineBuildError(f"plugin implementation must be aot or jit, got {options.plugin_impl!r}")
+    model = onnx.load(str(onnx_path))
+    images_dims = graph_input_dims(model)
+    profile, notes = fit_profile(options.profile, images_dims)
+    for note in notes:
+        logger.warning("%s", note)
+        step(note)
     trt = _import_tensorrt()
     identity = gpu_identity()
-    model = onnx.load(str(onnx_path))
     dcn = graph_dcn_flavour(model)
     if dcn == "plugin":
         from dyhead_serve.plugins import trt_plugin  # noqa: F401  (registers dyhead::ModulatedDeformConv2d)
@@ -238,7 +305,7 @@ def build_engine(
     elif hasattr(trt.BuilderFlag, "TF32"):
         # float32 engines are verified against PyTorch at float32 tolerances; TF32 would miss them.
         config.clear_flag(trt.BuilderFlag.TF32)
-    _add_profile(trt, builder, network, config, options.profile)
+    _add_profile(trt, builder, network, config, profile)
     cache = _load_timing_cache(config, options.timing_cache)
     step("building the engine (minutes: TensorRT times its kernels)")
     serialized = builder.build_serialized_network(network, config)
@@ -257,7 +324,9 @@ def build_engine(
             "tensorrt": trt.__version__,
             **identity,
             "precision": "fp16" if options.fp16 else "fp32",
-            "profile": options.profile.to_dict(),
+            "profile": profile.to_dict(),
+            # the graph's own batch (a Faster R-CNN export's is 1); None: dynamic
+            "fixed_batch": images_dims[0] if isinstance(images_dims[0], int) else None,
             "dcn": dcn or "none",
             "plugin_impl": options.plugin_impl if dcn == "plugin" else None,
             "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),

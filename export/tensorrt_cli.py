@@ -69,10 +69,11 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
     p.add_argument(
         "--dcn",
-        choices=["plugin", "builtin"],
+        choices=["plugin", "onnx"],
         default=None,
-        help="deformable convs as our plugin (AOT Triton kernel; default) or TensorRT's builtin "
-        "DeformConv; with --onnx the graph decides and this must agree",
+        help="deformable convs as our plugin's nodes (AOT Triton kernel; the default here) or as ONNX "
+        "DeformConv nodes (TensorRT builds them with its standard ModulatedDeformConv2d plugin); the "
+        "names of `dyhead-export onnx --dcn`. With --onnx the graph decides and this must agree",
     )
     p.add_argument("--plugin-impl", choices=["aot", "jit"], default="aot", help="plugin implementation")
     p.add_argument("--timing-cache", type=Path, default=None, help="default: OUT/timing.cache")
@@ -119,18 +120,16 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
 
             onnx_dir = args.onnx
             flavour = graph_dcn_flavour(onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False))
-            wanted = {"plugin": "plugin", "builtin": "onnx", None: flavour}[args.dcn]
-            if flavour is not None and wanted != flavour:
+            if flavour is not None and args.dcn not in (None, flavour):
                 found = "plugin" if flavour == "plugin" else "DeformConv"
-                flag = "plugin" if args.dcn == "plugin" else "onnx"
                 raise ExportCliError(
                     f"{onnx_dir}/model.onnx has {found} nodes but --dcn {args.dcn} was asked; "
-                    f"re-export with `dyhead-export onnx --dcn {flag}`"
+                    f"re-export with `dyhead-export onnx --dcn {args.dcn}`"
                 )
         else:
             reference = _export_first(args, step)
             onnx_dir = args.out
-            flavour = "plugin" if args.dcn in (None, "plugin") else "onnx"
+            flavour = args.dcn or "plugin"
         options = BuildOptions(
             profile=profile_from_args(args),
             fp16=args.fp16,
@@ -173,8 +172,7 @@ def _export_first(args: argparse.Namespace, step: Any) -> Any:
     source = model_source_from_args(args, exported=False, default=False)
     step("loading weights")
     backend = load_torch_backend_from(source, device="cpu")
-    dcn = "plugin" if args.dcn in (None, "plugin") else "onnx"
-    export_onnx(backend, args.out, dcn=dcn, provenance=source.provenance(), on_step=step)
+    export_onnx(backend, args.out, dcn=args.dcn or "plugin", provenance=source.provenance(), on_step=step)
     return backend
 
 

@@ -1,8 +1,11 @@
 """Ahead-of-time compilation of the kernel to PTX, as TensorRT's AOT plugin embeds it.
 
 Triton compiles for a given :class:`GPUTarget` without a GPU, so this runs on any machine with
-Triton installed. The result is checked for what an AOT plugin cannot provide: Triton scratch
-memory (TensorRT passes no scratch buffer) and more than 48 KiB of shared memory per block.
+Triton >= 3.3.1 installed (3.3 is the first whose ``ASTSource`` takes ``constexprs``, 3.3.1 the
+first that compiles ``tl.dot`` for sm_120). The result is checked
+for what an AOT plugin cannot provide: Triton scratch memory (TensorRT passes no scratch buffer)
+and more than 48 KiB of shared memory per block. Each specialisation gets an entry name of its
+own (:func:`kernel_name`): one engine holds many plugin layers with different dtypes and tiles.
 """
 
 from __future__ import annotations
@@ -16,19 +19,31 @@ from .mdcn_kernel import POINTER_INPUTS, SCALAR_ARGS, TileConfig, compiled_kerne
 __all__ = [
     "DTYPES",
     "MAX_SHARED_BYTES",
-    "PTX_VERSION",
+    "PTX_ISA",
     "CompiledPTX",
     "PTXError",
     "compile_ptx",
+    "current_arch",
     "entry_params",
+    "kernel_name",
     "kernel_signature",
+    "ptx_isa",
 ]
 
 DTYPES = ("fp32", "fp16", "bf16")  # Triton's names
 MAX_SHARED_BYTES = 48 * 1024
-# PTX ISA 8.0 (CUDA 12.0, the first with sm_90a): the driver JIT-compiles the embedded PTX, so an
-# older ISA than Triton's default (its bundled ptxas's newest) runs on every CUDA 12+ driver.
-PTX_VERSION = 80
+# PTX ISA version (80: 8.0) per compute capability: the lowest that Triton's target for it accepts,
+# so that the oldest drivers able to run the GPU still JIT-compile the embedded PTX. From sm_90 on
+# Triton targets the architecture-specific ``sm_XXa``, which LLVM and ptxas refuse below the ISA
+# that introduced it (8.0 for sm_90a, 8.6 for sm_100a, 8.7 for sm_120a, 8.8 for sm_103a/sm_121a,
+# 9.0 for sm_110a); asking less aborts the whole process inside LLVM. Never below 7.8 (CUDA 11.8,
+# the oldest CUDA any TensorRT 10 supports): newer Triton (3.8) emits ``::cta``-scoped
+# instructions that need it even on sm_75..sm_89. An architecture missing here is refused before
+# LLVM runs.
+PTX_ISA = {
+    75: 78, 80: 78, 86: 78, 87: 78, 89: 78,
+    90: 80, 100: 86, 103: 88, 110: 90, 120: 87, 121: 88,
+}  # fmt: skip
 _ENTRY = re.compile(r"\.entry\s+(\w+)\s*\((.*?)\)", re.DOTALL)
 
 
@@ -40,11 +55,12 @@ class PTXError(RuntimeError):
 class CompiledPTX:
     """A compiled kernel: what TensorRT's ``aot_impl`` returns, plus its launch needs."""
 
-    name: str
+    name: str  # the PTX entry, :func:`kernel_name`
     ptx: str
     shared_bytes: int
     num_warps: int
     arch: int
+    ptx_version: int  # 80: ISA 8.0
 
     @property
     def threads_per_block(self) -> int:
@@ -77,32 +93,73 @@ def kernel_signature(
     return signature, constexprs
 
 
+def ptx_isa(arch: int) -> int:
+    """The PTX ISA version (int, 80: 8.0) the kernel is compiled with for compute capability
+    ``arch`` (80, 86, 89, 90, 100, 120, ...); see :data:`PTX_ISA`."""
+    if arch not in PTX_ISA:
+        known = ", ".join(f"sm_{a}" for a in sorted(PTX_ISA))
+        raise PTXError(
+            f"no PTX ISA version is known for sm_{arch}: the plugin's kernel compiles for {known} "
+            "(add the ISA that introduced the architecture to PTX_ISA in plugins/mdcn_ptx.py)"
+        )
+    return PTX_ISA[arch]
+
+
+def kernel_name(dtype: str, tile: TileConfig, kernel_size: tuple[int, int], has_bias: bool) -> str:
+    """The PTX entry name of one specialisation, e.g. ``dyhead_mdcn_fp16_m128n64k32w4s1_k3x3_bias``.
+
+    Every specialisation that can meet another in one engine (dtype, tile, kernel size, bias) has
+    its own name, so no two plugin layers declare different kernels under one symbol.
+    """
+    kh, kw = kernel_size
+    return f"dyhead_mdcn_{dtype}_{tile.name}_k{kh}x{kw}_{'bias' if has_bias else 'nobias'}"
+
+
+def current_arch() -> int:
+    """The compute capability of the current CUDA device as an int (9.0 -> 90).
+
+    Read through torch's CUDA runtime, so compiling for it needs neither Triton's driver query
+    nor its ``cuda_utils`` extension (which Triton would build inside TensorRT's builder).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PTXError("no CUDA device is visible: name the compute capability to compile for (arch=...)")
+    major, minor = torch.cuda.get_device_capability(torch.cuda.current_device())
+    return 10 * major + minor
+
+
 def compile_ptx(
     dtype: str,
     tile: TileConfig,
     *,
+    arch: int,
     kernel_size: tuple[int, int] = (3, 3),
     has_bias: bool = True,
-    arch: int | None = None,
-    ptx_version: int = PTX_VERSION,
 ) -> CompiledPTX:
-    """Compile the kernel to PTX.
+    """Compile the kernel to PTX for one GPU architecture.
 
     Args:
         dtype: ``fp32``, ``fp16`` or ``bf16`` (bf16 needs sm_80 or newer).
         tile: the GEMM tiling.
+        arch: compute capability as an int (80, 86, 89, 90, 100, 120, ...; a key of
+            :data:`PTX_ISA`). Required: without it Triton would query the driver.
         kernel_size: (kh, kw).
         has_bias: whether the bias pointer is read.
-        arch: compute capability as an int (80, 86, 89, 90, ...); default: the current GPU's.
-        ptx_version: PTX ISA version as an int (80: 8.0).
+
+    Returns:
+        The PTX, with the entry renamed to :func:`kernel_name` and Triton's scratch parameters
+        removed, at ISA :func:`ptx_isa` ``(arch)``.
     """
     import triton  # type: ignore[import-not-found,unused-ignore]
     from triton.backends.compiler import GPUTarget  # type: ignore[import-not-found,unused-ignore]
 
+    if dtype not in DTYPES:
+        raise PTXError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    ptx_version = ptx_isa(arch)  # before LLVM: an unsupported target must not abort the process
     precision = "ieee" if dtype == "fp32" else "tf32"
     signature, constexprs = kernel_signature(dtype, tile, kernel_size, has_bias, precision)
     source = triton.compiler.ASTSource(fn=compiled_kernel(), signature=signature, constexprs=constexprs)
-    target = GPUTarget("cuda", arch, 32) if arch is not None else None
     options = {
         "num_warps": tile.num_warps,
         "num_stages": tile.num_stages,
@@ -110,22 +167,25 @@ def compile_ptx(
         "enable_fp_fusion": True,
     }
     try:
-        compiled = triton.compile(source, target=target, options=options)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as exc:  # Triton raises many types; report them as one
-        where = f"sm_{arch}" if arch is not None else "the current GPU"
-        raise PTXError(f"Triton cannot compile the kernel ({dtype}, {tile.name}) for {where}: {exc}") from exc
+        what = f"({dtype}, {tile.name}) for sm_{arch}"
+        raise PTXError(f"Triton cannot compile the kernel {what}: {exc}") from exc
     meta = compiled.metadata
     scratch = sum(int(getattr(meta, key, 0) or 0) for key in ("global_scratch_size", "profile_scratch_size"))
     if scratch:
         raise PTXError(f"the kernel ({dtype}, {tile.name}) needs {scratch} bytes of Triton scratch memory")
     if meta.shared > MAX_SHARED_BYTES:
         raise PTXError(f"the kernel ({dtype}, {tile.name}) needs {meta.shared} bytes of shared memory")
+    name = kernel_name(dtype, tile, kernel_size, has_bias)
+    ptx = _drop_scratch_params(compiled.asm["ptx"], len(signature) - len(constexprs))
     return CompiledPTX(
-        name=meta.name,
-        ptx=_drop_scratch_params(compiled.asm["ptx"], len(signature) - len(constexprs)),
+        name=name,
+        ptx=_rename_entry(ptx, str(meta.name), name),
         shared_bytes=int(meta.shared),
         num_warps=int(meta.num_warps),
         arch=int(meta.target.arch),
+        ptx_version=ptx_version,
     )
 
 
@@ -160,3 +220,12 @@ def _drop_scratch_params(ptx: str, num_args: int) -> str:
         raise PTXError(f"unexpected trailing kernel parameters: {extra}")
     kept = ",\n\t".join(params[:num_args])
     return ptx[: match.start(2)] + "\n\t" + kept + "\n" + ptx[match.end(2) :]
+
+
+def _rename_entry(ptx: str, old: str, new: str) -> str:
+    """Rename the kernel entry ``old`` (and its ``old_param_N`` parameters) to ``new``."""
+    renamed = re.sub(rf"(?<![\w$]){re.escape(old)}(?=_param_\d|[^\w$]|$)", new, ptx)
+    entry = _ENTRY.search(renamed)
+    if entry is None or entry.group(1) != new or re.search(rf"(?<![\w$]){re.escape(old)}\b", renamed):
+        raise PTXError(f"the PTX entry {old!r} could not be renamed to {new!r}")
+    return renamed

@@ -8,8 +8,9 @@ Importing this module registers the plugin with TensorRT's plugin registry (Tens
 - ``@trtp.autotune``: float32 or float16 for every input and the output together, linear layout,
   one custom tactic per tile configuration of :data:`plugins.mdcn_kernel.TILES`; TensorRT times
   them and keeps the fastest.
-- ``@trtp.aot_impl`` (the default): the Triton kernel compiled to PTX for the building GPU, its
-  int32 scalar arguments given as ``SymInt32`` expressions of the tensor shapes. The PTX is
+- ``@trtp.aot_impl`` (the default): the Triton kernel compiled to PTX for the building GPU (at the
+  PTX ISA of its architecture, under an entry name of its own per dtype, tile, kernel size and
+  bias), its int32 scalar arguments given as ``SymInt32`` expressions of the tensor shapes. The PTX is
   embedded in the engine, which then runs without Python and without a plugin library.
 - ``@trtp.impl``: the same kernel launched from Python (JIT), for debugging; an engine built with
   it needs this module imported wherever it runs.
@@ -158,8 +159,12 @@ def _mdcn_aot_impl(
     outputs: tuple[trtp.TensorDesc],
     tactic: int,
 ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-    """Compile the kernel for this dtype and tactic to PTX for the building GPU."""
-    from .mdcn_ptx import compile_ptx
+    """Compile the kernel for this dtype and tactic to PTX for the building GPU.
+
+    The GPU's compute capability is named explicitly: left to itself, Triton would query the
+    driver and build its ``cuda_utils`` extension inside the builder callback.
+    """
+    from .mdcn_ptx import compile_ptx, current_arch
 
     if input.dtype not in _TRITON_DTYPES:
         raise ValueError(f"{PLUGIN_ID}: unsupported dtype {input.dtype}")
@@ -169,7 +174,9 @@ def _mdcn_aot_impl(
         _constant(weight.shape_expr[3], "kernel width"),
     )
     out_channels = _constant(weight.shape_expr[0], "number of output channels")
-    compiled = compile_ptx(_TRITON_DTYPES[input.dtype], tile, kernel_size=kernel_size, has_bias=True)
+    compiled = compile_ptx(
+        _TRITON_DTYPES[input.dtype], tile, arch=current_arch(), kernel_size=kernel_size, has_bias=True
+    )
     out = outputs[0].shape_expr
     launch = trtp.KernelLaunchParams()
     launch.grid_x = trtp.cdiv(out[0] * out[2] * out[3], tile.block_m)

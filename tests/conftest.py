@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -10,6 +13,23 @@ import torch
 from PIL import Image
 
 DATA = Path(__file__).parent / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (a script folder, not a package) as ``benchmark_<name>``,
+    with ``benchmarks/`` on the path while it imports, as ``python benchmarks/<name>.py`` has it
+    (the scripts import their sibling ``environment``)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
 
 
 def reference_keys(config_name: str) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
@@ -88,3 +108,22 @@ def tiny_checkpoint(path: Path, seed: int = 0, meta: str = "dyhead_r50_atss_fpn_
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pth")
+
+
+def one_class_dense_decoder() -> dict:
+    """A valid ``decoder`` entry of model.json for a one-class ATSS model (tests that write
+    model.json files by hand)."""
+    spec = {
+        "kind": "atss",
+        "strides": [8, 16, 32, 64, 128],
+        "anchor_sizes": [[64.0], [128.0], [256.0], [512.0], [1024.0]],
+        "anchor_aspect_ratios": [[1.0]],
+        "anchor_offset": 0.0,
+        "box_weights": [10.0, 10.0, 5.0, 5.0],
+        "score_threshold": 0.05,
+        "topk_candidates": 1000,
+        "nms_threshold": 0.6,
+        "max_detections": 100,
+        "num_classes": 1,
+    }
+    return {"type": "dense", "spec": spec}

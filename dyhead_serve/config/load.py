@@ -34,6 +34,8 @@ def resolve_config_path(config: str | os.PathLike[str]) -> Path:
     path = Path(config).expanduser()
     if path.is_file():
         return path
+    if path.exists():
+        raise ConfigError(f"config {os.fspath(config)!r} is not a regular file")
     close = difflib.get_close_matches(path.stem, SHIPPED_CONFIGS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(

@@ -8,6 +8,11 @@ keys, and to note on which line each key stands, so that errors can name the key
 
 ``_BASE_`` works as in Detectron2 (fvcore): a file names one base file or a list of them,
 relative to its own directory; bases are merged first and the file's own values win.
+
+Every file, bases included, is read and checked with the limits of
+:mod:`dyhead_serve.config.file_limits` (a regular UTF-8 file of at most 1 MiB without NUL; bases
+are ``.yaml``/``.yml`` files; no recursive alias; at most 100 000 values once aliases are
+expanded, nested at most 32 deep), so that no file can hang or crash the reader.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import yaml
 
 from dyhead_serve.config.errors import ConfigError
+from dyhead_serve.config.file_limits import check_tree, read_config_text, resolve_base_path
 from dyhead_serve.config.safe_eval import ExpressionError, safe_eval
 
 __all__ = ["BASE_KEY", "EVAL_TAG", "RawConfig", "load_yaml_with_base", "read_yaml_file"]
@@ -29,6 +35,7 @@ BASE_KEY = "_BASE_"
 EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -130,6 +137,14 @@ def _check_nodes(loader: _ConfigLoader, root: yaml.Node) -> None:
             stack.extend((item, f"{path}[{index}]") for index, item in enumerate(node.value))
 
 
+def _child_nodes(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _mapping_children(
     loader: _ConfigLoader, node: yaml.MappingNode, path: str
 ) -> Iterator[tuple[yaml.Node, str]]:
@@ -159,15 +174,14 @@ def read_yaml_file(path: str | os.PathLike[str]) -> RawConfig:
             than the standard ones and ``!!python/object/apply:eval`` with a safe expression.
     """
     source = os.fspath(path)
+    text = read_config_text(source)
+    loader: _ConfigLoader | None = None
     try:
-        text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {source!r}: {exc}") from None
-    loader = _ConfigLoader(text, source)
-    try:
+        loader = _ConfigLoader(text, source)
         root = loader.get_single_node()
         if root is None:  # an empty file
             return RawConfig({}, source)
+        check_tree(root, _child_nodes, source=source)
         _check_nodes(loader, root)
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
@@ -175,7 +189,8 @@ def read_yaml_file(path: str | os.PathLike[str]) -> RawConfig:
     except RecursionError:
         raise ConfigError(f"config file {source!r} is nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {source!r} must hold a mapping of config keys, got {type(data).__name__}"
@@ -197,24 +212,15 @@ def _merge_raw(update: dict[str, Any], base: dict[str, Any], source: str) -> Non
             base[key] = value
 
 
-def _base_paths(raw: RawConfig) -> list[Path]:
+def _base_paths(raw: RawConfig, chain_length: int) -> list[Path]:
     bases = raw.data.pop(BASE_KEY)
-    names = [bases] if isinstance(bases, str) else bases
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ConfigError(
-            f"{BASE_KEY} in {raw.source!r} must be a file name or a list of file names, got {bases!r}"
-        )
-    paths = []
-    for name in names:
-        if "://" in name:
-            raise ConfigError(
-                f"{BASE_KEY} {name!r} in {raw.source!r}: remote base configs are not supported; "
-                "download the file and name its path"
-            )
-        path = Path(name).expanduser()
-        # Relative to the including file, as in Detectron2.
-        paths.append(path if path.is_absolute() else Path(raw.source).parent / path)
-    return paths
+    names = bases if isinstance(bases, list) else [bases]
+    if not names:
+        raise ConfigError(f"{BASE_KEY} in {raw.source!r} must be a file name or a list of file names, got []")
+    return [
+        resolve_base_path(name, raw.source, key=BASE_KEY, suffixes=_SUFFIXES, chain_length=chain_length)
+        for name in names
+    ]
 
 
 def _one_line(exc: yaml.YAMLError) -> str:
@@ -248,9 +254,7 @@ def load_yaml_with_base(path: str | os.PathLike[str], _chain: tuple[Path, ...] =
     if BASE_KEY not in raw.data:
         return raw
     merged = RawConfig({}, raw.source)
-    for base_path in _base_paths(raw):
-        if not base_path.is_file():
-            raise ConfigError(f"{BASE_KEY} file {str(base_path)!r} of {raw.source!r} does not exist")
+    for base_path in _base_paths(raw, len(_chain)):
         base = load_yaml_with_base(base_path, (*_chain, resolved))
         _merge_raw(base.data, merged.data, base.source)
         merged.lines.update(base.lines)

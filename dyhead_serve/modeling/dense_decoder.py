@@ -19,8 +19,9 @@ from dyhead_serve.modeling.anchors import AnchorGenerator
 from dyhead_serve.modeling.box_coding import BoxCoder, decode_delta_xywh
 from dyhead_serve.modeling.class_offset_nms import batched_nms_class_offset
 
-__all__ = ["DECODER_RULES", "DenseDecoder", "DenseDecoderSpec", "RawDetections"]
+__all__ = ["DECODER_RULES", "DENSE_DECODER_KINDS", "DenseDecoder", "DenseDecoderSpec", "RawDetections"]
 
+DENSE_DECODER_KINDS = ("atss", "retinanet")
 DECODER_RULES = ("detectron2", "mmdet")
 
 
@@ -72,7 +73,7 @@ class DenseDecoderSpec:
     min_box_size: float = -1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("atss", "retinanet"):
+        if self.kind not in DENSE_DECODER_KINDS:
             raise ValueError(f"unknown dense decoder kind {self.kind!r}")
         if self.rules not in DECODER_RULES:
             raise ValueError(f"unknown dense decoder rules {self.rules!r}; expected one of {DECODER_RULES}")

@@ -42,6 +42,7 @@ __all__ = [
     "check_finite_offsets",
     "conv_output_size",
     "deform_conv2d_by_sampling",
+    "kernel_dtype",
     "modulated_deform_conv2d",
     "read_leading_offset_map",
 ]
@@ -148,6 +149,17 @@ def deform_conv2d_by_sampling(
     return out if bias is None else out + bias.view(1, cout, 1, 1)
 
 
+def kernel_dtype(input: Tensor) -> torch.dtype:
+    """The dtype the Triton kernel runs a deformable conv on ``input`` in: autocast's when autocast
+    is on for the input's device (float16 activations, float32 weights and offsets all cast to it,
+    as autocast casts a convolution's operands), else the input's own.
+    """
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return input.dtype
+
+
 def modulated_deform_conv2d(
     input: Tensor,
     offset: Tensor,
@@ -172,7 +184,8 @@ def modulated_deform_conv2d(
         Tensor[N, Cout, Ho, Wo].
 
     On CUDA, with the Triton kernel selected (:mod:`dyhead_serve.ops.dcn_kernel`), the kernel of
-    :mod:`dyhead_serve.plugins` runs instead of torchvision; it reads larger maps the same way by itself.
+    :mod:`dyhead_serve.plugins` runs instead of torchvision, in :func:`kernel_dtype`; it reads larger
+    maps the same way by itself.
     On the CPU with autograd recording, :func:`deform_conv2d_by_sampling` runs (see module doc).
     """
     stride_hw, padding_hw, dilation_hw = _pair(stride), _pair(padding), _pair(dilation)
@@ -180,12 +193,13 @@ def modulated_deform_conv2d(
         from dyhead_serve import plugins
 
         groups = input.shape[1] // weight.shape[1]
+        dtype = kernel_dtype(input)
         result: Tensor = plugins.modulated_deform_conv(
-            input,
-            offset,
-            mask,
-            weight,
-            bias,
+            input.to(dtype),
+            offset.to(dtype),
+            mask.to(dtype),
+            weight.to(dtype),
+            bias.to(dtype) if bias is not None else None,
             stride_hw,
             padding_hw,
             dilation_hw,

@@ -1,16 +1,30 @@
-"""Decoding images the way Detectron2's ``read_image`` does (PIL, EXIF orientation applied)."""
+"""Decoding images the way Detectron2's ``read_image`` does (PIL, EXIF orientation applied).
+
+Images with more than 8 bits per sample (16-bit grayscale PNG, TIFF and PGM, which Pillow opens in
+its 32-bit integer modes) are scaled from 0-65535 to 0-255; converting them directly would clip
+every value above 255 to white. Floating-point images have no defined scale and are refused.
+"""
 
 from __future__ import annotations
 
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "ImageTooLargeError", "decode_image", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "decode_image",
+    "image_size",
+    "read_image",
+]
 
 # Enough for a 100-megapixel photograph; anything larger is refused before it is decoded.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -44,12 +58,33 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 array of shape [H, W, 3].
+# Pillow's modes of one integer sample wider than 8 bits.
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-    Raises:
-        ImageDecodeError: empty, truncated or unrecognised data, or more than ``max_pixels`` pixels.
-    """
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB, scaling wide integer samples (0-65535) to 0-255 instead of clipping them."""
+    if image.mode in _WIDE_INTEGER_MODES:
+        samples = np.asarray(image).astype(np.int64)  # [H, W]
+        if samples.size and (samples.min() < 0 or samples.max() > 65535):
+            raise ImageDecodeError(
+                f"{name}: {image.mode} pixel values outside 0-65535; save the image with 8 or 16 bits "
+                "per sample"
+            )
+        gray = ((samples * 255 + 32767) // 65535).astype(np.uint8)  # rounded to the nearest level
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode == "F":
+        raise ImageDecodeError(
+            f"{name}: floating-point pixels (mode F) have no defined 8-bit scale; save the image with 8 or "
+            "16 bits per sample"
+        )
+    return image.convert("RGB")
+
+
+@contextmanager
+def _opened(data: bytes, max_pixels: int, name: str) -> Iterator[Image.Image]:
+    """The image Pillow opens from ``data`` (header read, pixels not yet decoded), with every
+    failure inside the block turned into an :class:`ImageDecodeError`."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     try:
@@ -61,9 +96,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
                     raise ImageTooLargeError(
                         f"{name}: {width}x{height} image has more than {max_pixels} pixels"
                     )
-                image.load()
-                rgb = _apply_exif_orientation(image).convert("RGB")
-                return np.asarray(rgb, dtype=np.uint8).copy()
+                yield image
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -72,6 +105,29 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
         raise ImageDecodeError(f"{name}: not a decodable image ({exc})") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+
+
+def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> tuple[int, int]:
+    """(width, height) of encoded image bytes, from the header alone (nothing is decoded).
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`, for what the header already shows.
+    """
+    with _opened(data, max_pixels, name) as image:
+        width, height = image.size
+        return width, height
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array of shape [H, W, 3].
+
+    Raises:
+        ImageDecodeError: empty, truncated or unrecognised data, or more than ``max_pixels`` pixels.
+    """
+    with _opened(data, max_pixels, name) as image:
+        image.load()
+        rgb = _to_rgb(_apply_exif_orientation(image), name)
+        return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

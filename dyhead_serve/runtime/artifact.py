@@ -1,7 +1,8 @@
 """``model.json``: what travels with an exported network so a runtime needs nothing else.
 
 It records the preprocessing (:class:`InputSpec`), the class names, the decoder that turns raw
-outputs into detections, the input/output contract of the graph and where it came from.
+outputs into detections, the input/output contract of the graph and where it came from. Loading
+checks every field (:mod:`dyhead_serve.runtime.artifact_schema`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
+from dyhead_serve.config.errors import ConfigError
+from dyhead_serve.config.file_limits import read_config_text
+from dyhead_serve.modeling.dense_decoder import DenseDecoder
 from dyhead_serve.pipeline.predictor import Decoder
 from dyhead_serve.pipeline.preprocess import InputSpec
+from dyhead_serve.runtime.artifact_schema import DECODER_KINDS, ArtifactError, check_artifact, input_spec_from
 
-__all__ = ["ARTIFACT_FORMAT", "ModelArtifact", "decoder_from_dict", "decoder_to_dict"]
+__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "ModelArtifact", "decoder_from_dict", "decoder_to_dict"]
 
 ARTIFACT_FORMAT = "dyhead-serve/model@1"
+# A model.json is a few kilobytes (tens with a thousand class names).
+MAX_ARTIFACT_BYTES = 4 << 20
 
 
 def decoder_to_dict(decoder: Decoder) -> dict[str, Any]:
@@ -33,14 +38,17 @@ def decoder_to_dict(decoder: Decoder) -> dict[str, Any]:
     raise TypeError(f"{type(decoder).__name__} cannot be written to model.json")
 
 
-def decoder_from_dict(data: dict[str, Any]) -> Decoder:
-    """Rebuild a decoder written by :func:`decoder_to_dict`."""
-    kind = data.get("type")
-    if kind == "dense":
-        return DenseDecoder(DenseDecoderSpec(**data["spec"]))
-    if kind == "rcnn":
-        return RCNNDecoder(RCNNDecoderSpec(**data["spec"]))
-    raise ValueError(f"model.json names an unknown decoder type {kind!r}")
+def decoder_from_dict(data: Any) -> Decoder:
+    """Rebuild a decoder written by :func:`decoder_to_dict`.
+
+    Raises:
+        ArtifactError: an unknown decoder type, or a spec field missing, unknown or out of range.
+    """
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind not in DECODER_KINDS:
+        raise ArtifactError(f"model.json names an unknown decoder type {kind!r}")
+    spec = DECODER_KINDS[kind].check_spec(data.get("spec"), "decoder.spec")
+    return DECODER_KINDS[kind].build(DECODER_KINDS[kind].spec(**spec))
 
 
 @dataclass
@@ -81,28 +89,41 @@ class ModelArtifact:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelArtifact:
-        """Read ``model.json``; a missing, malformed or foreign file is a ValueError saying which."""
+        """Read and check ``model.json``.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ArtifactError (a ValueError): unreadable, not JSON, not a dyhead-serve model.json, or a
+                field missing, unknown, of the wrong type or out of range; the message names it.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no model.json (export the model with `dyhead-export onnx`)")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+            data = json.loads(read_config_text(path, what="model.json", max_bytes=MAX_ARTIFACT_BYTES))
+        except ConfigError as exc:
+            raise ArtifactError(str(exc)) from None
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ArtifactError(f"{path}: not a model.json (nested too deeply)") from None
         if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
-            raise ValueError(f"{path}: not a dyhead-serve model.json (expected format {ARTIFACT_FORMAT!r})")
-        try:
-            return cls(
-                name=str(data["name"]),
-                input_spec=InputSpec.from_dict(data["input_spec"]),
-                class_names=[str(c) for c in data["class_names"]],
-                decoder=dict(data["decoder"]),
-                inputs=list(data.get("inputs", [])),
-                outputs=list(data.get("outputs", [])),
-                provenance=dict(data.get("provenance", {})),
+            raise ArtifactError(
+                f"{path}: not a dyhead-serve model.json (expected format {ARTIFACT_FORMAT!r})"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: incomplete model.json ({exc!r})") from exc
+        try:
+            checked = check_artifact(data)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
+        return cls(
+            name=checked["name"],
+            input_spec=input_spec_from(checked["input_spec"]),
+            class_names=checked["class_names"],
+            decoder=checked["decoder"],
+            inputs=checked.get("inputs", []),
+            outputs=checked.get("outputs", []),
+            provenance=checked.get("provenance", {}),
+        )
 
     def build_decoder(self) -> Decoder:
         return decoder_from_dict(self.decoder)

@@ -17,7 +17,12 @@ from torch import Tensor
 
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError, infer_in_chunks
-from dyhead_serve.runtime.tensorrt_compat import check_engine_compatibility, rebuild_hint
+from dyhead_serve.runtime.tensorrt_compat import (
+    check_engine_compatibility,
+    check_input_shape,
+    deserialize_engine,
+    rebuild_hint,
+)
 
 __all__ = ["TensorRTBackend"]
 
@@ -82,9 +87,9 @@ class TensorRTBackend:
             import dyhead_serve.plugins.trt_plugin  # noqa: F401  (a JIT plugin runs Python at inference)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
-            self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+            # Standard plugins first: an engine built from DeformConv nodes holds their layers.
+            self._runtime, self.engine = deserialize_engine(trt, self._logger, plan.read_bytes())
             if self.engine is None:
                 raise BackendError(f"TensorRT cannot deserialize {plan}; {rebuild_hint(str(model_dir))}")
             self.context = self.engine.create_execution_context()
@@ -110,11 +115,7 @@ class TensorRTBackend:
 
     def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         low, _, high = self.profile_shapes(name)
-        if len(shape) != len(low) or any(s < a or s > b for s, a, b in zip(shape, low, high, strict=True)):
-            raise BackendError(
-                f"input {name!r} of shape {list(shape)} is outside the engine's profile "
-                f"({list(low)} .. {list(high)}); rebuild with a larger --max-shape or use smaller images"
-            )
+        check_input_shape(name, shape, low, high, self.input_spec.size_divisibility)
 
     def infer(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         max_batch = self.profile_shapes("images")[2][0]

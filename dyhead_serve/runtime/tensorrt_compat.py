@@ -1,7 +1,10 @@
-"""Whether a TensorRT engine may run here: engines are tied to the TensorRT version and the GPU
-(compute capability) they were built for, and loading a foreign one must say "rebuild", not crash.
+"""Whether a TensorRT engine may run here, and what loading one needs: engines are tied to the
+TensorRT version and the GPU (compute capability) they were built for, and loading a foreign one
+must say "rebuild", not crash; TensorRT's standard plugins must be registered on both sides; inputs
+must fit the engine's profile and the model's size divisibility.
 
-Plain Python (no TensorRT import), so the checks are testable anywhere.
+Plain Python (no TensorRT import: the functions that use TensorRT take its module), so the checks
+are testable anywhere.
 """
 
 from __future__ import annotations
@@ -10,7 +13,14 @@ from typing import Any
 
 from dyhead_serve.runtime.base import BackendError
 
-__all__ = ["ENGINE_KEY", "check_engine_compatibility", "rebuild_hint"]
+__all__ = [
+    "ENGINE_KEY",
+    "check_engine_compatibility",
+    "check_input_shape",
+    "deserialize_engine",
+    "init_standard_plugins",
+    "rebuild_hint",
+]
 
 ENGINE_KEY = "tensorrt_engine"  # model.json provenance key written by `dyhead-export tensorrt`
 
@@ -50,3 +60,56 @@ def check_engine_compatibility(
             f"{built_for}), this GPU is a {gpu} ({compute_capability}); {rebuild_hint(model_dir)}"
         )
     return record
+
+
+def init_standard_plugins(trt: Any, logger: Any) -> None:
+    """Register TensorRT's standard plugins (libnvinfer_plugin) in the default namespace.
+
+    Needed before parsing and before deserialising: the ONNX parser builds ``DeformConv`` nodes
+    from the standard ``ModulatedDeformConv2d`` plugin, and an engine holding such layers finds
+    their creator in the registry when it is loaded. Our own plugin's AOT layers need nothing.
+
+    Args:
+        trt: the ``tensorrt`` module.
+        logger: a ``trt.ILogger``.
+    """
+    if not trt.init_libnvinfer_plugins(logger, ""):
+        raise BackendError(
+            "TensorRT could not register its standard plugins (libnvinfer_plugin): check that the "
+            "TensorRT installation is complete (the GPU image has it)"
+        )
+
+
+def deserialize_engine(trt: Any, logger: Any, plan: bytes) -> tuple[Any, Any]:
+    """(runtime, engine) of a serialised engine, the standard plugins registered first.
+
+    The engine is None when TensorRT cannot read ``plan``; keep the runtime alive with it.
+    """
+    init_standard_plugins(trt, logger)
+    runtime = trt.Runtime(logger)
+    return runtime, runtime.deserialize_cuda_engine(plan)
+
+
+def check_input_shape(
+    name: str, shape: tuple[int, ...], low: tuple[int, ...], high: tuple[int, ...], size_divisibility: int
+) -> None:
+    """Raise BackendError unless ``shape`` lies in the profile [low, high] and, for ``images``,
+    height and width are multiples of the model's size divisibility.
+
+    Args:
+        name: the input's name (``images`` is Tensor[N, 3, H, W]).
+        shape: the shape to run.
+        low, high: the engine profile's smallest and largest shapes of this input.
+        size_divisibility: the model's (128 for P3-P7 detectors).
+    """
+    divisor = size_divisibility
+    if name == "images" and len(shape) == 4 and (shape[2] % divisor or shape[3] % divisor):
+        raise BackendError(
+            f"images of {shape[2]}x{shape[3]}: height and width must be multiples of {size_divisibility} "
+            "(the model's size divisibility; preprocessing pads images to them)"
+        )
+    if len(shape) != len(low) or any(s < a or s > b for s, a, b in zip(shape, low, high, strict=True)):
+        raise BackendError(
+            f"input {name!r} of shape {list(shape)} is outside the engine's profile "
+            f"({list(low)} .. {list(high)}); rebuild with a larger --max-shape or use smaller images"
+        )

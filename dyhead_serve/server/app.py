@@ -8,16 +8,23 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from dyhead_serve import __version__
 from dyhead_serve.runtime.base import Backend
+from dyhead_serve.server.connections import (
+    CONNECTION_EVENTS,
+    CONNECTION_LIMITS,
+    ConnectionLimits,
+    ReadDeadlineMiddleware,
+)
 from dyhead_serve.server.deps import API_KEY_HEADER
-from dyhead_serve.server.errors import install_error_handlers
+from dyhead_serve.server.errors import UnexpectedErrorMiddleware, install_error_handlers
 from dyhead_serve.server.metrics import Metrics, MetricsMiddleware
-from dyhead_serve.server.openapi_docs import install_openapi
+from dyhead_serve.server.openapi_docs import install_docs, install_openapi
 from dyhead_serve.server.routes_ops import router as ops_router
 from dyhead_serve.server.routes_v1 import router as v1_router
 from dyhead_serve.server.routes_v2 import model_router as v2_model_router
@@ -71,9 +78,14 @@ def create_app(
     service = DetectionService(settings, metrics, load or load_backend_from_settings, on_load_failure)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         service.start()  # loads and warms up on its own thread: /healthz answers meanwhile
-        yield
+        # The lifespan state reaches the connection protocol: its limits, and where it counts the
+        # connections it closes itself.
+        yield {
+            CONNECTION_LIMITS: ConnectionLimits(settings.read_timeout_s, settings.max_connections),
+            CONNECTION_EVENTS: lambda reason: metrics.connections_closed.labels(reason).inc(),
+        }
         logger.info("shutting down: finishing queued work")
         service.stop(timeout=settings.request_timeout_s)
 
@@ -82,6 +94,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the installed package instead of a CDN: install_docs
+        redoc_url=None,
         openapi_tags=[
             {"name": "detection", "description": "detect objects in images"},
             {"name": "open inference protocol v2", "description": "KServe / Triton compatible"},
@@ -95,8 +109,12 @@ def create_app(
     for router in (ops_router, v1_router, v2_router, v2_model_router):
         app.include_router(router)
     install_openapi(app)
-    # Added last = outermost: metrics see every response, the 413s of the size limit included.
+    install_docs(app)
+    # Added last = outermost: metrics see every response, the 413s of the size limit included,
+    # and CORS headers go on every answer, 500s included.
+    app.add_middleware(ReadDeadlineMiddleware, read_timeout_s=settings.read_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(UnexpectedErrorMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

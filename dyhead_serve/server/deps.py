@@ -39,8 +39,9 @@ def _check_api_key(
 ) -> None:
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
-    if given is None or not secrets.compare_digest(given.encode(), expected):
+    # Keys are printable ASCII (settings refuse others); header values arrive as latin-1 text.
+    expected = settings.api_key.get_secret_value().encode("ascii")
+    if given is None or not secrets.compare_digest(given.encode("latin-1", "replace"), expected):
         raise ApiError(
             401,
             "unauthorized",

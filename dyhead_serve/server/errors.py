@@ -1,5 +1,11 @@
 """Every failure as one JSON shape: ``{"error": {"code", "message"}}`` on our routes, and the
-Open Inference Protocol's ``{"error": message}`` under ``/v2``."""
+Open Inference Protocol's ``{"error": message}`` under ``/v2``.
+
+A client that disconnects before its request has arrived is not a server error: it is logged on
+one line and counted as status 499 (nginx's "client closed request"; nothing is sent). An
+unexpected exception becomes our 500 JSON in :class:`UnexpectedErrorMiddleware`, which sits inside
+the CORS middleware so that 500s carry the same CORS headers as every other answer.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,15 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "ApiError",
+    "UnexpectedErrorMiddleware",
     "error_response",
     "install_error_handlers",
     "is_v2_path",
@@ -20,12 +30,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# nginx's status for a request its client abandoned: recorded in the metrics, never sent.
+CLIENT_CLOSED_REQUEST = 499
+
 # The code a bare HTTP status gets when nothing more specific was said.
 _CODE_FOR_STATUS = {
     400: "bad_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -92,7 +106,40 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request.url.path, 422, "invalid_request", _validation_message(exc))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request.url.path, 500, "internal_error", "internal server error")
+    @app.exception_handler(ClientDisconnect)
+    async def _client_disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        logger.info(
+            "%s %s: the client disconnected before its request arrived", request.method, request.url.path
+        )
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+class UnexpectedErrorMiddleware:
+    """Any exception no handler took: logged with its traceback, answered 500 in our JSON shape.
+
+    Installed inside the CORS middleware (Starlette's own 500 handler sits outside it, so its
+    answers lacked the CORS headers the other errors carry).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_track(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_track)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:  # too late for an error response: the connection is closed
+                raise
+            path = scope.get("path", "")
+            await error_response(path, 500, "internal_error", "internal server error")(scope, receive, send)

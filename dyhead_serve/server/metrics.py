@@ -66,6 +66,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.connections_closed = Counter(
+            "dyhead_connections_closed_total",
+            "Connections the server closed before a request reached the app, by reason "
+            "(headers_timeout, body_timeout, too_many_connections).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "dyhead_ready", "1 once the model is loaded and warmed up.", registry=self.registry
         )

@@ -1,23 +1,36 @@
 """OpenAPI pieces FastAPI cannot infer: request bodies that routes read themselves (multipart or
-JSON on one route, the v2 binary extension) and the error responses of each route."""
+JSON on one route, the v2 binary extension) and the error responses of each route; and the pages
+that show the document (``/docs``: Swagger UI, ``/redoc``: ReDoc), served with their scripts from
+an installed package (``fastapi-offline``, a PyPI distribution of Swagger UI and ReDoc), so they
+work without internet access (FastAPI's own pages load them from a CDN)."""
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from dyhead_serve.server.schemas import DetectJsonRequest, ErrorResponse
 
-__all__ = ["detect_request_body", "error_responses", "install_openapi"]
+__all__ = ["DOCS_ASSETS", "detect_request_body", "error_responses", "install_docs", "install_openapi"]
+
+DOCS_ASSETS = "/docs-assets"  # where Swagger UI's and ReDoc's scripts are served
 
 _ERROR_DESCRIPTIONS = {
     400: "not an image, truncated or corrupt, invalid base64 or JSON, malformed multipart",
     401: "missing or wrong X-API-Key (only when the server has an API key)",
     404: "no such model",
-    413: "body over max_upload_mb, more than max_files images, or an image over max_image_pixels",
+    408: "the request did not arrive within read_timeout_s",
+    413: (
+        "body over max_upload_mb, more than max_files images, an image over max_image_pixels, images "
+        "over max_request_pixels together, or a JSON body of more than 10 000 values"
+    ),
     415: "unsupported media type",
     422: "invalid options, or a body of the wrong shape",
     503: "not ready yet, shutting down, or the queue is full (see Retry-After)",
@@ -98,3 +111,32 @@ def install_openapi(app: FastAPI, extra_models: tuple[type[BaseModel], ...] = ()
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) with their assets served from the installed
+    ``fastapi_offline`` package. The app must be created with ``docs_url=None, redoc_url=None``."""
+    assets = resources.files("fastapi_offline").joinpath("static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    title = app.title
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no call to the online validator
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )

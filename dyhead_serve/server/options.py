@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from dyhead_serve.server.errors import ApiError
 from dyhead_serve.server.schemas import DetectOptionsIn
 
-__all__ = ["DetectOptions", "parse_options", "resolve_classes"]
+__all__ = ["MAX_CLASS_TOKENS", "DetectOptions", "parse_options", "resolve_classes"]
+
+# More names or ids than any model has classes: a longer list is refused before it is walked.
+MAX_CLASS_TOKENS = 4096
+# A class id is ASCII digits: str.isdigit also accepts "²" and other digits that int() refuses.
+_DIGITS = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,25 @@ def _tokens(values: Iterable[Any]) -> list[str | int]:
         if isinstance(value, int):
             tokens.append(value)
         else:
-            tokens.extend(part.strip() for part in str(value).split(",") if part.strip())
+            text = str(value)
+            if text.count(",") >= MAX_CLASS_TOKENS:
+                _too_many_classes()
+            tokens.extend(part.strip() for part in text.split(",") if part.strip())
+        if len(tokens) > MAX_CLASS_TOKENS:
+            _too_many_classes()
     return tokens
 
 
+def _shorten(token: str) -> str:
+    return token if len(token) <= 24 else f"{token[:24]}... ({len(token)} characters)"
+
+
+def _too_many_classes() -> NoReturn:
+    raise ApiError(422, "invalid_option", f"classes: give at most {MAX_CLASS_TOKENS} names or ids")
+
+
 def resolve_classes(values: Sequence[Any], class_names: Sequence[str]) -> frozenset[int]:
-    """Class ids for names (case-insensitive) or ids (ints or digit strings).
+    """Class ids for names (case-insensitive) or ids (ints or strings of ASCII digits).
 
     Raises:
         ApiError: 422 for an unknown name or an id out of range, listing what is known.
@@ -50,18 +69,24 @@ def resolve_classes(values: Sequence[Any], class_names: Sequence[str]) -> frozen
     by_name = {name.lower(): index for index, name in enumerate(class_names)}
     ids: set[int] = set()
     for token in _tokens(values):
-        if isinstance(token, int) or token.lstrip("-").isdigit():
-            class_id = int(token)
-            if not 0 <= class_id < len(class_names):
+        if isinstance(token, str) and _DIGITS.fullmatch(token):
+            if len(token.lstrip("-")) > 18:  # out of range whatever the model; int() could refuse it
+                raise ApiError(422, "invalid_option", f"classes: id {_shorten(token)} is out of range")
+            token = int(token)
+        if isinstance(token, int):
+            if not 0 <= token < len(class_names):
                 raise ApiError(
-                    422, "invalid_option", f"classes: id {class_id} is out of range 0..{len(class_names) - 1}"
-                )
-            ids.add(class_id)
+                    422, "invalid_option",
+                    f"classes: id {_shorten(str(token))} is out of range 0..{len(class_names) - 1}",
+                )  # fmt: skip
+            ids.add(token)
         elif token.lower() in by_name:
             ids.add(by_name[token.lower()])
         else:
             known = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
-            raise ApiError(422, "invalid_option", f"classes: unknown class {token!r}; known: {known}")
+            raise ApiError(
+                422, "invalid_option", f"classes: unknown class {_shorten(token)!r}; known: {known}"
+            )
     if not ids:
         raise ApiError(422, "invalid_option", "classes: give at least one class name or id")
     return frozenset(ids)

@@ -38,7 +38,7 @@ Classes = Annotated[
     list[str] | None,
     Query(description="keep only these classes, by name or id; repeat or separate by commas"),
 ]
-_DETECT_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
+_DETECT_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 503, 504)
 
 
 async def _read(

@@ -17,10 +17,12 @@ Request ``parameters`` may carry ``score_threshold``, ``max_detections`` and ``c
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -31,7 +33,7 @@ from dyhead_serve.server.deps import ApiKey, Service, Settings
 from dyhead_serve.server.errors import ApiError
 from dyhead_serve.server.options import parse_options
 from dyhead_serve.server.service import DetectionService, ImageResult
-from dyhead_serve.server.uploads import EncodedImage, decode_base64_image, media_type
+from dyhead_serve.server.uploads import EncodedImage, check_json_structure, decode_base64_image, media_type
 from dyhead_serve.server.v2_schemas import (
     V2Error,
     V2InferRequest,
@@ -58,11 +60,13 @@ OUTPUTS = {
     "image_sizes": ("INT64", [-1, 2]),
 }
 _HEADER_LENGTH = "inference-header-content-length"
+_LENGTH = re.compile(r"[0-9]{1,12}")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": text}
     for status, text in {
         400: "malformed request", 401: "missing or wrong X-API-Key", 404: "no such model",
-        413: "too large", 415: "unsupported media type", 422: "invalid parameters",
+        408: "the request did not arrive within read_timeout_s", 413: "too large",
+        415: "unsupported media type", 422: "invalid parameters",
         503: "not ready or busy (see Retry-After)", 504: "timed out",
     }.items()
 }  # fmt: skip
@@ -136,10 +140,18 @@ def _flatten(data: list[Any]) -> Iterator[Any]:
             yield value
 
 
-def _split_binary_elements(blob: bytes) -> list[bytes]:
-    """Triton's binary BYTES layout: each element is a uint32 LE length then that many bytes."""
-    elements, offset = [], 0
+def _split_binary_elements(blob: bytes, count: int) -> list[bytes]:
+    """Triton's binary BYTES layout: each element is a uint32 LE length then that many bytes.
+
+    Stops at the element past ``count``: millions of empty elements cost one step, not millions.
+    """
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(blob):
+        if len(elements) == count:
+            raise ApiError(
+                400, "bad_request", f"binary BYTES data holds more than the {count} images of its shape"
+            )
         if offset + 4 > len(blob):
             raise ApiError(400, "bad_request", "binary BYTES data ends inside an element's length prefix")
         (size,) = struct.unpack_from("<I", blob, offset)
@@ -159,13 +171,17 @@ def _image_elements(tensor: V2RequestInput, binary: bytes, max_files: int) -> li
     count = tensor.shape[0]
     if count > max_files:
         raise ApiError(413, "too_many_files", f"send at most {max_files} images per request")
+    if count < 1:
+        raise ApiError(400, "bad_request", "send at least one image")
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or size != len(binary):
+        if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
             raise ApiError(400, "bad_request", "binary_data_size does not match the binary part of the body")
-        raw = _split_binary_elements(binary)
+        raw = _split_binary_elements(binary, count)
     elif tensor.data is not None:
-        items = list(_flatten(tensor.data))
+        items = list(_flatten(tensor.data))  # at most MAX_JSON_SEPARATORS: the body was counted
+        if len(items) != count:
+            raise ApiError(400, "bad_request", f"shape says {count} images, the data holds {len(items)}")
         if not all(isinstance(item, str) for item in items):
             raise ApiError(400, "bad_request", "BYTES elements must be base64 strings in JSON")
         raw = [decode_base64_image(item, f"{INPUT_NAME}[{i}]") for i, item in enumerate(items)]
@@ -173,9 +189,21 @@ def _image_elements(tensor: V2RequestInput, binary: bytes, max_files: int) -> li
         raise ApiError(400, "bad_request", f"input {INPUT_NAME!r} has neither data nor binary_data_size")
     if len(raw) != count:
         raise ApiError(400, "bad_request", f"shape says {count} images, the data holds {len(raw)}")
-    if count < 1:
-        raise ApiError(400, "bad_request", "send at least one image")
     return [EncodedImage(f"{INPUT_NAME}[{i}]", data) for i, data in enumerate(raw)]
+
+
+def _parse_infer_request(
+    header: bytes, binary: bytes, max_files: int
+) -> tuple[V2InferRequest, list[EncodedImage]]:
+    """Validate the JSON part and cut out the images (on a worker thread)."""
+    try:
+        infer = V2InferRequest.model_validate_json(header)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise ApiError(400, "bad_request", f"not an inference request: {details}") from None
+    if len(infer.inputs) != 1:
+        raise ApiError(400, "bad_request", f"expected exactly one input, {INPUT_NAME!r}")
+    return infer, _image_elements(infer.inputs[0], binary, max_files)
 
 
 async def _read_infer_request(request: Request, max_files: int) -> tuple[V2InferRequest, list[EncodedImage]]:
@@ -186,19 +214,14 @@ async def _read_infer_request(request: Request, max_files: int) -> tuple[V2Infer
     body = await request.body()
     header_length = request.headers.get(_HEADER_LENGTH)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # ASCII digits only: str.isdigit also accepts "²", which int() refuses.
+        if not _LENGTH.fullmatch(header_length) or int(header_length) > len(body):
             raise ApiError(400, "bad_request", f"{_HEADER_LENGTH} must be a length within the body")
         body, binary = body[: int(header_length)], body[int(header_length) :]
     else:
         binary = b""
-    try:
-        infer = V2InferRequest.model_validate_json(body)
-    except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise ApiError(400, "bad_request", f"not an inference request: {details}") from None
-    if len(infer.inputs) != 1:
-        raise ApiError(400, "bad_request", f"expected exactly one input, {INPUT_NAME!r}")
-    return infer, _image_elements(infer.inputs[0], binary, max_files)
+    check_json_structure(body)
+    return await anyio.to_thread.run_sync(_parse_infer_request, body, binary, max_files)
 
 
 def _outputs(results: list[ImageResult]) -> dict[str, V2ResponseOutput]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "DetectJsonRequest",
@@ -26,26 +26,36 @@ _TINY_PNG = (
 )
 
 
+def _not_a_boolean(value: Any) -> Any:
+    # JSON true/false would otherwise be taken as 1/0.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+NotBoolean = BeforeValidator(_not_a_boolean)
+
+
 class DetectOptionsIn(BaseModel):
     """Options of a detection request (query string, form fields or JSON body)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    score_threshold: float | None = Field(
+    score_threshold: Annotated[float | None, NotBoolean] = Field(
         default=None,
         ge=0.0,
         lt=1.0,
         description="minimum score; default: the model's test threshold (0.05 for the official models)",
         examples=[0.3],
     )
-    max_detections: int | None = Field(
+    max_detections: Annotated[int | None, NotBoolean] = Field(
         default=None,
         ge=1,
         le=10_000,
         description="at most this many detections per image, best first",
         examples=[20],
     )
-    classes: list[str | int] | None = Field(
+    classes: list[Annotated[str | int, NotBoolean]] | None = Field(
         default=None,
         description="keep only these classes, by name or id (a name or id list; commas also separate)",
         examples=[["person", "car"], [0, 2]],

@@ -32,7 +32,8 @@ DYHEAD_SERVE_MAX_BATCH_SIZE=16); flags win. Then open http://HOST:PORT/ (demo pa
 _SETTINGS_FLAGS = (
     "model", "config", "weights", "backend", "device", "threads", "host", "port", "workers",
     "max_batch_size", "max_batch_delay_ms", "max_queue", "preprocess_workers", "request_timeout_s",
-    "max_upload_mb", "max_files", "max_image_pixels", "api_key", "cors_origins", "warmup",
+    "read_timeout_s", "max_connections", "max_upload_mb", "max_files", "max_image_pixels",
+    "max_request_pixels", "api_key", "cors_origins", "warmup",
 )  # fmt: skip
 
 
@@ -72,6 +73,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="answer 504 after this many seconds (default 30)",
     )
     p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=None,
+        help="time to receive a whole request (headers and body) from its first byte; 408 after (default 60)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections per worker; more get 503 and are closed (default 256)",
+    )
+    p.add_argument(
         "--max-upload-mb",
         type=float,
         default=None,
@@ -83,6 +96,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="larger images are refused before decoding, 413 (default 50000000)",
+    )
+    p.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=None,
+        help="most pixels of all images of one request together, 413 beyond (default 100000000)",
     )
     p.add_argument(
         "--api-key",
@@ -122,6 +141,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from dyhead_serve.model_args import overrides_from_args
     from dyhead_serve.model_source import ModelSourceError, resolve_model
     from dyhead_serve.server.app import create_app
+    from dyhead_serve.server.connections import uvicorn_options
     from dyhead_serve.server.settings import ServerSettings
     from dyhead_serve.zoo import ZooError
 
@@ -156,12 +176,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "listening on %s: reachable from other machines%s",
             settings.host, "" if settings.api_key else " without an API key",
         )  # fmt: skip
-    server_options = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,  # keep the CLI's logging setup
-        "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
-    }
+    server_options = uvicorn_options(settings)
     _exit_cleanly_after_sigterm()
     if settings.workers > 1:
         # Each worker process builds its own app (and model) from the environment.
@@ -173,7 +188,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "dyhead_serve.server.app:create_app_from_environment",
             factory=True,
             workers=settings.workers,
-            **server_options,  # type: ignore[arg-type]
+            **server_options,
         )
         return 0
 
@@ -186,7 +201,7 @@ def run_serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_load_failure=stop_on_failure)
-    server = uvicorn.Server(uvicorn.Config(app, **server_options))  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, **server_options))
     server.run()
     if failures:
         print(f"error: cannot serve the model: {str(failures[0]).strip()}", file=sys.stderr)

@@ -5,8 +5,10 @@ It runs the same two pipeline steps as ``dyhead-serve predict`` and ``eval``
 (:func:`~dyhead_serve.pipeline.predictor.prepare_image` before the network,
 :func:`~dyhead_serve.pipeline.predictor.detections_from_outputs` after it), each image
 preprocessed on its own, so a request gets the same detections as predict.
-Decoding and preprocessing run on a small thread pool, inference on the batcher's thread: the
-event loop only moves bytes.
+Decoding and preprocessing run on a small thread pool that serves requests in turn (a request of
+many large images cannot hold back the others), inference on the batcher's thread: the event loop
+only moves bytes. Before anything is decoded, the image headers are read to enforce the
+per-request pixel budget (``max_request_pixels``).
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
-from dyhead_serve.pipeline.image_io import ImageDecodeError, ImageTooLargeError, decode_image
+from dyhead_serve.pipeline.image_io import ImageDecodeError, ImageTooLargeError, decode_image, image_size
 from dyhead_serve.pipeline.postprocess import Detections
 from dyhead_serve.pipeline.predictor import UnsupportedImageSizeError, detections_from_outputs, prepare_image
 from dyhead_serve.pipeline.preprocess import Batch
 from dyhead_serve.runtime.base import Backend
 from dyhead_serve.server.batcher import BatcherClosedError, BatchResult, DynamicBatcher, QueueFullError
 from dyhead_serve.server.errors import ApiError
+from dyhead_serve.server.fair_pool import FairPool
 from dyhead_serve.server.metrics import Metrics
 from dyhead_serve.server.options import DetectOptions
 from dyhead_serve.server.settings import ServerSettings
@@ -111,7 +115,7 @@ class DetectionService:
         self.error: str | None = None
         self.backend: Backend | None = None
         self.batcher: DynamicBatcher | None = None
-        self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="dyhead-preprocess")
+        self._pool = FairPool(settings.preprocess_workers, thread_name_prefix="dyhead-preprocess")
         self._lock = threading.Lock()
         self._in_flight = 0
         self._loader: threading.Thread | None = None
@@ -226,8 +230,11 @@ class DetectionService:
             self._release(len(images))
 
     async def run_in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on the preprocessing threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Run ``fn(*args)`` on the preprocessing threads, in its own turn."""
+        return await self._in_pool(object(), fn, *args)
+
+    def _in_pool(self, owner: object, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return asyncio.wrap_future(self._pool.submit(owner, fn, *args))
 
     def require_capacity(self) -> Backend:
         """:meth:`require_ready`, and a 503 when the queue is full already: checked before a
@@ -260,14 +267,12 @@ class DetectionService:
     async def _detect(
         self, images: Sequence[EncodedImage], options: DetectOptions, keep_images: bool
     ) -> list[ImageResult]:
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        request = object()  # the pool serves this request's tasks in turn with other requests'
+        await self._in_pool(request, self._check_pixels, images)
         prepared: list[_Prepared] = list(
             await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._pool, self._prepare, image, keep_images, started)
-                    for image in images
-                )
+                *(self._in_pool(request, self._prepare, image, keep_images, started) for image in images)
             )
         )
         futures: list[Future[BatchResult]] = []
@@ -279,9 +284,7 @@ class DetectionService:
             for future in futures:
                 future.cancel()
             raise
-        outcome: list[ImageResult] = await loop.run_in_executor(
-            self._pool, self._finish, prepared, results, options
-        )
+        outcome: list[ImageResult] = await self._in_pool(request, self._finish, prepared, results, options)
         self.metrics.images.inc(len(outcome))
         return outcome
 
@@ -298,18 +301,26 @@ class DetectionService:
                 503, "shutting_down", "the server is shutting down", {"Retry-After": "1"}
             ) from None
 
+    def _check_pixels(self, images: Sequence[EncodedImage]) -> None:
+        """The request's pixel budget, from the image headers, before anything is decoded."""
+        total = 0
+        for encoded in images:
+            name = encoded.name or "image"
+            with _image_errors(name):
+                width, height = image_size(encoded.data, max_pixels=self.settings.max_image_pixels, name=name)
+            total += width * height
+        if total > self.settings.max_request_pixels:
+            raise ApiError(
+                413, "too_many_pixels",
+                f"the {len(images)} images of this request hold {total} pixels; at most "
+                f"{self.settings.max_request_pixels} per request (max_request_pixels)",
+            )  # fmt: skip
+
     def _prepare(self, encoded: EncodedImage, keep_image: bool, started: float) -> _Prepared:
         """Decode and preprocess one image (on a pool thread)."""
         name = encoded.name or "image"
-        try:
+        with _image_errors(name):
             image = decode_image(encoded.data, max_pixels=self.settings.max_image_pixels, name=name)
-        except ImageTooLargeError as exc:
-            raise ApiError(413, "image_too_large", str(exc)) from None
-        except ImageDecodeError as exc:
-            raise ApiError(400, "invalid_image", str(exc)) from None
-        except Exception as exc:  # Pillow's plugins raise more than they document on corrupt files
-            logger.info("%s: decoder raised %s: %s", name, type(exc).__name__, exc)
-            raise ApiError(400, "invalid_image", f"{name}: not a decodable image") from None
         return self._prepare_array(image, encoded.name, keep_image, started)
 
     def _prepare_array(
@@ -345,6 +356,20 @@ class DetectionService:
                 )
             )
         return outcome
+
+
+@contextmanager
+def _image_errors(name: str) -> Iterator[None]:
+    """Decoding failures as the API answers them: 413 too large, 400 anything else."""
+    try:
+        yield
+    except ImageTooLargeError as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from None
+    except ImageDecodeError as exc:
+        raise ApiError(400, "invalid_image", str(exc)) from None
+    except Exception as exc:  # Pillow's plugins raise more than they document on corrupt files
+        logger.info("%s: decoder raised %s: %s", name, type(exc).__name__, exc)
+        raise ApiError(400, "invalid_image", f"{name}: not a decodable image") from None
 
 
 def _apply_options(detections: Detections, options: DetectOptions) -> Detections:

@@ -22,7 +22,10 @@ class ServerSettings(BaseSettings):
     (``cors_origins``, ``overrides``) are comma-separated or JSON.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+    # hide_input_in_errors: a refused API key must not appear in messages or logs.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     # The model (as `dyhead-serve predict` names it).
     model: str | None = Field(
@@ -68,6 +71,15 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, description="a request still unanswered after this: 504"
     )
+    read_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        le=3600.0,
+        description="time to receive a whole request (headers and body) from its first byte: 408 after",
+    )
+    max_connections: int = Field(
+        default=256, ge=1, le=100_000, description="open connections per worker; more get 503 and are closed"
+    )
     warmup: bool = Field(default=True, description="run one inference before reporting ready")
 
     # Limits on what a client may send.
@@ -77,6 +89,11 @@ class ServerSettings(BaseSettings):
     max_files: int = Field(default=16, ge=1, le=1024, description="most images in one request")
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="larger images are refused before decoding"
+    )
+    max_request_pixels: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="most pixels of all images of one request together, checked before decoding",
     )
 
     # Access.
@@ -89,10 +106,26 @@ class ServerSettings(BaseSettings):
 
     @field_validator("api_key", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: Any) -> Any:
-        # DYHEAD_SERVE_API_KEY="" (an unset variable in compose, say) means no key, not "".
-        if isinstance(value, str) and not value.strip():
+    def _check_api_key(cls, value: Any) -> Any:
+        """ "" means no key; any other key must be able to match an ``X-API-Key`` header."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        if value == "":  # DYHEAD_SERVE_API_KEY="" (an unset variable in compose, say): no key
             return None
+        if not value.strip():
+            raise ValueError("the API key is only whitespace; set a real key, or an empty one for none")
+        if value != value.strip():
+            raise ValueError(
+                "the API key starts or ends with whitespace, which HTTP strips from header values: "
+                "it could never match"
+            )
+        if not all(" " <= char <= "~" for char in value):
+            raise ValueError(
+                "the API key must be printable ASCII (letters, digits, punctuation, inner spaces): "
+                "header values are bytes, so other characters match inconsistently"
+            )
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -4,6 +4,11 @@
   before reading it, and stops a body without one (chunked) as soon as it passes the limit.
 - :func:`read_detect_request` takes ``multipart/form-data`` (``file`` / ``files`` and option
   fields) or ``application/json`` (base64 ``images`` and options).
+
+Nothing that costs more than moving bytes runs on the event loop: a JSON body is first counted
+(:func:`check_json_structure`, one pass in C over the bytes, refusing a body that could hold more
+than ``MAX_JSON_SEPARATORS`` values), then parsed, validated and base64-decoded on a worker
+thread, so that one request with a million elements cannot hold every other client waiting.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -23,12 +29,18 @@ from dyhead_serve.server.errors import ApiError, error_response
 from dyhead_serve.server.schemas import DetectJsonRequest
 
 __all__ = [
+    "MAX_JSON_SEPARATORS",
     "BodySizeLimitMiddleware",
     "EncodedImage",
+    "check_json_structure",
     "decode_base64_image",
     "media_type",
     "read_detect_request",
 ]
+
+# A detection request is at most max_files images and a few options: tens of JSON values, a few
+# hundred with a long class list. Parsing 10 000 values takes milliseconds; a million, seconds.
+MAX_JSON_SEPARATORS = 10_000
 
 _IMAGE_FIELDS = ("file", "files")
 _OPTION_FIELDS = ("score_threshold", "max_detections")
@@ -65,7 +77,12 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        # bytes.isdigit is ASCII-only; a length of more digits than any limit is over it unparsed.
+        if (
+            declared is not None
+            and declared.isdigit()
+            and (len(declared) > 15 or int(declared) > self.max_bytes)
+        ):
             error = BodyTooLargeError(self.max_bytes)
             response = error_response(scope.get("path", ""), error.status, error.code, error.message)
             await response(scope, receive, send)
@@ -87,6 +104,25 @@ class BodySizeLimitMiddleware:
 def media_type(request: Request) -> str:
     """The request's media type, lower case, without parameters."""
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def check_json_structure(body: bytes) -> None:
+    """Refuse, before parsing it, a JSON body that may hold more than ``MAX_JSON_SEPARATORS`` values.
+
+    Every JSON value after the first is preceded by a ``,``, ``[`` or ``{`` (or is the value of
+    a key, which is preceded by one), so their count bounds the number of values; those
+    characters inside strings only make the bound looser (base64 has none).
+
+    Raises:
+        ApiError: 413 ``too_many_json_values``.
+    """
+    separators = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if separators > MAX_JSON_SEPARATORS:
+        raise ApiError(
+            413, "too_many_json_values",
+            f"the JSON body has {separators} separators (',', '[', '{{'); a request holds at most "
+            f"{MAX_JSON_SEPARATORS}: a few images and options",
+        )  # fmt: skip
 
 
 def decode_base64_image(text: str, where: str) -> bytes:
@@ -137,8 +173,8 @@ async def _read_multipart(request: Request, max_files: int) -> tuple[list[Encode
     return images, options
 
 
-async def _read_json(request: Request, max_files: int) -> tuple[list[EncodedImage], dict[str, Any]]:
-    body = await request.body()
+def _parse_json(body: bytes, max_files: int) -> tuple[list[EncodedImage], dict[str, Any]]:
+    """Validate a JSON detection request and decode its images (on a worker thread)."""
     try:
         payload = DetectJsonRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -153,9 +189,14 @@ async def _read_json(request: Request, max_files: int) -> tuple[list[EncodedImag
         EncodedImage(item.name, decode_base64_image(item.data, item.name or f"images[{index}]"))
         for index, item in enumerate(payload.images)
     ]
-    return images, payload.model_dump(
-        include={"score_threshold", "max_detections", "classes"}, exclude_none=True
-    )
+    options = payload.model_dump(include={"score_threshold", "max_detections", "classes"}, exclude_none=True)
+    return images, options
+
+
+async def _read_json(request: Request, max_files: int) -> tuple[list[EncodedImage], dict[str, Any]]:
+    body = await request.body()
+    check_json_structure(body)
+    return await anyio.to_thread.run_sync(_parse_json, body, max_files)
 
 
 async def read_detect_request(request: Request, max_files: int) -> tuple[list[EncodedImage], dict[str, Any]]:

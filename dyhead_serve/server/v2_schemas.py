@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 __all__ = [
     "V2Error",
@@ -66,7 +66,7 @@ class V2RequestInput(BaseModel):
     file per element, base64 in JSON (or raw with the binary tensor extension)."""
 
     name: str = Field(..., examples=["image"])
-    shape: list[int] = Field(..., examples=[[1]])
+    shape: list[StrictInt] = Field(..., max_length=8, examples=[[1]])
     datatype: str = Field(..., examples=["BYTES"])
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = Field(

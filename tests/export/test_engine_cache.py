@@ -32,7 +32,7 @@ from dyhead_serve.model_args import override_flags
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import needs_tensorrt
 
 H100 = BuildTarget("10.11.0.33", "NVIDIA H100 80GB HBM3", "9.0", "fp16", "coco-batch4")
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _artifact(engine: dict | None = None) -> ModelArtifact:
     spec = InputSpec("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), 800, 1333, 128)
     provenance = {ENGINE_KEY: engine} if engine is not None else {}
-    return ModelArtifact("m", spec, ["a"], {"type": "dense", "spec": {}}, provenance=provenance)
+    return ModelArtifact("m", spec, ["a"], one_class_dense_decoder(), provenance=provenance)
 
 
 def _engine_record(target: BuildTarget = H100, max_batch: int = 4) -> dict:
@@ -193,6 +193,17 @@ def test_mounted_engine_is_used_when_it_fits_this_machine(tmp_path):
     (folder / "model.onnx").write_bytes(b"onnx")
     assert mounted_engine(folder, l4, max_batch=4) is None  # built from its model.onnx instead
     assert mounted_engine(tmp_path, H100, max_batch=4) is None  # no engine at all
+
+
+def test_a_mounted_fixed_batch_engine_serves_any_server_batch(tmp_path):
+    """A Faster R-CNN engine takes batches of 1 (its graph's); the backend runs larger server
+    batches in chunks of 1, so a server batch of 4 is no reason to refuse it."""
+    folder = tmp_path / "rcnn"
+    folder.mkdir()
+    (folder / "model.plan").write_bytes(b"plan")
+    _artifact({**_engine_record(max_batch=1), "fixed_batch": 1}).save(folder / "model.json")
+    result, _ = mounted_engine(folder, H100, max_batch=4)
+    assert result.how == "mounted"
 
 
 def test_engine_command_without_tensorrt_is_a_one_line_error(monkeypatch, capsys):

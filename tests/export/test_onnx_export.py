@@ -12,6 +12,7 @@ from PIL import Image
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
+from dyhead_serve.export.tensorrt_build import graph_input_dims
 from dyhead_serve.export.verify import compare_backends
 from dyhead_serve.model_args import override_flags
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
@@ -186,6 +187,8 @@ def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):
     torch.manual_seed(0)
     backend = load_torch_backend("dyhead_r50_rcnn_fpn_1x", None, device="cpu", overrides=overrides)
     export_onnx(backend, tmp_path)
+    # what `dyhead-export tensorrt` reads to fit its engine profile: batch 1, any padded size
+    assert graph_input_dims(onnx.load(str(tmp_path / "model.onnx"))) == [1, 3, "height", "width"]
     ort_backend = OnnxRuntimeBackend(tmp_path)
     assert ort_backend.session.get_inputs()[0].shape[0] == 1
     images = torch.randn(2, 3, 128, 192)

@@ -9,44 +9,59 @@ import onnx
 import pytest
 import torch
 
+from dyhead_serve import zoo
+from dyhead_serve.config import load_config
 from dyhead_serve.export.cli import main as export_main
+from dyhead_serve.export.onnx_export import input_dims
 from dyhead_serve.export.tensorrt_build import (
     PROFILES,
     EngineBuildError,
     ShapeProfile,
+    _load_timing_cache,
+    _parse,
+    fit_profile,
     graph_dcn_flavour,
+    graph_input_dims,
     parse_shape,
     set_plugin_impl,
 )
 from dyhead_serve.export.tensorrt_cli import profile_from_args
 from dyhead_serve.model_args import override_flags
+from dyhead_serve.modeling.build import build_model
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import HAS_TENSORRT, needs_tensorrt
+from tests.tensorrt_calls import TensorRTCalls
 
 
 class _OneDeformConv(torch.nn.Module):
+    """images [N, 3, H, W] -> offsets and masks from a 3x3 conv -> one deformable conv."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.conv = ModulatedDeformConv2d(16, 8, kernel_size=3, padding=1)
+        self.offset_mask = torch.nn.Conv2d(3, 27, kernel_size=3, padding=1)
+        self.conv = ModulatedDeformConv2d(3, 8, kernel_size=3, padding=1)
 
-    def forward(self, images, offset, mask):
-        return self.conv(images, offset, mask)
+    def forward(self, images):
+        offset_mask = self.offset_mask(images)
+        return self.conv(images, offset_mask[:, :18], offset_mask[:, 18:].sigmoid())
 
 
-def _model_dir(tmp_path, flavour: str):
-    """A folder shaped like `dyhead-export onnx` output, holding a one-node graph."""
+def _model_dir(tmp_path, flavour: str, batch: int | None = None):
+    """A folder shaped like `dyhead-export onnx` output: an ``images`` input of dynamic height and
+    width, and a dynamic batch unless ``batch`` fixes it."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    args = (torch.randn(1, 16, 8, 8), torch.randn(1, 18, 8, 8), torch.rand(1, 9, 8, 8))
+    axes = {"images": {**({} if batch else {0: "batch"}), 2: "height", 3: "width"}}
     with deform_conv_onnx_symbolic(flavour, 19), torch.no_grad():
         torch.onnx.export(
-            _OneDeformConv().eval(), args, str(tmp_path / "model.onnx"), dynamo=False, opset_version=19
-        )
+            _OneDeformConv().eval(), (torch.randn(batch or 1, 3, 16, 16),), str(tmp_path / "model.onnx"),
+            dynamo=False, opset_version=19, input_names=["images"], dynamic_axes=axes,
+        )  # fmt: skip
     spec = InputSpec("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), 800, 1333, 128)
-    ModelArtifact("one", spec, ["a"], {"type": "dense", "spec": {}}).save(tmp_path / "model.json")
+    ModelArtifact("one", spec, ["a"], one_class_dense_decoder()).save(tmp_path / "model.json")
     return tmp_path
 
 
@@ -103,6 +118,83 @@ def test_bad_shape_is_a_usage_error(tmp_path, capsys):
     assert "multiples of 128" in capsys.readouterr().err
 
 
+def test_the_profile_takes_the_axes_the_graph_fixes():
+    asked = PROFILES["coco-batch8"]
+    assert fit_profile(asked, ["batch", 3, "height", "width"]) == (asked, [])
+    fitted, notes = fit_profile(asked, [1, 3, "height", "width"])
+    assert fitted == ShapeProfile((1, 3, 128, 128), (1, 3, 896, 1408), (1, 3, 1408, 1408))
+    assert notes == [
+        "model.onnx fixes the batch at 1: the engine's profile takes batch 1 (the profile asked 1..8); "
+        "a larger batch runs in chunks of it"
+    ]
+    fitted, notes = fit_profile(asked, [4, 3, 896, "width"])
+    assert (fitted.min, fitted.max) == ((4, 3, 896, 128), (4, 3, 896, 1408))
+    assert [n.split(":")[0] for n in notes] == [
+        "model.onnx fixes the batch at 4",
+        "model.onnx fixes the height at 896",
+    ]
+    with pytest.raises(EngineBuildError, match=r"not \[N, 3, H, W\]"):
+        fit_profile(asked, ["batch", 1, "height", "width"])
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_the_engine_profile_of_every_zoo_model_matches_its_graph(name):
+    """The dims the ONNX export writes for each zoo model, and the profile an engine of it gets
+    from the batch-8 preset the Docker image asks for: Faster R-CNN's graph has a batch of 1."""
+    entry = zoo.get_model(name)
+    model = build_model(load_config(entry.config_path, overrides=["MODEL.DEVICE", "cpu"]))
+    dims = input_dims(model, batch=None)
+    fitted, notes = fit_profile(PROFILES["coco-batch8"], dims["images"])
+    if name == "dyhead_r50_rcnn_fpn_1x":
+        assert dims == {"images": [1, 3, "height", "width"], "image_sizes": [1, 2]}
+        assert [s[0] for s in (fitted.min, fitted.opt, fitted.max)] == [1, 1, 1] and len(notes) == 1
+    else:
+        assert dims["images"] == ["batch", 3, "height", "width"]
+        assert (fitted, notes) == (PROFILES["coco-batch8"], [])
+
+
+def test_the_build_fits_the_profile_to_a_fixed_batch_graph_and_says_so(tmp_path, capsys):
+    """Read from the real graph, before TensorRT is needed (so it runs here up to that point)."""
+    model_dir = _model_dir(tmp_path, "onnx", batch=1)
+    assert graph_input_dims(onnx.load(str(model_dir / "model.onnx"))) == [1, 3, "height", "width"]
+    code = export_main(
+        ["tensorrt", "--onnx", str(model_dir), "--out", str(tmp_path / "e"), "--profile", "coco-batch8"]
+    )
+    err = capsys.readouterr().err
+    assert "[tensorrt] model.onnx fixes the batch at 1: the engine's profile takes batch 1" in err
+    if not HAS_TENSORRT:
+        assert code == 2 and "TensorRT is not installed" in err
+
+
+def test_the_standard_plugins_are_registered_before_parsing(tmp_path):
+    """The parser builds DeformConv from libnvinfer_plugin's ModulatedDeformConv2d creator."""
+    model = onnx.load(str(_model_dir(tmp_path, "onnx") / "model.onnx"))
+    trt = TensorRTCalls()
+    _parse(trt, network=None, model=model, onnx_path=tmp_path / "model.onnx", log=None)
+    assert trt.calls == ["init_libnvinfer_plugins('')", "OnnxParser", "parse"]
+    with pytest.raises(EngineBuildError, match="standard plugins"):
+        _parse(TensorRTCalls(plugins_ok=False), None, model, tmp_path / "model.onnx", None)
+
+
+def test_a_refused_timing_cache_is_an_error(tmp_path):
+    class Config:
+        def __init__(self, accepts: bool) -> None:
+            self.accepts = accepts
+
+        def create_timing_cache(self, data):
+            return object()
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            assert ignore_mismatch is False
+            return self.accepts
+
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"from another GPU")
+    assert _load_timing_cache(Config(accepts=True), path) is not None
+    with pytest.raises(EngineBuildError, match=r"refused the timing cache .*timing.cache.*delete it"):
+        _load_timing_cache(Config(accepts=False), path)
+
+
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 def test_without_tensorrt_the_build_says_so(tmp_path, capsys):
     model_dir = _model_dir(tmp_path, "plugin")
@@ -113,7 +205,7 @@ def test_without_tensorrt_the_build_says_so(tmp_path, capsys):
 
 @pytest.mark.tensorrt
 @needs_tensorrt
-@pytest.mark.parametrize("dcn", ["plugin", "builtin"])
+@pytest.mark.parametrize("dcn", ["plugin", "onnx"])
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_build_verify_and_serve_the_tiny_model(tiny_weights, tmp_path, capsys, dcn, fp16):
     from dyhead_serve.runtime.loader import load_backend

@@ -266,3 +266,13 @@ def test_the_training_dispatch_back_propagates_like_torchvision() -> None:
     torch.testing.assert_close(y_auto, y_tv, rtol=1e-10, atol=1e-10)
     for g_auto, g_tv in zip(grads_auto, grads_tv, strict=True):
         torch.testing.assert_close(g_auto, g_tv, rtol=1e-9, atol=1e-9)
+
+
+def test_the_triton_kernel_runs_in_autocasts_dtype() -> None:
+    """Under autocast a DyHead conv gets float16 activations with float32 weights and offsets; the
+    Triton kernel takes one dtype, so all are cast to autocast's (as for a convolution)."""
+    x = torch.randn(1, 4, 5, 5)
+    assert deform_conv.kernel_dtype(x) == torch.float32
+    assert deform_conv.kernel_dtype(x.half()) == torch.float16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert deform_conv.kernel_dtype(x) == torch.bfloat16

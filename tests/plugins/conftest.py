@@ -8,6 +8,10 @@ pytest.importorskip("triton", reason="the Triton kernel tests need triton (pip i
 
 
 @pytest.fixture(autouse=True)
-def triton_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CPU tensors run the kernel in Triton's interpreter only under TRITON_INTERPRET=1."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def triton_interpreter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors run the kernel in Triton's interpreter only under TRITON_INTERPRET=1; the
+    tests marked ``gpu`` or ``tensorrt`` run (and compile) it for real, so never under it."""
+    if request.node.get_closest_marker("gpu") or request.node.get_closest_marker("tensorrt"):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")

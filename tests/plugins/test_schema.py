@@ -68,6 +68,19 @@ def test_implementations_follow_tensorrts_argument_schema():
     assert aot_return == "tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]"
 
 
+def test_aot_impl_compiles_for_the_building_gpus_architecture():
+    """compile_ptx without ``arch`` would have Triton query the driver (and build its cuda_utils
+    extension) inside the builder callback."""
+    calls = [
+        node
+        for node in ast.walk(_decorated("aot_impl"))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "compile_ptx"
+    ]
+    assert len(calls) == 1
+    arch = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}.get("arch")
+    assert arch == "current_arch()"
+
+
 def test_trt_plugin_does_not_postpone_annotations():
     # TensorRT calls issubclass() on the annotations: they must be objects, not strings.
     imports = [n for n in ast.parse(SOURCE.read_text()).body if isinstance(n, ast.ImportFrom)]

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +32,57 @@ def encode(image: np.ndarray, image_format: str = "PNG", **params: object) -> by
 
 def photo_bytes(height: int = 120, width: int = 160, seed: int = 0, image_format: str = "PNG") -> bytes:
     return encode(synthetic_photo(height, width, seed=seed), image_format)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: Any  # uvicorn.Server: set should_exit to shut it down as SIGTERM does
+    thread: threading.Thread
+
+
+@contextmanager
+def running_server(app, settings) -> Iterator[LiveServer]:
+    """``app`` served as ``dyhead-serve serve`` serves it (uvicorn with our connection protocol and
+    limits), on a thread, on a free loopback port, once it is ready."""
+    import httpx
+    import uvicorn
+
+    from dyhead_serve.server.connections import uvicorn_options
+
+    options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": free_port()}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{options['port']}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the live server did not become ready")
+    try:
+        yield LiveServer(url, server, thread)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@contextmanager
+def live_server(app, settings) -> Iterator[str]:
+    """The URL of :func:`running_server`."""
+    with running_server(app, settings) as live:
+        yield live.url
 
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:

@@ -8,8 +8,6 @@ skipped with the reason when either is missing.
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from dyhead_serve.data.synthetic import generate_synthetic_dataset
 from dyhead_serve.server import ServerSettings, create_app
-from tests.server.test_process import free_port
+from tests.server.conftest import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -34,28 +32,13 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    """A real HTTP server (uvicorn on a thread) on loopback, with the embedded demo model."""
-    import uvicorn
-
+    """A real HTTP server (uvicorn on a thread, as `dyhead-serve serve` runs it) on loopback, with
+    the embedded demo model."""
     from dyhead_serve.runtime.loader import load_backend
 
-    port = free_port()
-    app = create_app(ServerSettings(warmup=False), backend=load_backend(device="cpu"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(30)
+    settings = ServerSettings(warmup=False)
+    with live_server(create_app(settings, backend=load_backend(device="cpu")), settings) as url:
+        yield url
 
 
 def _set_score(page, value: float) -> None:
@@ -125,3 +108,36 @@ def test_demo_page_shows_boxes_and_a_table(base_url, tmp_path):
             browser.close()
     assert not errors, errors
     assert all(url.startswith((base_url, "blob:", "data:")) for url in requested), requested
+
+
+def test_docs_render_without_internet(base_url):
+    """/docs and /redoc in headless Chromium with every request off this server blocked: both
+    render the API's operations. Swagger UI asks for nothing elsewhere; ReDoc only for the logo of
+    its "API docs by Redocly" footer link, which then stays blank."""
+    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+        pytest.skip("no /usr/bin/chromium (Debian: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            blocked: list[str] = []
+
+            def only_this_server(route) -> None:
+                if route.request.url.startswith((base_url, "data:", "blob:")):
+                    route.continue_()
+                else:
+                    blocked.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_this_server)
+            page.goto(base_url + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            assert "/v1/detect" in page.content()
+            assert not blocked, blocked
+            page.goto(base_url + "/redoc")
+            page.wait_for_selector("[data-section-id]", timeout=30_000)
+            assert "/v1/detect" in page.content()
+        finally:
+            browser.close()
+    assert all(url.endswith("/redoc/logo-mini.svg") for url in blocked), blocked

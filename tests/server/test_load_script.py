@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def load_script():
-    spec = importlib.util.spec_from_file_location("load_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["load_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("load")
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://localhost:8000/", "http://[::1]:8000"])

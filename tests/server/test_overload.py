@@ -62,7 +62,8 @@ def test_full_queue_answers_503_with_retry_after(gated):
 
 
 def test_slow_answer_times_out_with_504(gated):
-    settings = ServerSettings(request_timeout_s=0.3, warmup=False)
+    # Long enough that the request after the gate opens is answered in time on a loaded machine.
+    settings = ServerSettings(request_timeout_s=1.0, warmup=False)
     with TestClient(create_app(settings, backend=gated)) as client:
         wait_ready(client)
         timed_out = client.post("/v1/detect", files=IMAGE)
@@ -107,15 +108,3 @@ def test_failed_load_is_reported():
         refused = client.post("/v1/detect", files=IMAGE)
         assert refused.status_code == 503 and "no model.json" in refused.json()["error"]["message"]
     assert isinstance(failures[0], FileNotFoundError)
-
-
-def test_no_default_model_yet_is_a_clear_error(monkeypatch):
-    from dyhead_serve import zoo
-
-    monkeypatch.delitem(zoo.ZOO, zoo.DEFAULT_MODEL, raising=False)
-    failures: list[BaseException] = []
-    with TestClient(create_app(ServerSettings(), on_load_failure=failures.append)) as client:
-        deadline = time.monotonic() + 10
-        while not failures and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert "default model" in client.get("/readyz").json()["detail"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,15 +14,9 @@ import httpx
 import pytest
 
 from dyhead_serve.cli import main as cli_main
-from tests.server.conftest import photo_bytes
+from tests.server.conftest import free_port, photo_bytes
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(*args: str) -> subprocess.Popen:

@@ -49,10 +49,58 @@ def test_unset_flags_defer_to_the_environment():
     assert ServerSettings(**given).cors_origins == ["https://a.example"]
 
 
-@pytest.mark.parametrize("value", ["", "   "])
-def test_an_empty_api_key_means_no_key(monkeypatch, value):
-    monkeypatch.setenv("DYHEAD_SERVE_API_KEY", value)
+def test_an_empty_api_key_means_no_key(monkeypatch):
+    monkeypatch.setenv("DYHEAD_SERVE_API_KEY", "")
     assert ServerSettings().api_key is None
     monkeypatch.setenv("DYHEAD_SERVE_API_KEY", "s3cret")
     key = ServerSettings().api_key
     assert key is not None and key.get_secret_value() == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("   ", "only whitespace"),
+        ("\t", "only whitespace"),
+        (" s3cret", "starts or ends with whitespace"),
+        ("s3cret\n", "starts or ends with whitespace"),
+        ("clé-secrète", "printable ASCII"),
+        ("key\x7f", "printable ASCII"),
+    ],
+    ids=["spaces", "tab", "leading-space", "trailing-newline", "non-ascii", "control-character"],
+)
+def test_api_keys_that_could_not_match_are_refused(monkeypatch, value, message):
+    monkeypatch.setenv("DYHEAD_SERVE_API_KEY", value)
+    with pytest.raises(ValidationError, match=message) as info:
+        ServerSettings()
+    assert value.strip() not in str(info.value) or not value.strip()  # the key is not echoed
+    with pytest.raises(ValidationError, match=message):
+        ServerSettings(api_key=value)
+
+
+def test_serve_refuses_a_whitespace_key_at_start_up(monkeypatch, capsys):
+    import uvicorn
+
+    from dyhead_serve.cli import main as cli_main
+
+    def must_not_start(self, *args, **kwargs):
+        raise AssertionError("the server started with a whitespace-only API key")
+
+    monkeypatch.setattr(uvicorn.Server, "run", must_not_start)
+    monkeypatch.setenv("DYHEAD_SERVE_API_KEY", "  ")
+    assert cli_main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid server settings: api_key") and "only whitespace" in err
+
+
+def test_a_key_with_inner_spaces_and_punctuation_matches(served_backend):
+    from fastapi.testclient import TestClient
+
+    from dyhead_serve.server import create_app
+
+    key = "a b~!{}"
+    with TestClient(create_app(ServerSettings(api_key=key, warmup=False), backend=served_backend)) as client:
+        assert client.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
+        assert client.get("/v1/models", headers={"X-API-Key": "a b~!{"}).status_code == 401
+        latin = client.get("/v1/models", headers={"X-API-Key": "a b\xe9!{}".encode("latin-1")})
+        assert latin.status_code == 401

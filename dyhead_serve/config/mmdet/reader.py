@@ -16,13 +16,13 @@ values, and the file's values are merged into the bases: dicts merge key by key 
 ``_delete_=True``, anything else replaces. A resolved dump (``Config.dump``) is a file without
 ``_base_`` and reads the same way.
 
-Hostile files are refused with a :class:`~dyhead_serve.config.ConfigError` before anything
-large is built: only regular files (not ``/proc``, ``/sys``, ``/dev``, FIFOs), at most
-:data:`MAX_FILE_BYTES` each, no NUL bytes, values nested at most :data:`MAX_NESTING` deep and
-holding at most :data:`MAX_VALUES` values in all (counting every use of a name, so that names
-nested in names cannot build an exponentially large config), at most :data:`MAX_BASE_DEPTH`
-levels and :data:`MAX_FILES` files of inheritance, no inheritance cycle, and sequences built by
-``+`` at most :data:`MAX_SEQUENCE` long.
+Hostile files are refused with a :class:`~dyhead_serve.config.ConfigError`, by the rules every
+config reader shares (:mod:`dyhead_serve.config.file_limits`): regular UTF-8 files of at most
+1 MiB without NUL characters, ``_base_`` files that exist, at most 16 deep, values nested at most
+32 deep and at most 100 000 of them once shared names are counted at each use (so that names
+nested in names cannot build an exponentially large config). Ours on top: no file under
+``/proc``, ``/sys`` or ``/dev``, no inheritance cycle, at most :data:`MAX_FILES` bases in one
+``_base_``, and sequences built by ``+`` or ``*`` at most :data:`MAX_SEQUENCE` long.
 """
 
 from __future__ import annotations
@@ -32,30 +32,17 @@ import copy
 import math
 import os
 import re
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dyhead_serve.config.errors import ConfigError
+from dyhead_serve.config.file_limits import MAX_NESTING_DEPTH, check_tree, read_config_text, resolve_base_path
 
-__all__ = [
-    "MAX_BASE_DEPTH",
-    "MAX_FILES",
-    "MAX_FILE_BYTES",
-    "MAX_NESTING",
-    "MAX_SEQUENCE",
-    "MAX_VALUES",
-    "merge_into",
-    "read_mmdet_config",
-]
+__all__ = ["MAX_FILES", "MAX_SEQUENCE", "merge_into", "read_mmdet_config"]
 
-MAX_FILE_BYTES = 1 << 20
-MAX_NESTING = 60
-MAX_BASE_DEPTH = 16
 MAX_FILES = 64
 MAX_SEQUENCE = 100_000
-MAX_VALUES = 200_000
 _MAX_INT_BITS = 64
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -126,33 +113,10 @@ def _strip_delete(value: Any) -> Any:
 
 def _read_source(path: Path) -> str:
     """The text of a config file, after the checks that keep hostile files out."""
-    shown = os.fspath(path)
-    resolved = Path(os.path.realpath(path))
-    if any(str(resolved) == root or str(resolved).startswith(root + "/") for root in _SPECIAL_ROOTS):
-        raise ConfigError(f"config file {shown}: refusing a path under {', '.join(_SPECIAL_ROOTS)}")
-    try:
-        info = os.stat(resolved)
-    except OSError as exc:
-        raise ConfigError(f"config file {shown}: cannot read ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"config file {shown}: not a regular file")
-    if info.st_size > MAX_FILE_BYTES:
-        raise ConfigError(
-            f"config file {shown}: {info.st_size} bytes, more than the {MAX_FILE_BYTES} allowed"
-        )
-    try:
-        with open(resolved, "rb") as file:
-            raw = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"config file {shown}: cannot read ({exc.strerror or exc})") from exc
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"config file {shown}: more than the {MAX_FILE_BYTES} bytes allowed")
-    if b"\x00" in raw:
-        raise ConfigError(f"config file {shown}: contains a NUL byte; not a config file")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    resolved = os.path.realpath(path)
+    if any(resolved == root or resolved.startswith(root + "/") for root in _SPECIAL_ROOTS):
+        raise ConfigError(f"config file {os.fspath(path)}: refusing a path under {', '.join(_SPECIAL_ROOTS)}")
+    return read_config_text(path)
 
 
 def _read(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
@@ -162,61 +126,32 @@ def _read(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
     if key in stack:
         chain = " -> ".join(str(p) for p in (*stack, key))
         raise ConfigError(f"config file {path}: _base_ inheritance loops back on itself ({chain})")
-    if len(stack) > MAX_BASE_DEPTH:
-        raise ConfigError(f"config file {path}: _base_ inheritance deeper than {MAX_BASE_DEPTH} levels")
     text, references = _substitute_placeholders(_read_source(path), path)
     tree = _parse(text, path)
     base_names = _base_files(tree, path)
     base: dict[str, Any] = {}
     for name in base_names:
-        base_path = (path.parent / name) if not os.path.isabs(name) else Path(name)
+        base_path = resolve_base_path(name, path, key=BASE_KEY, suffixes={".py"}, chain_length=len(stack) + 1)
         loaded = _read(base_path, (*stack, key))
         duplicates = sorted(set(base) & set(loaded))
         if duplicates:
             raise ConfigError(f"config file {path}: keys {duplicates} are set by more than one _base_ file")
         base.update(loaded)
     namespace = _Evaluator(path, base).run(tree)
+    # Names may share values: measured (sharing counted at each use) before anything walks them.
+    check_tree(namespace, _children, source=str(path))
     for marker, dotted in references.items():
         namespace = _replace_marker(namespace, marker, _lookup(base, dotted, path))
     own = {k: v for k, v in namespace.items() if k != BASE_KEY and not k.startswith("__")}
     merged = merge_into(own, base, str(path))
-    _check_size(merged, path)
+    check_tree(merged, _children, source=str(path))
     return merged
 
 
-def _check_size(value: Any, path: Path, line: object = "?", measure: _Measure | None = None) -> int:
-    """Refuse values nested deeper than MAX_NESTING or holding more than MAX_VALUES values;
-    return the size."""
-    size, depth = (measure or _Measure()).measure(value)
-    if depth > MAX_NESTING:
-        raise ConfigError(f"{path}:{line}: values nested more than {MAX_NESTING} levels deep")
-    if size > MAX_VALUES:
-        raise ConfigError(f"{path}:{line}: the config holds more than {MAX_VALUES} values")
-    return size
-
-
-class _Measure:
-    """Size (values, counting each use of a shared value) and nesting depth of a value, in time
-    linear in its distinct containers."""
-
-    def __init__(self) -> None:
-        self.memo: dict[int, tuple[Any, int, int]] = {}  # id -> (value kept alive, size, depth)
-
-    def measure(self, value: Any) -> tuple[int, int]:
-        if not isinstance(value, dict | list | tuple):
-            return 1, 0
-        known = self.memo.get(id(value))
-        if known is not None:
-            return known[1], known[2]
-        items = value.values() if isinstance(value, dict) else value
-        size, depth = 1, 0
-        for item in items:
-            item_size, item_depth = self.measure(item)
-            size, depth = size + item_size, max(depth, item_depth + 1)
-            if size > MAX_VALUES or depth > MAX_NESTING:
-                break  # already too large: stop counting
-        self.memo[id(value)] = (value, size, depth)
-        return size, depth
+def _children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    return list(value) if isinstance(value, list | tuple) else []
 
 
 def _substitute_placeholders(text: str, path: Path) -> tuple[str, dict[str, str]]:
@@ -304,8 +239,6 @@ class _Evaluator:
         self.path = path
         self.base = base
         self.namespace: dict[str, Any] = {}
-        self.measure = _Measure()  # shared: values never change once built
-        self.total = 0  # values assigned so far, each use of a shared value counted
 
     def fail(self, node: ast.AST, message: str) -> ConfigError:
         return ConfigError(f"{self.path}:{getattr(node, 'lineno', '?')}: {message}")
@@ -321,9 +254,6 @@ class _Evaluator:
             if any(isinstance(t, ast.Name) and t.id == BASE_KEY for t in statement.targets):
                 continue  # read by _base_files
             value = self.value(statement.value, 0)
-            self.total += _check_size(value, self.path, statement.lineno, self.measure)
-            if self.total > MAX_VALUES:
-                raise self.fail(statement, f"the config holds more than {MAX_VALUES} values")
             for target in statement.targets:
                 if not isinstance(target, ast.Name):
                     raise self.fail(
@@ -333,8 +263,8 @@ class _Evaluator:
         return self.namespace
 
     def value(self, node: ast.AST, depth: int) -> Any:
-        if depth > MAX_NESTING:
-            raise self.fail(node, f"values nested more than {MAX_NESTING} levels deep")
+        if depth > MAX_NESTING_DEPTH:
+            raise self.fail(node, f"values nested more than {MAX_NESTING_DEPTH} levels deep")
         depth += 1
         if isinstance(node, ast.Constant):
             if node.value is None or isinstance(node.value, bool | int | float | str):

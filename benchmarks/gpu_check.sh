@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-shot GPU validation: every GPU check of the project in one run (under 8 minutes on a GPU
+# host), written up as one markdown report. Run from anywhere, in the environment the project is
+# installed in (`pip install -e ".[dev]"`: torch with CUDA and Triton; TensorRT used when present):
+#
+#   benchmarks/gpu_check.sh                        # report: benchmarks/results/gpu_check-<gpu>-<time>.md
+#   benchmarks/gpu_check.sh --out report.md        # elsewhere
+#   PYTHON=/path/to/python benchmarks/gpu_check.sh # another interpreter
+#
+# Steps (benchmarks/gpu_check.py): environment; the kernel's numerics at every tile and dtype;
+# compute-sanitizer memcheck on a small case (when installed); the `gpu` and `tensorrt` tests;
+# benchmarks/dcn_gpu.py; whole-model latency of ATSS R-50 at 800x1333 (float32 and float16
+# autocast, torchvision's kernel and ours). What cannot run here is reported as skipped, with why.
+# Exit status 1 when a step failed or timed out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec "${PYTHON:-python3}" benchmarks/gpu_check.py "$@"
