@@ -8,6 +8,7 @@ skipped with the reason when either is missing.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,17 @@ def base_url() -> Iterator[str]:
     settings = ServerSettings(warmup=False)
     with live_server(create_app(settings, backend=load_backend(device="cpu")), settings) as url:
         yield url
+
+
+def _wait_until(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll ``expression`` in the page. (``page.wait_for_function`` evaluates its predicate with
+    ``eval`` inside the page, which the demo page's Content-Security-Policy rightly forbids;
+    ``page.evaluate`` goes through the DevTools protocol.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {expression}")
+        time.sleep(0.05)
 
 
 def _set_score(page, value: float) -> None:
@@ -74,15 +86,13 @@ def test_demo_page_shows_boxes_and_a_table(base_url, tmp_path):
             page.on("request", lambda request: requested.append(request.url))
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(base_url + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('onnxruntime')")
+            _wait_until(page, "document.getElementById('model').textContent.includes('onnxruntime')")
             notice = page.inner_text("#notice")
             assert page.is_visible("#notice") and "six synthetic shapes" in notice
             assert "--model dyhead_r50_atss_fpn_1x" in notice
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#canvas", timeout=30_000)
-            page.wait_for_function(
-                f"document.querySelectorAll('#detections tbody tr').length === {len(shown)}", timeout=30_000
-            )
+            _wait_until(page, f"document.querySelectorAll('#detections tbody tr').length === {len(shown)}")
             size = page.eval_on_selector(
                 "#canvas", "c => [c.dataset.width, c.dataset.height, c.width, c.height]"
             )

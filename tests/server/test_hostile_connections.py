@@ -229,9 +229,10 @@ def test_healthz_stays_fast_while_millions_of_elements_arrive(server):
     p50 = latencies[len(latencies) // 2]
     print(f"/healthz under attack: {len(latencies)} probes, p50 {p50 * 1000:.1f} ms, "
           f"p90 {p90 * 1000:.1f} ms, max {worst * 1000:.1f} ms")  # fmt: skip
-    # Before the fix each request held the loop 4 to 12 s. The target is 100 ms; the bound on the
-    # worst probe leaves room for a loaded CI machine.
-    assert p90 < 0.1 and worst < 0.5, (p90, worst)
+    # Before the fix each request held the loop 4 to 12 s. The target is 100 ms (p90); the bound
+    # on the worst probe leaves room for a loaded CI machine (one probe took 0.5 s on a machine
+    # running five test suites at once) while still catching a stall of seconds.
+    assert p90 < 0.1 and worst < 1.0, (p90, worst)
 
 
 def test_a_normal_request_still_succeeds_after_the_attacks(server):
