@@ -25,6 +25,8 @@ examples:
   dyhead-serve predict --model dyhead_r50_atss_fpn_1x photo.jpg          # downloads the official weights
   dyhead-serve predict --model exported/ --backend onnxruntime photo.jpg  # a `dyhead-export onnx` folder
   dyhead-serve predict --config my.yaml --weights model.pth --out-dir drawn/ --score-threshold 0.3 a.jpg b.png
+  dyhead-serve predict --model atss_r50_fpn_dyhead_1x_coco photo.jpg     # mmdetection's model zoo
+  dyhead-serve predict --config my_mmdet_config.py --weights epoch_12.pth photo.jpg  # your mmdetection model
 """
 
 
@@ -164,12 +166,13 @@ def _add_zoo(subparsers: argparse._SubParsersAction) -> None:
 def _run_zoo_list(args: argparse.Namespace) -> int:
     from dyhead_serve import zoo
 
-    print(f"{'name':30s} {'COCO AP':>7s}  {'cached':6s}  description / weights URL")
+    width = max(len(name) for name in zoo.ZOO)
+    print(f"{'name':{width}s} {'COCO AP':>7s}  {'cached':6s}  description / weights URL")
     for entry in zoo.ZOO.values():
         cached = entry.embedded is not None or (zoo.cache_dir() / "weights" / Path(entry.url).name).is_file()
         ap = f"{entry.coco_ap:.1f}" if entry.coco_ap is not None else "-"
-        print(f"{entry.name:30s} {ap:>7s}  {'yes' if cached else 'no':6s}  {entry.description}")
-        print(f"{'':48s}{entry.url or 'shipped in the package'}")
+        print(f"{entry.name:{width}s} {ap:>7s}  {'yes' if cached else 'no':6s}  {entry.description}")
+        print(f"{'':{width + 18}s}{entry.url or 'shipped in the package'}")
     print(f"\ncache: {zoo.cache_dir()} (set DYHEAD_SERVE_CACHE to move it)")
     return 0
 
@@ -225,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyhead-serve",
         description="DyHead object detectors: predict on images, train, evaluate (COCO AP), list the "
-        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`.",
+        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`. "
+        "Models: the official DynamicHead (Detectron2) configs and checkpoints, and mmdetection's "
+        "DyHead models (its .py configs, read without executing them, and its checkpoints), with "
+        "each implementation's own detections.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

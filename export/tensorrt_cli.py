@@ -58,7 +58,12 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fp16", action="store_true", help="allow float16 kernels (verified with looser tolerances)"
     )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="coco", help="shape preset (default coco)")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="coco",
+        help="shape preset (default coco: up to 1408x1408; large: up to 2048x2048, for mmdetection's Swin-L)",
+    )
     for bound in ("min", "opt", "max"):
         p.add_argument(f"--{bound}-shape", type=_shape, metavar="NxCxHxW", help=f"{bound} images shape")
     p.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")

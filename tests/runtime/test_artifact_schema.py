@@ -46,6 +46,12 @@ def edit(path: str, value: Any) -> Any:
     return data
 
 
+def _mmdet_rules_on_retinanet() -> Any:
+    data = edit("decoder.spec.rules", "mmdet")
+    data["decoder"]["spec"]["kind"] = "retinanet"
+    return data
+
+
 # (id, document, the field the message names)
 BROKEN = [
     (
@@ -101,6 +107,30 @@ BROKEN = [
     ("unknown-top-level", edit("extra", 1), "the top level: unknown field 'extra'"),
     ("missing-input-spec", edit("input_spec", ...), "input_spec: missing"),
     ("provenance-a-list", edit("provenance", []), "provenance: expected an object"),
+    (
+        "unknown-resize-rule",
+        edit("input_spec.resize_rule", "yolo"),
+        "input_spec.resize_rule: expected one of",
+    ),
+    ("unknown-resize-backend", edit("input_spec.resize_backend", "skimage"), "input_spec.resize_backend"),
+    ("unknown-decoder-rules", edit("decoder.spec.rules", "yolo"), "decoder.spec.rules: expected one of"),
+    (
+        "three-box-stds",
+        edit("decoder.spec.box_stds", [0.1, 0.1, 0.2]),
+        "decoder.spec.box_stds: expected a list of 4",
+    ),
+    ("zero-box-std", edit("decoder.spec.box_stds", [0.1, 0.0, 0.2, 0.2]), r"decoder.spec.box_stds\[1\]"),
+    (
+        "nan-box-mean",
+        edit("decoder.spec.box_means", [0.0, float("nan"), 0.0, 0.0]),
+        r"decoder.spec.box_means\[1\]",
+    ),
+    ("min-box-size-below", edit("decoder.spec.min_box_size", -5), "decoder.spec.min_box_size"),
+    (
+        "mmdet-rules-on-retinanet",
+        _mmdet_rules_on_retinanet(),
+        "decoder.spec.rules: the mmdet rules decode ATSS",
+    ),
 ]
 
 

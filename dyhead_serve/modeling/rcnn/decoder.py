@@ -94,6 +94,7 @@ class RCNNDecoder:
         padded_hw: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         score_threshold: float | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[RawDetections]:
         """Decode a batch.
 
@@ -105,6 +106,7 @@ class RCNNDecoder:
             padded_hw: (H, W) of the network input (unused: proposals are already in pixels).
             image_sizes: (h, w) of each resized image before padding; boxes are clipped to it.
             score_threshold: overrides the configured threshold when given.
+            original_sizes: unused (detections stay in input coordinates).
         """
         classes = self.spec.num_classes
         check_output_dim(outputs, "logits", -1, classes + 1, "class scores (classes + background)")
