@@ -56,7 +56,7 @@ def run_once(model, clock: StageClock, spec, image, class_names) -> dict[str, fl
     t1 = time.perf_counter()
     outputs = model(batch.images, batch.image_sizes_tensor())
     t2 = time.perf_counter()
-    raw = model.decoder(outputs, batch.padded_hw, batch.image_sizes)[0]
+    raw = model.decoder(outputs, batch.padded_hw, batch.image_sizes, original_sizes=batch.original_sizes)[0]
     to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
     t3 = time.perf_counter()
     fpn_end, dyhead_end = clock.marks["fpn"], clock.marks["dyhead"]

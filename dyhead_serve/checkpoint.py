@@ -6,9 +6,13 @@ format is read from the first bytes (:func:`checkpoint_format`):
 
 - :func:`torch.save` files, a zip archive (it starts with ``PK``) or the legacy format (a pickle
   that starts with torch's magic number): read with ``torch.load(..., weights_only=True)``. The file
-  holds either a bare state dict or Detectron2's ``DetectionCheckpointer`` dict, whose ``model``
+  holds either a bare state dict, Detectron2's ``DetectionCheckpointer`` dict, whose ``model``
   entry is the state dict (its ``optimizer``, ``scheduler``, ``iteration`` and ``trainer``
-  entries are ignored).
+  entries are ignored), or an mmdetection / mmengine checkpoint, whose ``state_dict`` entry is
+  (``meta`` and the rest are ignored). Files that ``weights_only`` refuses are read once more by
+  our own allowlists (numpy arrays and scalars, as for plain pickles); the training state that
+  mmengine pickles beside the weights (message-hub buffers) becomes inert placeholders, never
+  imported or called.
 - safetensors files (a JSON header and raw bytes; the embedded default model is one): read by
   :mod:`dyhead_serve.safetensors_file`, which checks every field of the header first.
 - plain pickles, such as Detectron2 model-zoo ``.pkl`` files (often written by Python 2 from
@@ -21,7 +25,9 @@ outside those allowlists is refused with :class:`CheckpointError` before anythin
 
 :func:`load_state_dict` then compares the tensors with ``model.state_dict()`` (parameters and
 persistent buffers, integer buffers such as Swin's ``relative_position_index`` included) and
-either loads them or raises :class:`CheckpointMismatchError` carrying a :class:`LoadReport`.
+either loads them or raises :class:`CheckpointMismatchError` carrying a :class:`LoadReport`. A
+checkpoint family that names tensors otherwise (mmdetection) is loaded through a
+:class:`KeyMap`, and its report speaks the file's names.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import os
 import pickle
 import pickletools
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +59,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointFormat",
     "CheckpointMismatchError",
+    "KeyMap",
     "LoadReport",
     "ShapeMismatch",
     "checkpoint_format",
@@ -100,12 +108,14 @@ class LoadReport:
         unexpected_keys: in the checkpoint but not in the model, in the checkpoint's order.
         shape_mismatches: in both, with different shapes; these are never loaded.
         source: where the checkpoint came from (a path), for messages.
+        hint: a last line for the reader (what the mismatch suggests), or empty.
     """
 
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
     shape_mismatches: list[ShapeMismatch] = field(default_factory=list)
     source: str = "the given state dict"
+    hint: str = ""
 
     @property
     def ok(self) -> bool:
@@ -142,7 +152,29 @@ class LoadReport:
             f"shape mismatches (not loaded): {len(self.shape_mismatches)}",
             [str(mismatch) for mismatch in self.shape_mismatches],
         )
+        if self.hint:
+            lines.append(self.hint)
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """How a checkpoint family names a model's tensors.
+
+    Attributes:
+        to_file: model ``state_dict()`` name -> name in the checkpoint, for every model tensor.
+        optional: checkpoint names that may be present and are ignored (mmdetection's
+            ``num_batches_tracked`` counters of BatchNorm layers our frozen norms do not keep).
+        family: the checkpoint family, for messages (``"mmdetection"``).
+    """
+
+    to_file: dict[str, str]
+    optional: frozenset[str] = frozenset()
+    family: str = "mmdetection"
+
+    def to_model(self) -> dict[str, str]:
+        """Checkpoint name -> model name."""
+        return {file_key: model_key for model_key, file_key in self.to_file.items()}
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -246,12 +278,87 @@ def _torch_load(path: Path) -> Any:
         # ("Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module x is blocked").
         match = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
         if match:
-            raise CheckpointError(f"checkpoint {path}: refusing global {match.group(1)}: {_REFUSAL}") from exc
+            # Training checkpoints (mmengine's) pickle numpy values and the trainer's state beside
+            # the weights: read them again with our own allowlists, training state made inert.
+            return _torch_load_allowlisted(path, refused=match.group(1), cause=exc)
         raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot read ({_reason(exc)})") from exc
     except Exception as exc:  # any other failure to parse the file is a corrupt file
         raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
+
+
+def _torch_load_allowlisted(path: Path, refused: str, cause: Exception) -> Any:
+    """Read a :func:`torch.save` file with :class:`_TorchFileUnpickler` (torch still reads the
+    tensor data); only a zip-format file, as every torch since 1.6 writes."""
+    if checkpoint_format(path) is not CheckpointFormat.TORCH or not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path}: refusing global {refused}: {_REFUSAL}") from cause
+    module = _UnpicklerModule(path)
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # the unpickler and numpy raise many types on malformed data
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint ({_reason(exc)})") from exc
+    if module.inert:
+        logger.info("%s: training state not read (%s)", path, ", ".join(sorted(module.inert)))
+    return contents
+
+
+# Modules of the training frameworks whose objects mmdetection / mmengine checkpoints pickle
+# beside the weights (the message hub's history buffers; the bound methods those keep are rebuilt
+# with getattr). Reading such a file, each of these globals becomes an inert placeholder: nothing
+# of theirs is imported or called, and what they would have built is dropped with the other
+# non-tensor entries.
+_TRAINING_STATE_MODULES = ("mmengine", "mmcv", "mmdet")
+_GETATTR = {("builtins", "getattr"), ("__builtin__", "getattr")}
+
+
+class _Inert:
+    """Stands in for a training framework's object: takes any arguments and state, keeps none."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _UnpicklerModule:
+    """What ``torch.load(pickle_module=...)`` needs: an ``Unpickler`` class (torch gives it the
+    file and sets its ``persistent_load`` for the tensor data)."""
+
+    __name__ = "dyhead_serve_allowlisted_pickle"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.inert: set[str] = set()
+        module = self
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module_name: str, name: str) -> Any:
+                return module.find_class(module_name, name)
+
+        self.Unpickler = Unpickler
+
+    def find_class(self, module_name: str, name: str) -> Any:
+        if (module_name, name) in _TORCH_REBUILD:
+            return _TORCH_REBUILD[(module_name, name)]
+        storage = getattr(torch, name, None) if module_name == "torch" and name.endswith("Storage") else None
+        if isinstance(storage, type):
+            return storage  # a storage type, named inside the tensor data's ids
+        if (module_name, name) in _allowed_globals():
+            return _allowed_globals()[(module_name, name)]
+        if module_name.split(".")[0] in _TRAINING_STATE_MODULES or (module_name, name) in _GETATTR:
+            self.inert.add(f"{module_name}.{name}")
+            return _Inert
+        raise CheckpointError(f"checkpoint {self.path}: refusing global {module_name}.{name}: {_REFUSAL}")
+
+
+_TORCH_REBUILD: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+}
 
 
 def _pickle_load(path: Path) -> Any:
@@ -346,11 +453,13 @@ def _extract_tensors(contents: Any, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"checkpoint {path}: expected a dict of tensors, found {type(contents).__name__}"
         )
-    if isinstance(contents.get("model"), Mapping):
-        others = [str(key) for key in contents if key != "model"]
-        if others:
-            logger.debug("%s: using the 'model' entry, ignoring %s", path, ", ".join(others))
-        contents = contents["model"]
+    for entry in ("model", "state_dict"):  # Detectron2's checkpointer; mmdetection / mmengine
+        if isinstance(contents.get(entry), Mapping):
+            others = [str(key) for key in contents if key != entry]
+            if others:
+                logger.debug("%s: using the %r entry, ignoring %s", path, entry, ", ".join(others))
+            contents = contents[entry]
+            break
 
     tensors: dict[str, torch.Tensor] = {}
     for key, value in contents.items():
@@ -397,18 +506,28 @@ def compare_state_dicts(
     model_state: Mapping[str, torch.Tensor],
     *,
     source: str = "the given state dict",
+    optional: frozenset[str] = frozenset(),
 ) -> LoadReport:
-    """Compare a checkpoint's tensors with a model's ``state_dict()`` by name and shape."""
+    """Compare a checkpoint's tensors with a model's ``state_dict()`` by name and shape.
+
+    ``optional`` names checkpoint entries that are neither expected nor unexpected. A scalar
+    stored as a 0-d tensor matches a one-element ``[1]`` tensor (mmdetection's ``Scale``).
+    """
     report = LoadReport(source=source)
     for name, target in model_state.items():
         if name not in checkpoint:
             report.missing_keys.append(name)
-        elif checkpoint[name].shape != target.shape:
+        elif not _same_shape(checkpoint[name], target):
             report.shape_mismatches.append(
                 ShapeMismatch(name, tuple(checkpoint[name].shape), tuple(target.shape))
             )
-    report.unexpected_keys = [name for name in checkpoint if name not in model_state]
+    report.unexpected_keys = [name for name in checkpoint if name not in model_state and name not in optional]
     return report
+
+
+def _same_shape(stored: torch.Tensor, target: torch.Tensor) -> bool:
+    scalars = {tuple(stored.shape), tuple(target.shape)} == {(), (1,)}
+    return stored.shape == target.shape or scalars
 
 
 def load_state_dict(
@@ -416,6 +535,7 @@ def load_state_dict(
     state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike[str],
     *,
     strict: bool = True,
+    key_map: KeyMap | None = None,
 ) -> LoadReport:
     """Copy a checkpoint's tensors into ``model``, in place.
 
@@ -427,6 +547,8 @@ def load_state_dict(
         strict: if True, any missing key, unexpected key or shape mismatch raises and nothing
             is loaded. If False, every same-named, same-shaped tensor is loaded, the rest of
             the model keeps its values, and the report is logged at WARNING.
+        key_map: how the checkpoint names the model's tensors, when not as ``state_dict()``
+            does (mmdetection checkpoints); the report then uses the checkpoint's names.
 
     Returns:
         The comparison report (``report.ok`` is True when everything matched).
@@ -446,7 +568,16 @@ def load_state_dict(
             raise TypeError(f"state dict values must be tensors; not for keys {not_tensors[:5]}")
 
     model_state = model.state_dict()
-    report = compare_state_dicts(checkpoint, model_state, source=source)
+    if key_map is not None:
+        # Compare in the checkpoint's names, so that the report speaks the file's language.
+        model_state = {key_map.to_file[name]: tensor for name, tensor in model_state.items()}
+    optional = key_map.optional if key_map is not None else frozenset()
+    report = compare_state_dicts(checkpoint, model_state, source=source, optional=optional)
+    if key_map is not None and report.missing_keys and not set(checkpoint) & set(model_state):
+        report.hint = (
+            f"no tensor of the checkpoint has a {key_map.family} name of this model: is it a checkpoint "
+            f"of another family (the config says the weights are {key_map.family}'s)?"
+        )
     if not report.ok:
         if strict:
             raise CheckpointMismatchError(report)
@@ -457,7 +588,8 @@ def load_state_dict(
     with torch.no_grad():
         for name in names:
             # state_dict() tensors share storage with the parameters and buffers.
-            model_state[name].copy_(checkpoint[name])
+            target = model_state[name]
+            target.copy_(checkpoint[name].reshape(target.shape))
     logger.info("loaded %d tensors from %s", len(names), source)
     return report
 

@@ -25,6 +25,8 @@ examples:
   dyhead-serve predict --model dyhead_r50_atss_fpn_1x photo.jpg          # downloads the official weights
   dyhead-serve predict --model exported/ --backend onnxruntime photo.jpg  # a `dyhead-export onnx` folder
   dyhead-serve predict --config my.yaml --weights model.pth --out-dir drawn/ --score-threshold 0.3 a.jpg b.png
+  dyhead-serve predict --model atss_r50_fpn_dyhead_1x_coco photo.jpg     # mmdetection's model zoo
+  dyhead-serve predict --config my_mmdet_config.py --weights epoch_12.pth photo.jpg  # your mmdetection model
 """
 
 
@@ -45,11 +47,6 @@ def installed_command(script: str, module: str) -> list[str]:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return [str(candidate)]
     return [sys.executable, "-m", module]
-
-
-def exporter_command() -> list[str]:
-    """The command line of this installation's ``dyhead-export``."""
-    return installed_command("dyhead-export", "dyhead_serve.export")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,6 +122,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from dyhead_serve.modeling.output_shape import OutputShapeError
     from dyhead_serve.predict import predict_files
     from dyhead_serve.runtime.base import make_predictor
 
@@ -137,13 +135,16 @@ def _run_predict(args: argparse.Namespace) -> int:
 
         logger.info("no model named: %s", demo_model_notice())
     predictor = make_predictor(_load_backend_from_args(args))
-    results, errors = predict_files(
-        predictor,
-        args.images,
-        score_threshold=args.score_threshold,
-        out_dir=args.out_dir,
-        draw_threshold=args.draw_threshold,
-    )
+    try:
+        results, errors = predict_files(
+            predictor,
+            args.images,
+            score_threshold=args.score_threshold,
+            out_dir=args.out_dir,
+            draw_threshold=args.draw_threshold,
+        )
+    except OutputShapeError as exc:  # the model, not an image, is at fault: stop at the first
+        raise CliError(str(exc)) from exc
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
     for message in errors:
@@ -165,12 +166,13 @@ def _add_zoo(subparsers: argparse._SubParsersAction) -> None:
 def _run_zoo_list(args: argparse.Namespace) -> int:
     from dyhead_serve import zoo
 
-    print(f"{'name':30s} {'COCO AP':>7s}  {'cached':6s}  description / weights URL")
+    width = max(len(name) for name in zoo.ZOO)
+    print(f"{'name':{width}s} {'COCO AP':>7s}  {'cached':6s}  description / weights URL")
     for entry in zoo.ZOO.values():
         cached = entry.embedded is not None or (zoo.cache_dir() / "weights" / Path(entry.url).name).is_file()
         ap = f"{entry.coco_ap:.1f}" if entry.coco_ap is not None else "-"
-        print(f"{entry.name:30s} {ap:>7s}  {'yes' if cached else 'no':6s}  {entry.description}")
-        print(f"{'':48s}{entry.url or 'shipped in the package'}")
+        print(f"{entry.name:{width}s} {ap:>7s}  {'yes' if cached else 'no':6s}  {entry.description}")
+        print(f"{'':{width + 18}s}{entry.url or 'shipped in the package'}")
     print(f"\ncache: {zoo.cache_dir()} (set DYHEAD_SERVE_CACHE to move it)")
     return 0
 
@@ -226,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyhead-serve",
         description="DyHead object detectors: predict on images, train, evaluate (COCO AP), list the "
-        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`.",
+        "model zoo and serve a model over HTTP. Export to ONNX and TensorRT is `dyhead-export`. "
+        "Models: the official DynamicHead (Detectron2) configs and checkpoints, and mmdetection's "
+        "DyHead models (its .py configs, read without executing them, and its checkpoints), with "
+        "each implementation's own detections.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

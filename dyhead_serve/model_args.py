@@ -18,12 +18,16 @@ __all__ = [
 ]
 
 CONFIG_HELP = (
-    "a Detectron2 DyHead YAML file or a shipped config name (dyhead_r50_atss_fpn_1x, "
-    "dyhead_r50_retina_fpn_1x, dyhead_r50_rcnn_fpn_1x, dyhead_swint_atss_fpn_2x_ms); needs --weights"
+    "a config: a Detectron2 DyHead YAML file, an mmdetection DyHead config (.py, read without executing "
+    "it, its _base_ files beside it, or a resolved Config.dump), or a shipped config name (official: "
+    "dyhead_r50_atss_fpn_1x, dyhead_r50_retina_fpn_1x, dyhead_r50_rcnn_fpn_1x, dyhead_swint_atss_fpn_2x_ms; "
+    "mmdetection: atss_r50-caffe_fpn_dyhead_1x_coco, atss_r50_fpn_dyhead_1x_coco, "
+    "atss_swin-l-p4-w12_fpn_dyhead_ms-2x_coco); needs --weights"
 )
 WEIGHTS_HELP = (
     "checkpoint for --config, or a local copy of a zoo model's weights: a .pth (Detectron2's "
-    "{'model': ...} or a bare state dict) or a Detectron2 .pkl, read without executing pickled code"
+    "{'model': ...}, mmdetection's {'state_dict': ..., 'meta': ...} or a bare state dict), a Detectron2 "
+    ".pkl or a .safetensors file, read without executing pickled code"
 )
 
 

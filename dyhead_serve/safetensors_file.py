@@ -98,6 +98,8 @@ def tensor_locations(path: str | os.PathLike[str]) -> tuple[dict[str, TensorLoca
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SafetensorsError(f"{path}: the header is not JSON ({exc})") from None
+    except RecursionError:  # a header of deeply nested brackets: no header describes tensors so
+        raise SafetensorsError(f"{path}: the header nests too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: the header is not a JSON object")
     metadata = header.pop("__metadata__", {})

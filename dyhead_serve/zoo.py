@@ -37,6 +37,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_SHA256 = "7cf6076bb36d72533720f185003564861806e28b7cd7ba94bc0aa5ac1a33cfea"
 _PACKAGE = Path(__file__).parent
 _OFFICIAL_URL = "https://xiyang.blob.core.windows.net/public/{}.pth"
+_MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/dyhead/{}"
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,13 @@ class ZooModel:
 
     Attributes:
         name: the name to pass to ``--model``.
-        config: shipped config name (see ``dyhead_serve.config.OFFICIAL_CONFIGS``).
-        url: where the official README links the weights.
+        config: shipped config name (see ``dyhead_serve.config.OFFICIAL_CONFIGS`` and
+            ``dyhead_serve.config.mmdet.MMDET_CONFIGS``).
+        url: where the official README (or mmdetection's metafile) links the weights.
         sha256: checksum of the weights file; empty where no copy could be hashed here, in which
             case a download is checked for size and loadability instead.
+        sha256_prefix: the leading hex digits of the checksum that OpenMMLab writes into its
+            file names (``...-162888e6.pth``), checked when no full ``sha256`` is known.
         description: architecture and backbone.
         coco_ap: box AP on COCO val2017 as the official README reports it.
         embedded: weights shipped inside the package (path relative to ``dyhead_serve/``) instead
@@ -64,6 +68,18 @@ class ZooModel:
     coco_ap: float | None = None
     embedded: str | None = None
     class_names: tuple[str, ...] | None = None
+    sha256_prefix: str = ""
+
+    def checksum_problem(self, path: Path) -> str | None:
+        """Why ``path`` is not this model's weights file by its checksum, or None."""
+        if not (self.sha256 or self.sha256_prefix):
+            return None
+        digest = sha256_of(path)
+        if self.sha256 and digest != self.sha256:
+            return f"checksum mismatch (expected sha256 {self.sha256})"
+        if not digest.startswith(self.sha256_prefix):
+            return f"checksum mismatch (expected a sha256 starting with {self.sha256_prefix})"
+        return None
 
     @property
     def config_path(self) -> str:
@@ -75,6 +91,13 @@ def _official(name: str, description: str, coco_ap: float) -> ZooModel:
     return ZooModel(name, name, _OFFICIAL_URL.format(name), "", description, coco_ap)
 
 
+def _mmdet(name: str, file: str, description: str, coco_ap: float) -> ZooModel:
+    """An mmdetection zoo model: its config is shipped under the same name; its file name ends
+    with the first 8 hex digits of the file's sha256 (OpenMMLab's convention)."""
+    prefix = file.rsplit("-", 1)[1].removesuffix(".pth")
+    return ZooModel(name, name, _MMDET_URL.format(file), "", description, coco_ap, sha256_prefix=prefix)
+
+
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -82,6 +105,26 @@ ZOO: dict[str, ZooModel] = {
         _official("dyhead_r50_retina_fpn_1x", "RetinaNet + DyHead, ResNet-50, 1x", 39.9),
         _official("dyhead_r50_rcnn_fpn_1x", "Faster R-CNN + DyHead, ResNet-50, 1x", 40.3),
         _official("dyhead_swint_atss_fpn_2x_ms", "ATSS + DyHead, Swin-Tiny, 2x multi-scale", 49.8),
+        _mmdet(
+            "atss_r50-caffe_fpn_dyhead_1x_coco",
+            "atss_r50_fpn_dyhead_for_reproduction_1x_coco/"
+            "atss_r50_fpn_dyhead_for_reproduction_4x4_1x_coco_20220107_213939-162888e6.pth",
+            "mmdetection: ATSS + DyHead, ResNet-50 caffe, 1x (the reproduction setting)",
+            42.5,
+        ),
+        _mmdet(
+            "atss_r50_fpn_dyhead_1x_coco",
+            "atss_r50_fpn_dyhead_4x4_1x_coco/atss_r50_fpn_dyhead_4x4_1x_coco_20211219_023314-eaa620c6.pth",
+            "mmdetection: ATSS + DyHead, ResNet-50, 1x (the simple setting)",
+            43.3,
+        ),
+        _mmdet(
+            "atss_swin-l-p4-w12_fpn_dyhead_ms-2x_coco",
+            "atss_swin-l-p4-w12_fpn_dyhead_mstrain_2x_coco/"
+            "atss_swin-l-p4-w12_fpn_dyhead_mstrain_2x_coco_20220509_100315-bc5b6516.pth",
+            "mmdetection: ATSS + DyHead, Swin-L (window 12), 2x multi-scale",
+            56.2,
+        ),
         ZooModel(
             DEFAULT_MODEL,
             "zoo_files/default/config.yaml",
@@ -135,9 +178,16 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def download(
-    url: str, target: Path, sha256: str = "", *, timeout: float = 30.0, progress: bool = True
+    url: str,
+    target: Path,
+    sha256: str = "",
+    *,
+    timeout: float = 30.0,
+    progress: bool = True,
+    sha256_prefix: str = "",
 ) -> Path:
-    """Download ``url`` to ``target`` (atomically, with a progress bar) and verify it.
+    """Download ``url`` to ``target`` (atomically, with a progress bar) and verify it (against
+    ``sha256``, or the leading digits ``sha256_prefix``, when given).
 
     Raises:
         ZooError: no network, HTTP error, empty file or checksum mismatch; the message says how
@@ -166,9 +216,10 @@ def download(
     if tmp_path.stat().st_size == 0 or (total is not None and tmp_path.stat().st_size != total):
         tmp_path.unlink(missing_ok=True)
         raise ZooError(f"download of {target.name} is incomplete; {by_hand}")
-    if sha256 and sha256_of(tmp_path) != sha256:
+    problem = ZooModel("", "", url, sha256, "", sha256_prefix=sha256_prefix).checksum_problem(tmp_path)
+    if problem:
         tmp_path.unlink(missing_ok=True)
-        raise ZooError(f"{target.name}: checksum mismatch (expected sha256 {sha256}); {by_hand}")
+        raise ZooError(f"{target.name}: {problem}; {by_hand}")
     shutil.move(str(tmp_path), target)
     logger.info("downloaded %s (%d bytes)", target, target.stat().st_size)
     return target
@@ -186,9 +237,10 @@ def weights_path(model: ZooModel, *, download_missing: bool = True) -> Path:
         return shipped
     target = cache_dir() / "weights" / Path(model.url).name
     if target.is_file():
-        if model.sha256 and sha256_of(target) != model.sha256:
-            raise ZooError(f"{target}: checksum mismatch with the zoo's sha256; delete it and download again")
+        problem = model.checksum_problem(target)
+        if problem:
+            raise ZooError(f"{target}: {problem}; delete it and download again")
         return target
     if not download_missing:
         raise ZooError(f"{target} is not cached; download {model.url} and pass --weights PATH")
-    return download(model.url, target, model.sha256)
+    return download(model.url, target, model.sha256, sha256_prefix=model.sha256_prefix)

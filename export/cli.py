@@ -26,6 +26,8 @@ examples:
   dyhead-export onnx --config dyhead_r50_atss_fpn_1x --weights dyhead_r50_atss_fpn_1x.pth --out exported/atss
   dyhead-export onnx --model dyhead_r50_retina_fpn_1x --out exported/retina --verify-image photo.jpg
   dyhead-export onnx --config cfg.yaml --weights w.pth --out exported/trt --dcn plugin --batch 1
+  dyhead-export onnx --model atss_r50_fpn_dyhead_1x_coco --out exported/mmdet   # an mmdetection model
+  dyhead-export onnx --config my_mmdet_config.py --weights epoch_12.pth --out exported/mine
 
 The folder then holds model.onnx and model.json (preprocessing, class names, decoder, provenance);
 serve or predict with `--model exported/atss`.

@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Literal
 
 from dyhead_serve import __version__, zoo
-from dyhead_serve.cli import exporter_command
 from dyhead_serve.model_args import override_flags
 from dyhead_serve.model_source import ModelSourceError, resolve_model
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.tensorrt_compat import check_engine_compatibility
+
+from .command import exporter_command
 
 __all__ = [
     "BuildSource",

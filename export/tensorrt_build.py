@@ -80,6 +80,8 @@ PROFILES = {
     "coco-batch4": ShapeProfile((1, 3, 128, 128), (4, 3, 896, 1408), (4, 3, 1408, 1408)),
     "coco-batch8": ShapeProfile((1, 3, 128, 128), (8, 3, 896, 1408), (8, 3, 1408, 1408)),
     "small": ShapeProfile((1, 3, 128, 128), (1, 3, 384, 512), (2, 3, 640, 640)),
+    # mmdetection's Swin-L resizes to at most 2000 x 1200 and pads to 128: up to 2048x2048.
+    "large": ShapeProfile((1, 3, 128, 128), (1, 3, 1280, 1920), (1, 3, 2048, 2048)),
 }
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dyhead_serve.model_args import add_model_arguments, model_source_from_args
+from dyhead_serve.model_args import add_model_arguments, model_source_from_args, overrides_from_args
 
 from .errors import ExportCliError
 from .tensorrt_build import PROFILES, parse_shape
@@ -58,7 +58,12 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fp16", action="store_true", help="allow float16 kernels (verified with looser tolerances)"
     )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="coco", help="shape preset (default coco)")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="coco",
+        help="shape preset (default coco: up to 1408x1408; large: up to 2048x2048, for mmdetection's Swin-L)",
+    )
     for bound in ("min", "opt", "max"):
         p.add_argument(f"--{bound}-shape", type=_shape, metavar="NxCxHxW", help=f"{bound} images shape")
     p.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
@@ -107,6 +112,11 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     def step(text: str) -> None:
         print(f"[tensorrt] {text}", file=sys.stderr)
 
+    if args.onnx is not None and (args.weights is not None or overrides_from_args(args)):
+        raise ExportCliError(
+            f"{args.onnx} is an exported network: --weights and config overrides no longer apply "
+            "(export again with `dyhead-export onnx` to change them)"
+        )
     try:
         image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
         reference = None

@@ -8,6 +8,8 @@ import os
 import pickle
 import shlex
 import struct
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,6 +144,48 @@ def test_pth_with_code_payload_is_refused_and_not_run(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="system"):
         read_state_dict(path)
     assert not marker.exists()
+
+
+class HistoryBuffer:
+    """Pickled as mmengine's message-hub buffers are: numpy values and bound methods (which pickle
+    rebuilds with getattr)."""
+
+    def __init__(self) -> None:
+        self.values = np.arange(3.0)
+        self.step = np.int64(7)
+        self.methods = {"min": self.min}
+
+    def min(self) -> float:
+        return float(self.values.min())
+
+
+def test_mmengine_checkpoint_with_training_state_reads_only_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = _other_values(seed=6)
+    fake = types.ModuleType("mmengine.logging.history_buffer")
+    HistoryBuffer.__module__ = fake.__name__
+    fake.HistoryBuffer = HistoryBuffer  # type: ignore[attr-defined]
+    for name in ("mmengine", "mmengine.logging"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    path = tmp_path / "epoch_12.pth"
+    torch.save(
+        {
+            "meta": {"epoch": 12, "seed": np.int64(0), "dataset_meta": {"classes": ("a", "b")}},
+            "state_dict": expected,
+            "message_hub": {"log_scalars": {"train/loss": HistoryBuffer()}},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
+        },
+        path,
+    )
+    for name in ("mmengine", "mmengine.logging", fake.__name__):
+        monkeypatch.delitem(sys.modules, name)  # reading must not need (or import) mmengine
+    with caplog.at_level(logging.INFO, logger="dyhead_serve.checkpoint"):
+        state = read_state_dict(path)
+    assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
+    assert "mmengine.logging.history_buffer.HistoryBuffer" in caplog.text and "getattr" in caplog.text
+    assert fake.__name__ not in sys.modules
 
 
 # ---------------------------------------------------------------------------------- .pkl

@@ -105,6 +105,11 @@ def test_header_length_beyond_the_file_and_bad_json(tmp_path: Path) -> None:
         read_safetensors(_file(tmp_path, None, raw_header=b"{\xff\xfe"))
     with pytest.raises(SafetensorsError, match="not a JSON object"):
         read_safetensors(_file(tmp_path, [1, 2]))
+    deep = _file(tmp_path, None, raw_header=b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    with pytest.raises(SafetensorsError, match="nests too deeply"):
+        read_safetensors(deep)
+    with pytest.raises(CheckpointError, match="nests too deeply"):
+        read_state_dict(deep)
     short = tmp_path / "short.safetensors"
     short.write_bytes(b"\x02\0\0")
     with pytest.raises(SafetensorsError, match="too short"):

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import dyhead_serve
 from dyhead_serve.checkpoint import CheckpointError
-from dyhead_serve.cli import exporter_command
 from dyhead_serve.config import ConfigError
 from dyhead_serve.data.synthetic import generate_synthetic_dataset
+from dyhead_serve.export.command import exporter_command
 from dyhead_serve.export.external_weights import WEIGHTS_FILE, write_weights_file
 from dyhead_serve.runtime.loader import load_torch_backend
 from dyhead_serve.zoo import sha256_of

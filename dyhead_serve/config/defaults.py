@@ -6,6 +6,13 @@ followed by what the official DynamicHead ``train_net.py`` adds before it reads 
 ``MODEL.ATSS``, ``SOLVER.OPTIMIZER``, and ``MODEL.BACKBONE.FREEZE_AT = -1``). A YAML file may
 only set keys that appear here, with values of the same type.
 
+A few keys of our own describe mmdetection's DyHead models, whose configs are translated into
+this tree (:mod:`dyhead_serve.config.mmdet`); their defaults keep Detectron2's behaviour:
+``MODEL.LAYOUT``, ``MODEL.CLASS_NAMES``, ``MODEL.FPN.RELU_BEFORE_P7``, ``MODEL.ATSS.PRED_KERNEL_SIZE``,
+``MODEL.ATSS.BBOX_REG_MEANS`` / ``BBOX_REG_STDS``, ``INPUT.RESIZE_RULE``,
+``INPUT.RESIZE_BACKEND``, ``INPUT.SIZE_DIVISIBILITY``, ``TEST.POSTPROCESS`` and
+``TEST.MIN_BOX_SIZE``.
+
 Tuples and lists are kept apart on purpose: a file value is converted to the type of the
 default (``STEPS: [1, 2]`` becomes the tuple ``(1, 2)``).
 """
@@ -27,12 +34,24 @@ def _model_defaults() -> dict[str, Any]:
         "DEVICE": "cuda",
         "META_ARCHITECTURE": "GeneralizedRCNN",
         "WEIGHTS": "",
+        # Ours: parameter names and arithmetic of the DyHead tower, Swin's patch merging and the
+        # checkpoint keys: "official" (DynamicHead / Detectron2) or "mmdet" (mmdetection 3.x).
+        "LAYOUT": "official",
+        # Ours: names of the classes ([]: COCO's for 80 classes, class_<i> otherwise).
+        "CLASS_NAMES": [],
         # BGR means of ImageNet; std 1 because MSRA weights absorbed it into conv1.
         "PIXEL_MEAN": [103.530, 116.280, 123.675],
         "PIXEL_STD": [1.0, 1.0, 1.0],
         # Detectron2 says 2; DyHead's add_extra_config trains every backbone stage.
         "BACKBONE": {"NAME": "build_resnet_backbone", "FREEZE_AT": -1},
-        "FPN": {"IN_FEATURES": [], "OUT_CHANNELS": 256, "NORM": "", "FUSE_TYPE": "sum"},
+        "FPN": {
+            "IN_FEATURES": [],
+            "OUT_CHANNELS": 256,
+            "NORM": "",
+            "FUSE_TYPE": "sum",
+            # Ours: ReLU between P6 and P7 (Detectron2); mmdetection's relu_before_extra_convs.
+            "RELU_BEFORE_P7": True,
+        },
         "PROPOSAL_GENERATOR": {"NAME": "RPN", "MIN_SIZE": 0},
         "ANCHOR_GENERATOR": {
             "NAME": "DefaultAnchorGenerator",
@@ -204,6 +223,11 @@ def _model_defaults() -> dict[str, Any]:
             "INFERENCE_TH": 0.05,
             "PRE_NMS_TOP_N": 1000,
             "NMS_TH": 0.6,
+            # Ours: kernel of the predictor convs (mmdetection's pred_kernel_size), and the
+            # DeltaXYWHBBoxCoder target means and stds that TEST.POSTPROCESS "mmdet" decodes with.
+            "PRED_KERNEL_SIZE": 1,
+            "BBOX_REG_MEANS": (0.0, 0.0, 0.0, 0.0),
+            "BBOX_REG_STDS": (0.1, 0.1, 0.2, 0.2),
         },
     }
 
@@ -219,6 +243,12 @@ def _input_defaults() -> dict[str, Any]:
         "CROP": {"ENABLED": False, "TYPE": "relative_range", "SIZE": [0.9, 0.9]},
         "FORMAT": "BGR",
         "MASK_FORMAT": "polygon",
+        # Ours: the test-time resize, "detectron2" (ResizeShortestEdge) or "mmdet" (mmcv's
+        # keep-ratio rescale to MAX_SIZE_TEST x MIN_SIZE_TEST), with "pillow" or "cv2" bilinear;
+        # padding multiple of the network input (0: the model's own, the coarsest stride).
+        "RESIZE_RULE": "detectron2",
+        "RESIZE_BACKEND": "pillow",
+        "SIZE_DIVISIBILITY": 0,
     }
 
 
@@ -278,6 +308,10 @@ def _default_tree() -> dict[str, Any]:
             "EVAL_PERIOD": 0,
             "KEYPOINT_OKS_SIGMAS": [],
             "DETECTIONS_PER_IMAGE": 100,
+            # Ours: post-processing rules of dense detectors, "detectron2" or "mmdet" (see
+            # DenseDecoderSpec), and mmdetection's min_bbox_size (-1: no size filter).
+            "POSTPROCESS": "detectron2",
+            "MIN_BOX_SIZE": -1.0,
             "AUG": {
                 "ENABLED": False,
                 "MIN_SIZES": (400, 500, 600, 700, 800, 900, 1000, 1100, 1200),

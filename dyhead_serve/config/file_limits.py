@@ -71,9 +71,10 @@ def read_config_text(
     except OSError as exc:
         reason = "no such file" if exc.errno == errno.ENOENT else exc.strerror or str(exc)
         raise ConfigError(f"cannot read {what} {source!r}: {reason}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise ConfigError(f"{what} {source!r} is not a regular file")
     with os.fdopen(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{what} {source!r} is not a regular file")
         try:
             data = stream.read(max_bytes + 1)
         except OSError as exc:

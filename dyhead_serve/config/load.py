@@ -10,30 +10,37 @@ from typing import Any
 
 from dyhead_serve.config.defaults import get_default_config
 from dyhead_serve.config.errors import ConfigError
+from dyhead_serve.config.mmdet import MMDET_CONFIGS, load_mmdet_config, mmdet_config_path
 from dyhead_serve.config.node import CfgNode
 from dyhead_serve.config.official import OFFICIAL_CONFIGS, official_config_path
 
 __all__ = ["load_config", "resolve_config_path"]
 
 
+SHIPPED_CONFIGS: tuple[str, ...] = OFFICIAL_CONFIGS + MMDET_CONFIGS
+
+
 def resolve_config_path(config: str | os.PathLike[str]) -> Path:
-    """Return the file of ``config``: a shipped config's name, or a path to a YAML file.
+    """Return the file of ``config``: a shipped config's name (official Detectron2 YAML or
+    mmdetection Python), or a path to a config file.
 
     Raises:
         ConfigError: neither a shipped name nor an existing file; the message lists the names.
     """
     if isinstance(config, str) and config in OFFICIAL_CONFIGS:
         return official_config_path(config)
+    if isinstance(config, str) and config in MMDET_CONFIGS:
+        return mmdet_config_path(config)
     path = Path(config).expanduser()
     if path.is_file():
         return path
     if path.exists():
         raise ConfigError(f"config {os.fspath(config)!r} is not a regular file")
-    close = difflib.get_close_matches(path.stem, OFFICIAL_CONFIGS, n=1)
+    close = difflib.get_close_matches(path.stem, SHIPPED_CONFIGS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(
-        f"config file {os.fspath(config)!r} does not exist; give the path of a YAML file or the name of "
-        f"a shipped config{hint}: {', '.join(OFFICIAL_CONFIGS)}"
+        f"config file {os.fspath(config)!r} does not exist; give the path of a Detectron2 YAML or "
+        f"mmdetection .py file or the name of a shipped config{hint}: {', '.join(SHIPPED_CONFIGS)}"
     )
 
 
@@ -45,9 +52,14 @@ def load_config(
 ) -> CfgNode:
     """Build a config as the official ``train_net.py`` does: defaults, the file, the overrides.
 
+    An mmdetection config (a ``.py`` file, a resolved dump, or one of ``MMDET_CONFIGS``) is read
+    without executing it and translated into the same keys (:mod:`dyhead_serve.config.mmdet`);
+    the overrides then apply to those keys.
+
     Args:
-        config: a path to a YAML file, or the name of a shipped official config (one of
-            ``OFFICIAL_CONFIGS``, e.g. ``"dyhead_r50_atss_fpn_1x"``).
+        config: a path to a YAML or mmdetection ``.py`` file, or the name of a shipped config
+            (one of ``OFFICIAL_CONFIGS``, e.g. ``"dyhead_r50_atss_fpn_1x"``, or of
+            ``MMDET_CONFIGS``, e.g. ``"atss_r50_fpn_dyhead_1x_coco"``).
         overrides: ``[KEY, VALUE, ...]`` pairs applied after the file, e.g.
             ``["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "50"]``; string values are
             decoded as in a file and checked against the key's type.
@@ -61,8 +73,12 @@ def load_config(
             unknown key, a value of the wrong type, an unsupported VERSION or malformed
             overrides. The message names the key and, for files, the file and line.
     """
-    cfg = get_default_config()
-    cfg.merge_from_file(resolve_config_path(config))
+    path = resolve_config_path(config)
+    if path.suffix == ".py":
+        cfg = load_mmdet_config(path)
+    else:
+        cfg = get_default_config()
+        cfg.merge_from_file(path)
     if overrides is not None:
         cfg.merge_from_list(overrides)
     if freeze:

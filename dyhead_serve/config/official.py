@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 
 from dyhead_serve.config.errors import ConfigError
 
-__all__ = ["OFFICIAL_CONFIGS", "official_config_path"]
+__all__ = ["OFFICIAL_CONFIGS", "official_config_path", "shipped_config_file"]
 
 OFFICIAL_CONFIGS: tuple[str, ...] = (
     "dyhead_r50_atss_fpn_1x",
@@ -26,15 +27,21 @@ def official_config_path(name: str) -> Path:
         ConfigError: ``name`` is not one of ``OFFICIAL_CONFIGS`` (the message lists them), or
             its file is missing from the installation.
     """
-    if name not in OFFICIAL_CONFIGS:
-        close = difflib.get_close_matches(str(name), OFFICIAL_CONFIGS, n=1)
+    return shipped_config_file(name, OFFICIAL_CONFIGS, _OFFICIAL_DIR, ".yaml", "official")
+
+
+def shipped_config_file(name: str, names: Sequence[str], folder: Path, suffix: str, family: str) -> Path:
+    """The file ``folder/<name><suffix>`` of a config shipped under one of ``names``.
+
+    Raises:
+        ConfigError: ``name`` is not one of ``names`` (the message lists them and suggests the
+            closest), or its file is missing from the installation.
+    """
+    if name not in names:
+        close = difflib.get_close_matches(str(name), names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"no official config named {name!r}; {hint}the shipped ones are {_names()}")
-    path = _OFFICIAL_DIR / f"{name}.yaml"
+        raise ConfigError(f"no {family} config named {name!r}; {hint}the shipped ones are {', '.join(names)}")
+    path = folder / f"{name}{suffix}"
     if not path.is_file():
         raise ConfigError(f"the shipped config file {str(path)!r} is missing: the installation is incomplete")
     return path
-
-
-def _names() -> str:
-    return ", ".join(OFFICIAL_CONFIGS)

@@ -41,8 +41,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         required=True,
-        help="a Detectron2 DyHead YAML file or a shipped config name; DATASETS.TRAIN names the training "
-        "data, DATASETS.TEST the evaluation data (every TEST.EVAL_PERIOD iterations and at the end)",
+        help="a Detectron2 DyHead YAML file or a shipped official config name; DATASETS.TRAIN names the "
+        "training data, DATASETS.TEST the evaluation data (every TEST.EVAL_PERIOD iterations and at the "
+        "end); mmdetection models are trained in mmdetection",
     )
     parser.add_argument(
         "--num-gpus",
@@ -213,6 +214,13 @@ def _train(args: argparse.Namespace, device: str) -> int:
         load_config(args.config, overrides=[*overrides_from_args(args), "MODEL.DEVICE", device]),
         get_world_size(),
     )
+    if cfg.MODEL.LAYOUT == "mmdet":
+        # Our losses, assigner and schedule are the official DyHead code's, not mmdetection's:
+        # such a run would reproduce neither.
+        raise ValueError(
+            f"{args.config} is an mmdetection model: train it in mmdetection, then run, export or "
+            "serve its checkpoint here (--config with --weights)"
+        )
     for name in cfg.DATASETS.TRAIN:
         catalog.get(name)  # an unknown name fails before anything is built
     for name in cfg.DATASETS.TEST:

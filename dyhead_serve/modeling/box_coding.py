@@ -1,4 +1,5 @@
-"""Box <-> delta transforms (R-CNN parameterisation, as Detectron2's ``Box2BoxTransform``)."""
+"""Box <-> delta transforms (R-CNN parameterisation): Detectron2's ``Box2BoxTransform`` and the decoding
+of mmdetection's ``DeltaXYWHBBoxCoder``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_SCALE_CLAMP", "BoxCoder"]
+__all__ = ["DEFAULT_SCALE_CLAMP", "BoxCoder", "decode_delta_xywh"]
 
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
@@ -66,3 +67,45 @@ class BoxCoder:
         x2 = pred_ctr_x + 0.5 * pred_w
         y2 = pred_ctr_y + 0.5 * pred_h
         return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
+
+
+def decode_delta_xywh(
+    deltas: Tensor,
+    boxes: Tensor,
+    means: Sequence[float],
+    stds: Sequence[float],
+    max_hw: tuple[int, int] | None,
+    wh_ratio_clip: float = 16 / 1000,
+) -> Tensor:
+    """Decode deltas as mmdetection's ``DeltaXYWHBBoxCoder`` does (``delta2bbox``, clip_border).
+
+    The arithmetic differs from :meth:`BoxCoder.apply_deltas` in ways that change float32
+    results, and is reproduced step for step: deltas are de-normalised as ``d * std + mean``
+    (not divided by weights), centres are ``(x0 + x1) * 0.5``, ``dw`` and ``dh`` are clamped to
+    ``[-|log(wh_ratio_clip)|, |log(wh_ratio_clip)|]``, and the boxes are clipped to the image.
+
+    Args:
+        deltas: Tensor[R, 4] (dx, dy, dw, dh).
+        boxes: Tensor[R, 4] reference boxes (x0, y0, x1, y1).
+        means, stds: the coder's ``target_means`` and ``target_stds``.
+        max_hw: (h, w) to clip the boxes to, or None for no clipping.
+        wh_ratio_clip: the coder's ``wh_ratio_clip``.
+
+    Returns:
+        Tensor[R, 4] boxes (x0, y0, x1, y1).
+    """
+    if deltas.shape[0] == 0:
+        return deltas
+    denorm = deltas * deltas.new_tensor(list(stds)).view(1, -1) + deltas.new_tensor(list(means)).view(1, -1)
+    dxy, dwh = denorm[:, :2], denorm[:, 2:]
+    pxy = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    pwh = boxes[:, 2:] - boxes[:, :2]
+    max_ratio = abs(math.log(wh_ratio_clip))
+    dwh = dwh.clamp(min=-max_ratio, max=max_ratio)
+    gxy = pxy + pwh * dxy
+    gwh = pwh * dwh.exp()
+    decoded = torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
+    if max_hw is not None:
+        decoded[:, 0::2].clamp_(min=0, max=max_hw[1])
+        decoded[:, 1::2].clamp_(min=0, max=max_hw[0])
+    return decoded

@@ -16,6 +16,7 @@ from dyhead_serve.modeling.backbone.swin import build_swin
 from dyhead_serve.modeling.dense_decoder import DenseDecoderSpec
 from dyhead_serve.modeling.detector import DenseDetector
 from dyhead_serve.modeling.dyhead import DyHeadBackbone
+from dyhead_serve.modeling.dyrelu import check_layout
 from dyhead_serve.modeling.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from dyhead_serve.modeling.heads import ATSSHead, RetinaNetHead
 from dyhead_serve.modeling.losses import build_atss_loss, build_retinanet_loss
@@ -61,12 +62,24 @@ def _swin(cfg: Cfg) -> Backbone:
         ape=s.APE,
         out_norm=s.OUT_NORM,
         frozen_stages=cfg.MODEL.BACKBONE.FREEZE_AT,
+        # mmdetection's Swin merges patches with nn.Unfold, in another channel order.
+        merge_order="unfold" if _layout(cfg) == "mmdet" else "official",
     )
+
+
+def _layout(cfg: Cfg) -> str:
+    return check_layout(cfg.MODEL.LAYOUT)
 
 
 def _fpn_dyhead(cfg: Cfg, bottom_up: Backbone, p6p7: bool) -> Backbone:
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    top_block = LastLevelP6P7(out_channels, out_channels, "p5") if p6p7 else LastLevelMaxPool()
+    top_block: LastLevelP6P7 | LastLevelMaxPool
+    if p6p7:
+        top_block = LastLevelP6P7(
+            out_channels, out_channels, "p5", relu_before_p7=cfg.MODEL.FPN.RELU_BEFORE_P7
+        )
+    else:
+        top_block = LastLevelMaxPool()
     fpn = FPN(
         bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -75,7 +88,9 @@ def _fpn_dyhead(cfg: Cfg, bottom_up: Backbone, p6p7: bool) -> Backbone:
         top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
-    return DyHeadBackbone(fpn, num_blocks=cfg.MODEL.DYHEAD.NUM_CONVS, channels=cfg.MODEL.DYHEAD.CHANNELS)
+    return DyHeadBackbone(
+        fpn, num_blocks=cfg.MODEL.DYHEAD.NUM_CONVS, channels=cfg.MODEL.DYHEAD.CHANNELS, layout=_layout(cfg)
+    )
 
 
 BACKBONES: dict[str, Callable[[Cfg], Backbone]] = {
@@ -147,6 +162,7 @@ def _dense_parts(cfg: Cfg, in_features: list[str]) -> _DenseParts:
 def _decoder_spec(
     cfg: Cfg, parts: _DenseParts, kind: str, box_weights: Sequence[float], **test: float
 ) -> DenseDecoderSpec:
+    mmdet = cfg.TEST.POSTPROCESS == "mmdet"
     return DenseDecoderSpec(
         kind=kind,
         strides=parts.strides,
@@ -159,6 +175,10 @@ def _decoder_spec(
         nms_threshold=float(test["nms_threshold"]),
         max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
         num_classes=int(test["num_classes"]),
+        rules=str(cfg.TEST.POSTPROCESS),
+        box_means=[float(v) for v in cfg.MODEL.ATSS.BBOX_REG_MEANS] if mmdet else [0.0] * 4,
+        box_stds=[float(v) for v in cfg.MODEL.ATSS.BBOX_REG_STDS] if mmdet else [1.0] * 4,
+        min_box_size=float(cfg.TEST.MIN_BOX_SIZE),
     )
 
 
@@ -174,6 +194,7 @@ def _atss(cfg: Cfg) -> DenseDetector:
         use_gn=c.USE_GN,
         prior_prob=c.PRIOR_PROB,
         num_levels=len(parts.in_features),
+        pred_kernel_size=c.PRED_KERNEL_SIZE,
     )
     spec = _decoder_spec(
         cfg, parts, "atss", c.BBOX_REG_WEIGHTS, score_threshold=c.INFERENCE_TH,

@@ -41,13 +41,18 @@ class LastLevelP6P7(nn.Module):
 
     Args:
         in_feature: ``"p5"`` (DyHead's choice) or ``"res5"`` (RetinaNet's original).
+        relu_before_p7: apply a ReLU to P6 before computing P7 (Detectron2); mmdetection's FPN
+            does not by default (``relu_before_extra_convs=False``).
     """
 
     num_levels = 2
 
-    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "p5") -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, in_feature: str = "p5", relu_before_p7: bool = True
+    ) -> None:
         super().__init__()
         self.in_feature = in_feature
+        self.relu_before_p7 = relu_before_p7
         self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
         for module in (self.p6, self.p7):
@@ -55,7 +60,7 @@ class LastLevelP6P7(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         p6 = self.p6(x)
-        p7 = self.p7(F.relu(p6))
+        p7 = self.p7(F.relu(p6) if self.relu_before_p7 else p6)
         return [p6, p7]
 
 

@@ -60,18 +60,20 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
 
 # Pillow's modes of one integer sample wider than 8 bits.
 _WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# 16-bit level -> the nearest 8-bit level: one table lookup per pixel, no wide temporaries.
+_SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     """8-bit RGB, scaling wide integer samples (0-65535) to 0-255 instead of clipping them."""
     if image.mode in _WIDE_INTEGER_MODES:
-        samples = np.asarray(image).astype(np.int64)  # [H, W]
-        if samples.size and (samples.min() < 0 or samples.max() > 65535):
+        samples = np.asarray(image)  # [H, W] uint16 or int32 ("I")
+        if samples.dtype != np.uint16 and samples.size and (samples.min() < 0 or samples.max() > 65535):
             raise ImageDecodeError(
                 f"{name}: {image.mode} pixel values outside 0-65535; save the image with 8 or 16 bits "
                 "per sample"
             )
-        gray = ((samples * 255 + 32767) // 65535).astype(np.uint8)  # rounded to the nearest level
+        gray = _SIXTEEN_TO_EIGHT[samples]  # rounded to the nearest level
         return Image.fromarray(gray).convert("RGB")
     if image.mode == "F":
         raise ImageDecodeError(

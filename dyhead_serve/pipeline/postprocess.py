@@ -1,5 +1,6 @@
 """Detections in original-image pixels: rescale, clip and drop empty boxes (Detectron2's
-``detector_postprocess``), then attach class names."""
+``detector_postprocess``), then attach class names. Detections a decoder already mapped back
+(mmdetection's rules, which do so before NMS) are taken as they are."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from dyhead_serve.modeling.dense_decoder import RawDetections
@@ -48,7 +50,9 @@ def to_original_image(
     """Map detections from the resized network input back to the original image.
 
     Args:
-        raw: detections in resized-image coordinates.
+        raw: detections in resized-image coordinates, or in original-image ones when
+            ``raw.in_original_image`` (then neither rescaled nor clipped, as mmdetection leaves
+            them).
         image_size: (h, w) of the resized image.
         original_size: (h, w) of the original image.
         class_names: name of each class index.
@@ -56,11 +60,14 @@ def to_original_image(
     """
     out_h, out_w = original_size
     boxes = raw.boxes.clone()
-    boxes[:, 0::2] *= out_w / image_size[1]
-    boxes[:, 1::2] *= out_h / image_size[0]
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if raw.in_original_image:
+        keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    else:
+        boxes[:, 0::2] *= out_w / image_size[1]
+        boxes[:, 1::2] *= out_h / image_size[0]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     if score_threshold is not None:
         keep &= raw.scores > score_threshold
     classes = raw.classes[keep]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from dyhead_serve.modeling.dense_decoder import RawDetections
 from dyhead_serve.pipeline.postprocess import Detections, to_original_image
-from dyhead_serve.pipeline.preprocess import Batch, InputSpec, preprocess, resized_shape
+from dyhead_serve.pipeline.preprocess import Batch, InputSpec, preprocess
 
 __all__ = [
     "Decoder",
@@ -33,7 +33,8 @@ InferFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
 
 class Decoder(Protocol):
-    """Turns a network's raw outputs into detections in resized-image coordinates."""
+    """Turns a network's raw outputs into detections in resized-image coordinates (or, for
+    rules that map boxes back before NMS, original-image ones: see :class:`RawDetections`)."""
 
     def __call__(
         self,
@@ -41,6 +42,7 @@ class Decoder(Protocol):
         padded_hw: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         score_threshold: float | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[RawDetections]: ...
 
 
@@ -56,7 +58,7 @@ def prepare_image(image: np.ndarray, spec: InputSpec, device: str | torch.device
         ValueError: not an RGB uint8 array.
     """
     height, width = int(image.shape[0]), int(image.shape[1])
-    if min(resized_shape(height, width, spec.min_size, spec.max_size)) < 1:
+    if min(spec.resized_shape(height, width)) < 1:
         raise UnsupportedImageSizeError(f"a {width}x{height} image is too elongated to resize for this model")
     return preprocess([image], spec, device)
 
@@ -70,7 +72,9 @@ def detections_from_outputs(
 ) -> Detections:
     """Last step: the network's raw outputs for ``batch`` (one image) -> detections in the
     original image's pixels, best first."""
-    raw = decoder(outputs, batch.padded_hw, batch.image_sizes, score_threshold)[0]
+    raw = decoder(
+        outputs, batch.padded_hw, batch.image_sizes, score_threshold, original_sizes=batch.original_sizes
+    )[0]
     return to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
 
 

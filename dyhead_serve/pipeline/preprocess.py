@@ -1,4 +1,9 @@
-"""Detectron2's default test-time preprocessing: resize the shortest edge, normalise, pad."""
+"""Test-time preprocessing: resize, normalise, pad.
+
+The resize follows either Detectron2's default test transform (``ResizeShortestEdge`` with
+Pillow's bilinear filter) or mmdetection's ``Resize(keep_ratio=True)`` (mmcv's rescale rule, with
+Pillow or OpenCV as the config names), as :class:`InputSpec` says.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,38 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["Batch", "InputSpec", "preprocess", "resize_image", "resized_shape"]
+__all__ = [
+    "RESIZE_BACKENDS",
+    "RESIZE_RULES",
+    "Batch",
+    "InputSpec",
+    "MissingExtraError",
+    "mmdet_rescaled_shape",
+    "preprocess",
+    "resize_image",
+    "resized_shape",
+]
+
+RESIZE_RULES = ("detectron2", "mmdet")
+RESIZE_BACKENDS = ("pillow", "cv2")
+
+
+class MissingExtraError(ValueError):
+    """An optional dependency the model needs is not installed; the message names the extra to
+    install. A ValueError, as the other "this model cannot be loaded" errors, so every command
+    reports it in one line."""
+
+
+def _cv2() -> Any:
+    """OpenCV, imported on first use: only models whose preprocessing names it need it."""
+    try:
+        import cv2
+    except ImportError as exc:
+        raise MissingExtraError(
+            "this model resizes images with OpenCV, as its mmdetection config says (Resize without "
+            "backend='pillow'), and OpenCV is not installed: pip install 'dyhead-serve[mmdet]'"
+        ) from exc
+    return cv2
 
 
 @dataclass(frozen=True)
@@ -25,6 +61,11 @@ class InputSpec:
         min_size: target length of the shorter edge.
         max_size: upper bound of the longer edge.
         size_divisibility: padded height and width are multiples of this.
+        resize_rule: ``"detectron2"`` (shorter edge to ``min_size`` unless the longer would
+            exceed ``max_size``; :func:`resized_shape`) or ``"mmdet"`` (one scale factor
+            ``min(max_size / long, min_size / short)``; :func:`mmdet_rescaled_shape`).
+        resize_backend: bilinear resize of ``"pillow"`` or ``"cv2"`` (OpenCV, the extra
+            ``dyhead-serve[mmdet]``), on the uint8 image.
     """
 
     channel_order: str
@@ -33,12 +74,26 @@ class InputSpec:
     min_size: int
     max_size: int
     size_divisibility: int
+    resize_rule: str = "detectron2"
+    resize_backend: str = "pillow"
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("BGR", "RGB"):
             raise ValueError(f"channel order must be 'BGR' or 'RGB', got {self.channel_order!r}")
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
             raise ValueError("pixel_mean and pixel_std need 3 values")
+        if self.resize_rule not in RESIZE_RULES:
+            raise ValueError(f"resize rule must be one of {RESIZE_RULES}, got {self.resize_rule!r}")
+        if self.resize_backend not in RESIZE_BACKENDS:
+            raise ValueError(f"resize backend must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}")
+        if self.resize_backend == "cv2":
+            _cv2()  # fail when the model is loaded, not on its first image
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(new_h, new_w) of an image of ``height`` x ``width`` under this spec's resize rule."""
+        if self.resize_rule == "mmdet":
+            return mmdet_rescaled_shape(height, width, self.min_size, self.max_size)
+        return resized_shape(height, width, self.min_size, self.max_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +107,9 @@ class InputSpec:
             min_size=int(data["min_size"]),
             max_size=int(data["max_size"]),
             size_divisibility=int(data["size_divisibility"]),
+            # model.json files written before mmdetection support resize as Detectron2 does.
+            resize_rule=str(data.get("resize_rule", "detectron2")),
+            resize_backend=str(data.get("resize_backend", "pillow")),
         )
 
 
@@ -68,9 +126,22 @@ def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> tu
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
+def mmdet_rescaled_shape(height: int, width: int, short_edge: int, long_edge: int) -> tuple[int, int]:
+    """(new_h, new_w) of mmdetection's ``Resize(scale=(long_edge, short_edge), keep_ratio=True)``:
+    one factor ``min(long_edge / long side, short_edge / short side)``, each side rounded as
+    mmcv's ``rescale_size`` does (``int(side * factor + 0.5)``)."""
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
+
+
 def resize_image(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Resize an uint8 [H, W, 3] array with PIL's bilinear filter, as Detectron2 does."""
-    new_h, new_w = resized_shape(image.shape[0], image.shape[1], spec.min_size, spec.max_size)
+    """Resize an uint8 [H, W, 3] array to ``spec.resized_shape`` with the spec's bilinear
+    filter: Pillow's (Detectron2, mmdetection's ``backend='pillow'``) or OpenCV's
+    ``INTER_LINEAR`` (mmdetection's default)."""
+    new_h, new_w = spec.resized_shape(image.shape[0], image.shape[1])
+    if spec.resize_backend == "cv2":
+        cv2 = _cv2()
+        return np.asarray(cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR))
     resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)
     return np.asarray(resized)
 

@@ -21,10 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dyhead_serve.modeling.dense_decoder import DENSE_DECODER_KINDS, DenseDecoder, DenseDecoderSpec
+from dyhead_serve.modeling.dense_decoder import (
+    DECODER_RULES,
+    DENSE_DECODER_KINDS,
+    DenseDecoder,
+    DenseDecoderSpec,
+)
 from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.pipeline.predictor import Decoder
-from dyhead_serve.pipeline.preprocess import InputSpec
+from dyhead_serve.pipeline.preprocess import RESIZE_BACKENDS, RESIZE_RULES, InputSpec
 
 __all__ = [
     "DECODER_KINDS",
@@ -166,7 +171,10 @@ INPUT_SPEC_RULES: dict[str, Rule] = {
     "pixel_std": list_of(number(0.0, 1e4, above_low=True), min_length=3, max_length=3),
     "min_size": integer(1, MAX_IMAGE_SIDE),
     "max_size": integer(1, MAX_IMAGE_SIDE),
-    "size_divisibility": integer(0, 1024),
+    "size_divisibility": integer(1, 1024),  # TensorRT profiles and the backends divide by it
+    # absent in files written before mmdetection's models: Detectron2's resize with Pillow
+    "resize_rule": one_of(*RESIZE_RULES),
+    "resize_backend": one_of(*RESIZE_BACKENDS),
 }
 
 _BOX_WEIGHTS = list_of(_POSITIVE, min_length=4, max_length=4)
@@ -227,6 +235,11 @@ DECODER_KINDS: dict[str, DecoderKind] = {
             "nms_threshold": _PROBABILITY,
             "max_detections": integer(1, 100_000),
             "num_classes": integer(1, 100_000),
+            # absent in files written before mmdetection's models: Detectron2's rules
+            "rules": one_of(*DECODER_RULES),
+            "box_means": list_of(_FLOAT, min_length=4, max_length=4),
+            "box_stds": list_of(_POSITIVE, min_length=4, max_length=4),
+            "min_box_size": number(-1.0, 1e6),
         },
         outputs=_dense_outputs,
     ),
@@ -264,7 +277,7 @@ def _decoder(value: Any, path: str) -> dict[str, Any]:
 ARTIFACT_RULES: dict[str, Rule] = {
     "format": text(),
     "name": text(),
-    "input_spec": record(INPUT_SPEC_RULES, required=list(INPUT_SPEC_RULES)),
+    "input_spec": dataclass_record(InputSpec, INPUT_SPEC_RULES),
     "class_names": list_of(text(), min_length=1),
     "decoder": _decoder,
     "inputs": list_of(_TENSOR, max_length=16),
@@ -281,6 +294,10 @@ def _check_agreement(artifact: dict[str, Any]) -> None:
             f"input_spec.min_size: {spec['min_size']} is larger than input_spec.max_size {spec['max_size']}"
         )
     decoder = artifact["decoder"]["spec"]
+    if decoder.get("rules", "detectron2") == "mmdet" and decoder.get("kind") != "atss":
+        raise ArtifactError(
+            f"decoder.spec.rules: the mmdet rules decode ATSS heads only, not {decoder.get('kind')!r}"
+        )
     names = artifact["class_names"]
     if decoder["num_classes"] != len(names):
         raise ArtifactError(

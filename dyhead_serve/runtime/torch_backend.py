@@ -26,14 +26,17 @@ def class_names_for(num_classes: int) -> list[str]:
 
 
 def input_spec_from_config(cfg: Any, size_divisibility: int) -> InputSpec:
-    """The test-time preprocessing a Detectron2 config describes."""
+    """The test-time preprocessing a config describes; ``size_divisibility`` is the model's,
+    used unless ``INPUT.SIZE_DIVISIBILITY`` sets one (mmdetection's ``pad_size_divisor``)."""
     return InputSpec(
         channel_order=cfg.INPUT.FORMAT,
         pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),
         pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),
         min_size=int(cfg.INPUT.MIN_SIZE_TEST),
         max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-        size_divisibility=size_divisibility,
+        size_divisibility=int(cfg.INPUT.SIZE_DIVISIBILITY) or size_divisibility,
+        resize_rule=str(cfg.INPUT.RESIZE_RULE),
+        resize_backend=str(cfg.INPUT.RESIZE_BACKEND),
     )
 
 
@@ -69,15 +72,20 @@ def build_torch_backend(
     cfg: Any, weights: str | Path | None, model_name: str, class_names: list[str] | None = None
 ) -> TorchBackend:
     """Build the detector ``cfg`` describes on ``cfg.MODEL.DEVICE`` and load ``weights`` strictly
-    (random weights, with a warning, when None)."""
+    (random weights, with a warning, when None); an mmdetection-layout model
+    (``MODEL.LAYOUT = "mmdet"``) reads the checkpoint's mmdetection names."""
     from dyhead_serve.checkpoint import load_state_dict
     from dyhead_serve.modeling.build import build_model
+    from dyhead_serve.modeling.mmdet_keys import mmdet_key_map
 
     model = build_model(cfg)
     if weights is not None:
-        load_state_dict(model, str(weights), strict=True)
+        key_map = mmdet_key_map(model.state_dict()) if cfg.MODEL.LAYOUT == "mmdet" else None
+        load_state_dict(model, str(weights), strict=True, key_map=key_map)
     else:
         logger.warning("no weights given: the detector has random weights")
     spec = input_spec_from_config(cfg, model.size_divisibility)
-    names = class_names if class_names is not None else class_names_for(model.num_classes)
+    if class_names is None:
+        class_names = list(cfg.MODEL.CLASS_NAMES) or class_names_for(model.num_classes)
+    names = class_names
     return TorchBackend(model, model.decoder, spec, names, model_name, cfg.MODEL.DEVICE)

@@ -83,7 +83,9 @@ def create_app(
         # The lifespan state reaches the connection protocol: its limits, and where it counts the
         # connections it closes itself.
         yield {
-            CONNECTION_LIMITS: ConnectionLimits(settings.read_timeout_s, settings.max_connections),
+            CONNECTION_LIMITS: ConnectionLimits(
+                settings.read_timeout_s, settings.max_connections, settings.header_timeout_s
+            ),
             CONNECTION_EVENTS: lambda reason: metrics.connections_closed.labels(reason).inc(),
         }
         logger.info("shutting down: finishing queued work")

@@ -5,9 +5,11 @@ uvicorn reads a request for as long as its client keeps sending: a client that t
 headers or its body one byte every few seconds (or connects and sends nothing) holds its connection
 forever, and on SIGTERM holds the drain until its deadline. :class:`LimitedH11Protocol` (uvicorn's
 h11 protocol, which ``dyhead-serve serve`` always runs) gives each request ``read_timeout_s`` from
-its first byte (from the opening of the connection for the first request):
+its first byte (from the opening of the connection for the first request), and its line and
+headers ``header_timeout_s`` (10 s by default), so that connections that send nothing cannot hold
+the slots of ``max_connections`` for long:
 
-- headers not complete by then: 408 and the connection is closed; the app never saw a request;
+- headers not complete in time: 408 and the connection is closed; the app never saw a request;
 - body not complete: the app, which reads it through :class:`ReadDeadlineMiddleware` under the
   same deadline, answers 408 (counted in the request metrics) and the connection is closed;
 - body still arriving after the app answered (an early 413, say): the connection is closed.
@@ -63,11 +65,14 @@ _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """read_timeout_s: time to receive a whole request (line, headers, body); max_connections: open
-    connections of this process (more are answered 503 and closed)."""
+    """read_timeout_s: time to receive a whole request (line, headers, body); header_timeout_s:
+    time to receive its line and headers (at most read_timeout_s: an idle or silent connection
+    cannot hold a slot of max_connections for long); max_connections: open connections of this
+    process (more are answered 503 and closed)."""
 
     read_timeout_s: float
     max_connections: int
+    header_timeout_s: float = 10.0
 
 
 @dataclass
@@ -95,6 +100,7 @@ class LimitedH11Protocol(H11Protocol):
         if not isinstance(limits, ConnectionLimits):
             raise RuntimeError("LimitedH11Protocol serves apps of dyhead_serve.server.create_app only")
         self.read_timeout_s = limits.read_timeout_s
+        self.header_timeout_s = min(limits.header_timeout_s, limits.read_timeout_s)
         self.max_connections = limits.max_connections
         self._window: ReadWindow | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -148,7 +154,8 @@ class LimitedH11Protocol(H11Protocol):
         self._cancel_timer()
         self._window = ReadWindow(self.loop.time() + self.read_timeout_s)
         self._grace_given = False
-        self._timer = self.loop.call_later(self.read_timeout_s, self._on_deadline)
+        # First the headers' deadline; once they are in, the rest of the request's.
+        self._timer = self.loop.call_later(self.header_timeout_s, self._on_deadline)
 
     def _close_window_if_received(self) -> None:
         if self._window is not None and self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
@@ -169,9 +176,13 @@ class LimitedH11Protocol(H11Protocol):
             self._count("headers_timeout")
             self._answer_and_close(
                 408, "request_timeout",
-                f"the request line and headers did not arrive within {self.read_timeout_s:g} s "
-                "(read_timeout_s)",
+                f"the request line and headers did not arrive within {self.header_timeout_s:g} s "
+                "(header_timeout_s)",
             )  # fmt: skip
+            return
+        remaining = self._window.deadline - self.loop.time()
+        if remaining > 0:  # the headers are in: the body has until the request's deadline
+            self._timer = self.loop.call_later(remaining, self._on_deadline)
         elif cycle is not None and not cycle.response_started and not self._grace_given:
             self._grace_given = True  # the app reads the body under the same deadline: let it answer
             self._timer = self.loop.call_later(_APP_GRACE_S, self._on_deadline)

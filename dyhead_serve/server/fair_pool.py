@@ -23,6 +23,9 @@ _Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
 class FairPool:
     """``workers`` threads running submitted calls, owners served round robin.
 
+    The threads start with the first task, so a pool that is never used (an app whose lifespan
+    never runs, as when only its OpenAPI schema is read) holds no thread.
+
     Args:
         workers: number of threads.
         thread_name_prefix: names of the threads (``prefix_0``, ...).
@@ -38,8 +41,7 @@ class FairPool:
             threading.Thread(target=self._work, name=f"{thread_name_prefix}_{i}", daemon=True)
             for i in range(workers)
         ]
-        for thread in self._threads:
-            thread.start()
+        self._started = False
 
     def submit(self, owner: Hashable, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` in ``owner``'s turn; cancelling the future before it runs drops it.
@@ -53,6 +55,10 @@ class FairPool:
                 raise RuntimeError("the pool is shut down")
             self._queues.setdefault(owner, deque()).append((future, fn, args))
             self._ready.notify()
+            if not self._started:
+                self._started = True
+                for thread in self._threads:
+                    thread.start()
         return future
 
     def shutdown(self, wait: bool = True) -> None:
@@ -60,7 +66,7 @@ class FairPool:
         with self._ready:
             self._closed = True
             self._ready.notify_all()
-        if wait:
+        if wait and self._started:
             for thread in self._threads:
                 thread.join()
 

@@ -32,7 +32,7 @@ DYHEAD_SERVE_MAX_BATCH_SIZE=16); flags win. Then open http://HOST:PORT/ (demo pa
 _SETTINGS_FLAGS = (
     "model", "config", "weights", "backend", "device", "threads", "host", "port", "workers",
     "max_batch_size", "max_batch_delay_ms", "max_queue", "preprocess_workers", "request_timeout_s",
-    "read_timeout_s", "max_connections", "max_upload_mb", "max_files", "max_image_pixels",
+    "read_timeout_s", "header_timeout_s", "max_connections", "max_upload_mb", "max_files", "max_image_pixels",
     "max_request_pixels", "api_key", "cors_origins", "warmup",
 )  # fmt: skip
 
@@ -77,6 +77,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="time to receive a whole request (headers and body) from its first byte; 408 after (default 60)",
+    )
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=None,
+        help="time to receive a request's line and headers, at most --read-timeout-s; 408 after (default 10)",
     )
     p.add_argument(
         "--max-connections",

@@ -77,6 +77,12 @@ class ServerSettings(BaseSettings):
         le=3600.0,
         description="time to receive a whole request (headers and body) from its first byte: 408 after",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=3600.0,
+        description="time to receive a request's line and headers (at most read_timeout_s): 408 after",
+    )
     max_connections: int = Field(
         default=256, ge=1, le=100_000, description="open connections per worker; more get 503 and are closed"
     )

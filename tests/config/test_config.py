@@ -139,8 +139,13 @@ def test_missing_file_lists_the_shipped_names(tmp_path: Path) -> None:
 
 def test_defaults_are_detectron2_plus_dyhead() -> None:
     cfg = get_default_config()
-    # 192 keys of Detectron2's defaults.py, 29 of DynamicHead's add_dyhead/add_extra_config.
-    assert len(leaf_keys(cfg)) == 221
+    # 192 keys of Detectron2's defaults.py, 29 of DynamicHead's add_dyhead/add_extra_config,
+    # 11 of ours for mmdetection's models (their defaults keep Detectron2's behaviour).
+    assert len(leaf_keys(cfg)) == 232
+    assert cfg.MODEL.LAYOUT == "official" and cfg.TEST.POSTPROCESS == "detectron2"
+    assert cfg.INPUT.RESIZE_RULE == "detectron2" and cfg.INPUT.RESIZE_BACKEND == "pillow"
+    assert cfg.INPUT.SIZE_DIVISIBILITY == 0 and cfg.MODEL.FPN.RELU_BEFORE_P7 is True
+    assert cfg.MODEL.ATSS.PRED_KERNEL_SIZE == 1 and cfg.TEST.MIN_BOX_SIZE == -1.0
     assert cfg.VERSION == 2
     assert cfg.MODEL.DEVICE == "cuda"
     assert cfg.MODEL.BACKBONE.FREEZE_AT == -1  # Detectron2's 2, overridden by add_extra_config

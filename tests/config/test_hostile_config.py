@@ -107,6 +107,12 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
         read_config_text(fifo)
 
 
+def test_a_directory_is_refused_by_the_shared_reader(tmp_path: Path) -> None:
+    # os.fdopen refuses a directory with IsADirectoryError: the check must come first.
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_config_text(tmp_path)
+
+
 def test_oversized_file(tmp_path: Path) -> None:
     path = write(tmp_path / "big.yaml", "SEED: 1\n" + "#" * MAX_CONFIG_BYTES + "\n")
     with pytest.raises(ConfigError, match="larger than 1024 KiB"):

@@ -106,6 +106,7 @@ def test_the_extras_the_images_install_exist(dockerfile):
     requirements = requirements_script().requirements(pyproject, extras.group(1).split())
     assert any(r.startswith("fastapi") for r in requirements)  # the server
     assert any(r.startswith("torch") for r in requirements)
+    assert any(r.startswith("opencv-python-headless") for r in requirements)  # mmdetection's models
 
 
 def test_requirements_script_expands_self_references_and_rejects_unknown_extras():

@@ -53,6 +53,9 @@ def test_bad_inputs_exit_2_with_one_line(shapes, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_datasets"))
     assert run_train(_parse(_tiny_args(shapes, tmp_path, "DATASETS.TEST", "('coco_2017_val',)"))) == 2
     assert 'DATASETS.TEST "()"' in capsys.readouterr().err
+    mmdet = _parse(train_command_args("atss_r50_fpn_dyhead_1x_coco", shapes, tmp_path))
+    assert run_train(mmdet) == 2
+    assert "train it in mmdetection" in capsys.readouterr().err
     assert not (tmp_path / "metrics.jsonl").exists()  # nothing was trained
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dyhead_serve.cli import exporter_command
+from dyhead_serve.export.command import exporter_command
 from dyhead_serve.export.engine_cache import (
     BuildSource,
     BuildTarget,

@@ -109,6 +109,14 @@ def test_dcn_choice_must_match_the_graph(tmp_path, capsys):
     assert "DeformConv nodes but --dcn plugin" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra", [["--weights", "w.pth"], ["--set", "MODEL.ATSS.NUM_CLASSES", "3"]])
+def test_an_exported_network_takes_no_weights_nor_overrides(tmp_path, capsys, extra):
+    model_dir = _model_dir(tmp_path, "onnx")
+    code = export_main(["tensorrt", "--onnx", str(model_dir), "--out", str(tmp_path / "e"), *extra])
+    assert code == 2
+    assert "--weights and config overrides no longer apply" in capsys.readouterr().err
+
+
 def test_bad_shape_is_a_usage_error(tmp_path, capsys):
     model_dir = _model_dir(tmp_path, "onnx")
     code = export_main(

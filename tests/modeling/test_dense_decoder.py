@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
@@ -83,3 +84,22 @@ def test_score_threshold_override_and_size_check():
         assert "size divisibility" in str(exc)
     else:  # pragma: no cover
         raise AssertionError("a wrong input size must be refused")
+
+
+def test_outputs_that_do_not_fit_the_spec_are_refused():
+    """A model.json copied from another model (here: fewer classes) must not decode into wrong
+    labels: the decoder compares the outputs with its spec."""
+    from dataclasses import replace
+
+    from dyhead_serve.modeling.dense_decoder import DenseDecoder
+    from dyhead_serve.modeling.output_shape import OutputShapeError
+    from dyhead_serve.runtime.loader import load_backend
+
+    backend = load_backend("default", backend="torch", device="cpu")
+    spec = backend.decoder.spec
+    outputs = backend.infer(torch.zeros(1, 3, 256, 256), torch.tensor([[256, 256]]))
+    assert backend.decoder(outputs, (256, 256), [(256, 256)])  # the spec that fits decodes
+    with pytest.raises(OutputShapeError, match=r"'logits' output has 6 class scores, but .* declares 1"):
+        DenseDecoder(replace(spec, num_classes=1))(outputs, (256, 256), [(256, 256)])
+    with pytest.raises(OutputShapeError, match="anchors for a"):
+        DenseDecoder(replace(spec, strides=[4, 8, 16, 32, 64]))(outputs, (256, 256), [(256, 256)])

@@ -77,7 +77,7 @@ def test_pad_to_window_multiple():
     assert padded.shape == (1, 7, 14, 2)
     torch.testing.assert_close(padded[:, :5, :9], x, rtol=0, atol=0)
     assert padded[:, 5:].abs().sum() == 0 and padded[:, :, 9:].abs().sum() == 0
-    assert pad_to_window_multiple(padded, 7) is padded
+    assert torch.equal(pad_to_window_multiple(padded, 7), padded)  # a multiple already: unchanged
 
 
 def test_patch_merging_order_and_odd_padding():
@@ -172,3 +172,30 @@ def test_official_checkpoint_loads_and_runs(swin_model, tmp_path):
     positions = sum((128 // s) ** 2 for s in (8, 16, 32, 64, 128))
     assert out["logits"].shape == (1, positions, 80)
     assert out["deltas"].shape == (1, positions, 4)
+
+
+def test_onnx_export_is_correct_at_sizes_other_than_the_traced_one(tmp_path):
+    """The shifted-window mask must follow the map size in the graph: the padded size was once
+    computed as -(-h // ws) * ws, which ONNX's truncating integer division gets wrong."""
+    import onnxruntime
+
+    torch.manual_seed(0)
+    net = SwinTransformer(["stage2", "stage3"], embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=7)
+    net.eval()
+    path = tmp_path / "swin.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (torch.randn(1, 3, 64, 96),), str(path), dynamo=False, opset_version=19,
+            input_names=["images"], output_names=["stage2", "stage3"],
+            dynamic_axes={
+                "images": {2: "h", 3: "w"}, "stage2": {2: "h2", 3: "w2"}, "stage3": {2: "h3", 3: "w3"},
+            },
+        )  # fmt: skip
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in [(64, 96), (80, 80), (100, 60)]:  # 20x20 and 25x15 stage-2 maps: not multiples of 7
+        images = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = net(images)
+        got = session.run(None, {"images": images.numpy()})
+        for name, value in zip(["stage2", "stage3"], got, strict=True):
+            torch.testing.assert_close(torch.from_numpy(value), expected[name], rtol=1e-4, atol=1e-4)

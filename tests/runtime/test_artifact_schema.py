@@ -6,12 +6,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from dyhead_serve.cli import main as cli_main
+from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ArtifactError, ModelArtifact
 from dyhead_serve.runtime.artifact_schema import DECODER_KINDS, INPUT_SPEC_RULES
@@ -40,6 +43,12 @@ def edit(path: str, value: Any) -> Any:
         node[int(last)] = value
     else:
         node[last] = value
+    return data
+
+
+def _mmdet_rules_on_retinanet() -> Any:
+    data = edit("decoder.spec.rules", "mmdet")
+    data["decoder"]["spec"]["kind"] = "retinanet"
     return data
 
 
@@ -73,6 +82,11 @@ BROKEN = [
         "input_spec.pixel_std: expected a list of 3",
     ),
     ("boolean-size", edit("input_spec.size_divisibility", True), "input_spec.size_divisibility"),
+    (
+        "zero-divisibility",
+        edit("input_spec.size_divisibility", 0),
+        r"input_spec.size_divisibility: .*\[1, 1024\]",
+    ),
     ("string-size", edit("input_spec.max_size", "1333"), "input_spec.max_size"),
     ("class-names-a-string", edit("class_names", "abc"), "class_names: expected a list"),
     ("class-name-not-a-string", edit("class_names.0", 7), r"class_names\[0\]"),
@@ -93,6 +107,30 @@ BROKEN = [
     ("unknown-top-level", edit("extra", 1), "the top level: unknown field 'extra'"),
     ("missing-input-spec", edit("input_spec", ...), "input_spec: missing"),
     ("provenance-a-list", edit("provenance", []), "provenance: expected an object"),
+    (
+        "unknown-resize-rule",
+        edit("input_spec.resize_rule", "yolo"),
+        "input_spec.resize_rule: expected one of",
+    ),
+    ("unknown-resize-backend", edit("input_spec.resize_backend", "skimage"), "input_spec.resize_backend"),
+    ("unknown-decoder-rules", edit("decoder.spec.rules", "yolo"), "decoder.spec.rules: expected one of"),
+    (
+        "three-box-stds",
+        edit("decoder.spec.box_stds", [0.1, 0.1, 0.2]),
+        "decoder.spec.box_stds: expected a list of 4",
+    ),
+    ("zero-box-std", edit("decoder.spec.box_stds", [0.1, 0.0, 0.2, 0.2]), r"decoder.spec.box_stds\[1\]"),
+    (
+        "nan-box-mean",
+        edit("decoder.spec.box_means", [0.0, float("nan"), 0.0, 0.0]),
+        r"decoder.spec.box_means\[1\]",
+    ),
+    ("min-box-size-below", edit("decoder.spec.min_box_size", -5), "decoder.spec.min_box_size"),
+    (
+        "mmdet-rules-on-retinanet",
+        _mmdet_rules_on_retinanet(),
+        "decoder.spec.rules: the mmdet rules decode ATSS",
+    ),
 ]
 
 
@@ -144,6 +182,25 @@ def test_predict_exits_2_naming_the_field(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert message.split(":")[0].replace("\\", "") in err
+
+
+def test_a_valid_model_json_of_another_model_is_refused_at_the_first_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Consistent in itself (one class, one name) but not the graph's (six class scores): the
+    decoder compares the outputs with its spec, so predict stops with exit 2 instead of labels."""
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED.parent, folder)
+    document = json.loads(SHIPPED.read_text())
+    document["class_names"] = ["circle"]
+    document["decoder"]["spec"]["num_classes"] = 1
+    (folder / "model.json").write_text(json.dumps(document))
+    image = tmp_path / "x.png"
+    Image.fromarray(synthetic_photo(128, 128, seed=1)).save(image)
+    assert cli_main(["predict", "--model", str(folder), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "'logits' output has 6 class scores, but the decoder spec declares 1" in err
+    assert "Traceback" not in err
 
 
 def test_every_spec_field_has_a_rule() -> None:

@@ -19,15 +19,16 @@ from tests.server.test_bad_input import png_header_only
 
 def test_fair_pool_serves_owners_in_turn():
     pool = FairPool(1, thread_name_prefix="test")
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
     order: list[str] = []
 
     def task(label: str) -> None:
+        running.set()
         gate.wait(10)
         order.append(label)
 
     first = pool.submit("a", task, "a0")  # occupies the one thread
-    time.sleep(0.05)
+    assert running.wait(10)  # a0 is taken before the others are queued
     for i in range(1, 4):
         pool.submit("a", task, f"a{i}")
     pool.submit("b", task, "b0")  # arrives after all of a's tasks
@@ -37,6 +38,13 @@ def test_fair_pool_serves_owners_in_turn():
     first.result(10)
     pool.shutdown(wait=True)
     assert order == ["a0", "a1", "b0", "a2", "a3"]
+
+
+def test_an_unused_pool_starts_no_thread():
+    before = threading.active_count()
+    pool = FairPool(4, thread_name_prefix="idle")
+    assert threading.active_count() == before
+    pool.shutdown(wait=True)
 
 
 def test_fair_pool_passes_exceptions_and_refuses_work_after_shutdown():

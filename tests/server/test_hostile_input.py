@@ -44,7 +44,7 @@ def v2_binary(elements: list[bytes], count: int | None = None, **header_fields: 
     }
 
 
-# -- odd numerals and booleans (point 5) ------------------------------------------------------
+# -- odd numerals and booleans ----------------------------------------------------------------
 
 
 def query(**params: str) -> tuple[str, dict]:
@@ -108,7 +108,7 @@ def test_odd_numerals_are_4xx(client, request_, status, code):
     assert_good_request_succeeds(client)
 
 
-# -- images that cannot be represented in 8 bits (point 6) ------------------------------------
+# -- images that cannot be represented in 8 bits ----------------------------------------------
 
 
 def encoded(array: np.ndarray, image_format: str) -> bytes:
@@ -132,7 +132,7 @@ def test_floating_point_tiff_is_a_clear_400(client):
     assert "floating-point" in response.json()["error"]["message"]
 
 
-# -- unexpected failures: consistent errors (point 10) ----------------------------------------
+# -- unexpected failures: consistent errors --------------------------------------------------
 
 
 class FailingBackend:
@@ -166,7 +166,7 @@ def test_a_500_is_json_with_cors_headers(served_backend, caplog):
     assert any("unhandled error" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
-# -- /docs without internet (point 10) --------------------------------------------------------
+# -- /docs without internet ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

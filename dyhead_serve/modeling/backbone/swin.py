@@ -178,24 +178,44 @@ class SwinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+MERGE_ORDERS = ("official", "unfold")
+
+
 class PatchMerging(nn.Module):
     """Halve the resolution and double the channels: concatenate each 2x2 neighbourhood
-    (odd sizes zero-padded on the bottom/right), LayerNorm, then a linear map 4C -> 2C."""
+    (odd sizes zero-padded on the bottom/right), LayerNorm, then a linear map 4C -> 2C.
 
-    def __init__(self, dim: int) -> None:
+    ``order`` is the layout of the 4C concatenated values, which the norm and reduction weights
+    follow: ``"official"`` puts the four positions (row, col) = (0,0), (1,0), (0,1), (1,1) one
+    after the other, C channels each (Swin-Transformer's code); ``"unfold"`` puts each channel's
+    four positions (0,0), (0,1), (1,0), (1,1) together (``nn.Unfold``, mmdetection's
+    ``PatchMerging``). The same values in another order give other float32 sums in the
+    LayerNorm, so each checkpoint family runs in its own order.
+    """
+
+    def __init__(self, dim: int, order: str = "official") -> None:
         super().__init__()
+        if order not in MERGE_ORDERS:
+            raise ValueError(f"patch merging order must be one of {MERGE_ORDERS}, got {order!r}")
+        self.order = order
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """Tensor[B, H*W, C] -> Tensor[B, ceil(H/2) * ceil(W/2), 2C]."""
         batch, _, channels = x.shape
-        x = x.view(batch, height, width, channels)
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        # Order (row, col) = (0,0), (1,0), (0,1), (1,1): the official channel layout.
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x.view(batch, -1, 4 * channels)))
+        # Padded unconditionally (by zero rows when even): a Python branch on the size would be
+        # frozen into a traced ONNX graph at the traced size.
+        x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, width % 2, 0, height % 2))
+        if self.order == "official":
+            # (row, col) = (0,0), (1,0), (0,1), (1,1), each a block of C channels.
+            parts = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
+            x = torch.cat(parts, dim=-1)
+        else:
+            # Per channel, (row, col) = (0,0), (0,1), (1,0), (1,1): index 4 * c + 2 * row + col.
+            parts = [x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]]
+            x = torch.stack(parts, dim=-1)  # [B, H/2, W/2, C, 4]
+        return self.reduction(self.norm(x.reshape(batch, -1, 4 * channels)))
 
 
 class SwinStage(nn.Module):
@@ -215,6 +235,7 @@ class SwinStage(nn.Module):
         mlp_ratio: float,
         drop_path: Sequence[float],
         downsample: bool,
+        merge_order: str = "official",
     ) -> None:
         super().__init__()
         self.window_size = window_size
@@ -230,7 +251,7 @@ class SwinStage(nn.Module):
             )
             for i in range(depth)
         )
-        self.downsample = PatchMerging(dim) if downsample else None
+        self.downsample = PatchMerging(dim, merge_order) if downsample else None
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         """Tensor[B, H*W, C] -> the stage's output Tensor[B, H*W, C] (before patch merging).
@@ -238,8 +259,10 @@ class SwinStage(nn.Module):
         The shifted-window mask depends only on the padded map size: built once per call.
         """
         ws = self.window_size
-        padded_height = -(-height // ws) * ws
-        padded_width = -(-width // ws) * ws
+        # Not -(-h // ws) * ws: traced into ONNX, integer division truncates towards zero, and
+        # the mask would have fewer windows than the map whenever h is not a multiple of ws.
+        padded_height = height + (ws - height % ws) % ws
+        padded_width = width + (ws - width % ws) % ws
         mask = shifted_window_mask(padded_height, padded_width, ws, self.shift_size, device=x.device)
         for block in self.blocks:
             x = block(x, height, width, mask)
@@ -260,8 +283,9 @@ class PatchEmbed(nn.Module):
         """Tensor[B, C_in, H, W] -> Tensor[B, embed_dim, ceil(H/p), ceil(W/p)]."""
         p = self.patch_size
         height, width = images.shape[-2:]
-        if height % p or width % p:
-            images = F.pad(images, (0, (p - width % p) % p, 0, (p - height % p) % p))
+        images = F.pad(
+            images, (0, (p - width % p) % p, 0, (p - height % p) % p)
+        )  # no branch: see PatchMerging
         x = self.proj(images)
         batch, channels, out_h, out_w = x.shape
         x = self.norm(x.flatten(2).transpose(1, 2))  # [B, h*w, C]
@@ -284,6 +308,8 @@ class SwinTransformer(Backbone):
         patch_size: side of the input patches (stride of stage2).
         frozen_stages: -1 freezes nothing, 0 or 1 the patch embedding, k >= 2 also the first
             k - 1 stages (the official ``frozen_stages``, set from ``MODEL.BACKBONE.FREEZE_AT``).
+        merge_order: channel layout of the patch mergings (see :class:`PatchMerging`):
+            ``"official"`` or ``"unfold"`` (mmdetection's Swin).
     """
 
     def __init__(
@@ -299,6 +325,7 @@ class SwinTransformer(Backbone):
         drop_path_rate: float = 0.2,
         patch_size: int = 4,
         frozen_stages: int = -1,
+        merge_order: str = "official",
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
@@ -323,6 +350,7 @@ class SwinTransformer(Backbone):
                     mlp_ratio,
                     drop_path=rates[first : first + depth],
                     downsample=i < len(depths) - 1,
+                    merge_order=merge_order,
                 )
             )
         self._shapes = {
@@ -384,6 +412,7 @@ def build_swin(
     ape: bool = False,
     out_norm: bool = True,
     frozen_stages: int = -1,
+    merge_order: str = "official",
 ) -> SwinTransformer:
     """Build the Swin backbone as the official ``build_swint_backbone`` does from ``MODEL.SWINT``.
 
@@ -408,4 +437,5 @@ def build_swin(
         mlp_ratio=mlp_ratio,
         drop_path_rate=drop_path_rate,
         frozen_stages=frozen_stages,
+        merge_order=merge_order,
     )

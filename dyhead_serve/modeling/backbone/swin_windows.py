@@ -66,8 +66,8 @@ def pad_to_window_multiple(x: Tensor, window_size: int) -> Tensor:
     height, width = x.shape[1], x.shape[2]
     pad_bottom = (window_size - height % window_size) % window_size
     pad_right = (window_size - width % window_size) % window_size
-    if pad_bottom == 0 and pad_right == 0:
-        return x
+    # Padded unconditionally (by zero when already a multiple): a Python branch on the size
+    # would be frozen into a traced ONNX graph at the traced size.
     return F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
 
 

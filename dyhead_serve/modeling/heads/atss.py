@@ -37,7 +37,7 @@ def _tower(in_channels: int, channels: int, num_convs: int, use_gn: bool) -> nn.
 class ATSSHead(nn.Module):
     """Classification, box regression and centerness predictions for every anchor.
 
-    With ``num_convs == 0`` (the DyHead configs) the 1x1 predictors sit directly on the DyHead
+    With ``num_convs == 0`` (the DyHead configs) the predictors sit directly on the DyHead
     features. Box deltas of level ``l`` are multiplied by the learnable ``scales[l]``.
 
     Args:
@@ -49,6 +49,8 @@ class ATSSHead(nn.Module):
         use_gn: GroupNorm(32) in the towers.
         prior_prob: initial foreground probability of the classifier.
         num_levels: number of pyramid levels (one ``Scale`` each).
+        pred_kernel_size: kernel of the three predictor convolutions (1 in the official DyHead
+            models and mmdetection's reproduction setting, 3 in its "simple" setting).
     """
 
     def __init__(
@@ -61,8 +63,11 @@ class ATSSHead(nn.Module):
         use_gn: bool = True,
         prior_prob: float = 0.01,
         num_levels: int = 5,
+        pred_kernel_size: int = 1,
     ) -> None:
         super().__init__()
+        if pred_kernel_size not in (1, 3):
+            raise ValueError(f"pred_kernel_size must be 1 or 3, got {pred_kernel_size}")
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         self.cls_tower: nn.Sequential | None = None
@@ -71,9 +76,10 @@ class ATSSHead(nn.Module):
             self.cls_tower = _tower(in_channels, channels, num_convs, use_gn)
             self.bbox_tower = _tower(in_channels, channels, num_convs, use_gn)
         pred_in = channels if num_convs > 0 else in_channels
-        self.cls_logits = nn.Conv2d(pred_in, num_anchors * num_classes, kernel_size=1)
-        self.bbox_pred = nn.Conv2d(pred_in, num_anchors * 4, kernel_size=1)
-        self.centerness = nn.Conv2d(pred_in, num_anchors, kernel_size=1)
+        k, pad = pred_kernel_size, pred_kernel_size // 2
+        self.cls_logits = nn.Conv2d(pred_in, num_anchors * num_classes, kernel_size=k, padding=pad)
+        self.bbox_pred = nn.Conv2d(pred_in, num_anchors * 4, kernel_size=k, padding=pad)
+        self.centerness = nn.Conv2d(pred_in, num_anchors, kernel_size=k, padding=pad)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)

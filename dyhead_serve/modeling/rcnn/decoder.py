@@ -16,6 +16,7 @@ from torchvision.ops import batched_nms
 
 from dyhead_serve.modeling.box_coding import BoxCoder
 from dyhead_serve.modeling.dense_decoder import RawDetections
+from dyhead_serve.modeling.output_shape import check_output_dim
 
 __all__ = ["RCNNDecoder", "RCNNDecoderSpec", "fast_rcnn_inference_single_image"]
 
@@ -93,6 +94,7 @@ class RCNNDecoder:
         padded_hw: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         score_threshold: float | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[RawDetections]:
         """Decode a batch.
 
@@ -104,7 +106,12 @@ class RCNNDecoder:
             padded_hw: (H, W) of the network input (unused: proposals are already in pixels).
             image_sizes: (h, w) of each resized image before padding; boxes are clipped to it.
             score_threshold: overrides the configured threshold when given.
+            original_sizes: unused (detections stay in input coordinates).
         """
+        classes = self.spec.num_classes
+        check_output_dim(outputs, "logits", -1, classes + 1, "class scores (classes + background)")
+        if outputs["deltas"].shape[-1] != 4:  # 4: class-agnostic regression
+            check_output_dim(outputs, "deltas", -1, 4 * classes, "box deltas (4 per class)")
         threshold = self.spec.score_threshold if score_threshold is None else score_threshold
         counts = outputs["num_proposals"].tolist()
         if len(counts) != len(image_sizes):
