@@ -37,9 +37,16 @@ class ExportError(RuntimeError):
     """The model cannot be exported, or the exported graph fails its checks."""
 
 
-def _dummy_inputs(batch: int, size_divisibility: int) -> tuple[Tensor, Tensor]:
+def _dummy_inputs(batch: int, size_divisibility: int, *, generic: bool = False) -> tuple[Tensor, Tensor]:
+    """Example inputs: 2x3 blocks of the size divisibility for a trace. For torch.export
+    (``generic``) at least 256x384, so that a padding-to-32 model's coarsest FPN level (P7, stride
+    128) is 2x3 like a padding-to-128 one's: torch.export narrows a size's range on relations that
+    hold only for the example (a level of size 1), and ``_check_size_ranges`` refuses that."""
     div = max(size_divisibility, 32)
-    height, width = 2 * div, 3 * div
+    if generic:
+        height, width = -(-256 // div) * div, -(-384 // div) * div
+    else:
+        height, width = 2 * div, 3 * div
     images = torch.zeros(batch, 3, height, width)
     image_sizes = torch.tensor([[height, width]] * batch, dtype=torch.int64)
     return images, image_sizes
@@ -133,6 +140,7 @@ def _write_torch_export(
             )
         except Exception as exc:  # torch.export raises many types; each one means "cannot capture"
             raise ExportError(f"torch.export cannot capture {type(model).__name__}: {_summary(exc)}") from exc
+        _check_size_ranges(program, type(model).__name__, size_divisibility)
         try:
             onnx_program = torch.onnx.export(
                 program,
@@ -151,6 +159,45 @@ def _write_torch_export(
     graph = onnx_program.model_proto
     _name_symbolic_dims(graph, {0: "batch", 2: "height_blocks", 3: "width_blocks"})
     onnx.save_model(graph, str(path))
+
+
+# torch.export narrows the blocks' lower bound to 2 on guards that do not change the graph (a
+# contiguity check in ATSS); the tests run every model at 1 block. Any other narrowing is an error.
+_LOWEST_ACCEPTED_MIN = 2
+
+
+def _check_size_ranges(program: torch.export.ExportedProgram, model_name: str, divisibility: int) -> None:
+    """Refuse a program whose batch, height or width torch.export narrowed to a range.
+
+    With guards deferred to run-time asserts, torch.export does not fail when the model's shape
+    arithmetic holds only for sizes near the example (for example a coarsest FPN level of size 1):
+    it narrows the declared range and keeps the example's sizes for intermediate tensors. The
+    ONNX graph does not carry those asserts, so such a graph would fail, or worse, at other sizes.
+    """
+    from torch.utils._sympy.numbers import int_oo
+
+    images = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "images")
+    axes = {0: "batch", 2: "height", 3: "width"}
+    narrowed = []
+    for axis, name in axes.items():
+        size = images.meta["val"].shape[axis]
+        expr = size.node.expr if isinstance(size, torch.SymInt) else None
+        if expr is None or len(expr.free_symbols) != 1:
+            continue  # a fixed batch
+        symbol = next(iter(expr.free_symbols))
+        allowed = program.range_constraints.get(symbol)
+        if allowed is None:
+            continue
+        unit = divisibility if axis else 1
+        if allowed.upper != int_oo or int(allowed.lower) > _LOWEST_ACCEPTED_MIN:
+            lower = int(allowed.lower) * unit
+            upper = None if allowed.upper == int_oo else int(allowed.upper) * unit
+            narrowed.append(f"{name} >= {lower}" if upper is None else f"{name} {lower} to {upper}")
+    if narrowed:
+        raise ExportError(
+            f"torch.export captured {model_name} only for {', '.join(narrowed)}: the graph assumes "
+            "sizes the example had (run-time asserts ONNX does not keep); use --exporter torchscript"
+        )
 
 
 _SYMBOL = re.compile(r"\bs\d+\b")  # torch.export's size symbols: s0, s17, ...
@@ -257,7 +304,7 @@ def export_onnx(
     size_divisibility = max(backend.input_spec.size_divisibility, 32)
     # torch.export specialises a batch of 1 to a constant: trace a dynamic batch with 2 images.
     example_batch = fixed_batch or (2 if exporter == "dynamo" else 1)
-    images, image_sizes = _dummy_inputs(example_batch, size_divisibility)
+    images, image_sizes = _dummy_inputs(example_batch, size_divisibility, generic=exporter == "dynamo")
     images, image_sizes = images.to(backend.device), image_sizes.to(backend.device)
     with torch.no_grad():
         output_names = list(model(images, image_sizes).keys())

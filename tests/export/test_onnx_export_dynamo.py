@@ -190,3 +190,39 @@ def test_symbolic_dims_are_named_after_the_input_axes():
     onnx_export._name_symbolic_dims(graph, {0: "batch", 2: "height_blocks", 3: "width_blocks"})
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.graph.output]
     assert dims == [["batch", "341*width_blocks*height_blocks", "s345"]]
+
+
+class _BranchesOnHeight(torch.nn.Module):
+    """A network whose result depends on a Python branch on its input's height."""
+
+    def __init__(self, threshold: int | None, below: bool = False) -> None:
+        super().__init__()
+        self.threshold, self.below = threshold, below
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = images.mean(dim=1)
+        height, threshold = images.shape[2], self.threshold
+        if threshold is not None and (height < threshold if self.below else height > threshold):
+            out = out * 2
+        return {"out": out}
+
+
+@pytest.mark.parametrize(
+    ("threshold", "below", "message"),
+    [(None, False, None), (64, False, "height >= 96"), (300, True, "height 64 to 288")],
+)
+def test_a_capture_narrowed_to_the_example_size_is_refused(threshold, below, message, tmp_path):
+    """With guards deferred to run-time asserts, torch.export narrows a dim's range instead of
+    failing; the ONNX graph would be wrong outside it (mmdetection's padding-to-32 setting at
+    under 96 px), so the export names the range and stops."""
+    images, sizes = onnx_export._dummy_inputs(2, 32, generic=True)
+    assert images.shape[2:] == (256, 384)
+    write = onnx_export._write_torch_export
+    kwargs = dict(fixed_batch=False, dcn="onnx", opset=19, size_divisibility=32)
+    module = _BranchesOnHeight(threshold, below)
+    if message is None:
+        write(module, (images, sizes), ["out"], tmp_path / "model.onnx", **kwargs)
+        assert (tmp_path / "model.onnx").is_file()
+    else:
+        with pytest.raises(ExportError, match=f"only for {message}"):
+            write(module, (images, sizes), ["out"], tmp_path / "model.onnx", **kwargs)
