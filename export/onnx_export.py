@@ -4,7 +4,6 @@ image size, checked with ``onnx.checker`` and shape inference."""
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,13 +12,14 @@ from typing import Any
 import onnx
 import torch
 from torch import Tensor, nn
-from torch.fx.experimental import _config as fx_config
 
 from dyhead_serve.ops.onnx_node import DCN_FLAVOURS, MIN_OPSET
 from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
+from .errors import ExportError
 from .external_weights import WEIGHTS_FILE, share_weights
+from .torch_export import write_torch_export
 
 __all__ = ["DEFAULT_EXPORTER", "EXPORTERS", "ExportError", "check_onnx", "export_onnx", "input_dims"]
 
@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 # model and flavour (see README, "Export and runtimes").
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"
-
-
-class ExportError(RuntimeError):
-    """The model cannot be exported, or the exported graph fails its checks."""
 
 
 def _dummy_inputs(batch: int, size_divisibility: int, *, generic: bool = False) -> tuple[Tensor, Tensor]:
@@ -104,132 +100,6 @@ def _write_torchscript(
         )
 
 
-def _write_torch_export(
-    model: nn.Module, inputs: tuple[Tensor, Tensor], output_names: list[str], path: Path,
-    *, fixed_batch: bool, dcn: str, opset: int, size_divisibility: int,
-) -> None:  # fmt: skip
-    """The ``torch.export`` exporter: a program with symbolic sizes, translated by ONNX Script.
-
-    Height and width are declared as multiples of ``size_divisibility`` (the padding the input
-    spec guarantees; the FPN's shape arithmetic holds only for those), the batch as a free size
-    unless fixed. The example batch must then not be 1: torch.export specialises sizes 0 and 1.
-    torch.export may narrow a declared range on a guard that does not change the graph (a
-    contiguity check narrows ATSS's blocks to >= 2); the tests run every model at one block.
-    """
-    from dyhead_serve.ops.onnx_translation import deform_conv_translation_table
-
-    dim = torch.export.Dim
-    batch = dim.STATIC if fixed_batch else dim("batch", min=1)
-    height = size_divisibility * dim("height_blocks", min=1)
-    width = size_divisibility * dim("width_blocks", min=1)
-    dynamic_shapes = ({0: batch, 2: height, 3: width}, {0: batch, 1: dim.STATIC})
-    # As torch.onnx.export(dynamo=True) captures a module (torch 2.14): size-oblivious reasoning
-    # about sizes 0 and 1, guards that the dims cannot express deferred to run-time asserts. Without
-    # them, capturing Swin-T's window padding takes hours instead of minutes in sympy. Unlike
-    # torch.onnx.export, no retry with the constraint fixes torch suggests (they could fix an axis).
-    oblivious = fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
-    with warnings.catch_warnings(), torch.no_grad(), oblivious:
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.export.export(
-                model,
-                inputs,
-                dynamic_shapes=dynamic_shapes,
-                strict=False,
-                prefer_deferred_runtime_asserts_over_guards=True,
-            )
-        except Exception as exc:  # torch.export raises many types; each one means "cannot capture"
-            raise ExportError(f"torch.export cannot capture {type(model).__name__}: {_summary(exc)}") from exc
-        _check_size_ranges(program, type(model).__name__, size_divisibility)
-        try:
-            onnx_program = torch.onnx.export(
-                program,
-                dynamo=True,
-                opset_version=opset,
-                input_names=["images", "image_sizes"],
-                output_names=output_names,
-                custom_translation_table=deform_conv_translation_table(dcn, opset),
-                optimize=True,
-                verbose=False,
-            )
-        except torch.onnx.errors.OnnxExporterError as exc:
-            raise ExportError(f"translating {type(model).__name__} to ONNX failed: {_summary(exc)}") from exc
-    if onnx_program is None:  # torch.onnx.export returns None only for the TorchScript exporter
-        raise ExportError("torch.onnx.export(dynamo=True) returned no ONNX program")
-    graph = onnx_program.model_proto
-    _name_symbolic_dims(graph, {0: "batch", 2: "height_blocks", 3: "width_blocks"})
-    onnx.save_model(graph, str(path))
-
-
-# torch.export narrows the blocks' lower bound to 2 on guards that do not change the graph (a
-# contiguity check in ATSS); the tests run every model at 1 block. Any other narrowing is an error.
-_LOWEST_ACCEPTED_MIN = 2
-
-
-def _check_size_ranges(program: torch.export.ExportedProgram, model_name: str, divisibility: int) -> None:
-    """Refuse a program whose batch, height or width torch.export narrowed to a range.
-
-    With guards deferred to run-time asserts, torch.export does not fail when the model's shape
-    arithmetic holds only for sizes near the example (for example a coarsest FPN level of size 1):
-    it narrows the declared range and keeps the example's sizes for intermediate tensors. The
-    ONNX graph does not carry those asserts, so such a graph would fail, or worse, at other sizes.
-    """
-    from torch.utils._sympy.numbers import int_oo
-
-    images = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "images")
-    axes = {0: "batch", 2: "height", 3: "width"}
-    narrowed = []
-    for axis, name in axes.items():
-        size = images.meta["val"].shape[axis]
-        expr = size.node.expr if isinstance(size, torch.SymInt) else None
-        if expr is None or len(expr.free_symbols) != 1:
-            continue  # a fixed batch
-        symbol = next(iter(expr.free_symbols))
-        allowed = program.range_constraints.get(symbol)
-        if allowed is None:
-            continue
-        unit = divisibility if axis else 1
-        if allowed.upper != int_oo or int(allowed.lower) > _LOWEST_ACCEPTED_MIN:
-            lower = int(allowed.lower) * unit
-            upper = None if allowed.upper == int_oo else int(allowed.upper) * unit
-            narrowed.append(f"{name} >= {lower}" if upper is None else f"{name} {lower} to {upper}")
-    if narrowed:
-        raise ExportError(
-            f"torch.export captured {model_name} only for {', '.join(narrowed)}: the graph assumes "
-            "sizes the example had (run-time asserts ONNX does not keep); use --exporter torchscript"
-        )
-
-
-_SYMBOL = re.compile(r"\bs\d+\b")  # torch.export's size symbols: s0, s17, ...
-
-
-def _name_symbolic_dims(graph: onnx.ModelProto, axis_names: dict[int, str]) -> None:
-    """Rename torch.export's size symbols after the axes of the first input that hold them.
-
-    The graph's sizes are expressions of symbols (``s34``, ``128*s74``, ``341*s5*s74``); naming
-    each after its axis of ``images`` (``batch``, ``128*height_blocks``) makes model.json and the
-    graph readable. Symbols of no named axis keep their names.
-    """
-    first = graph.graph.input[0].type.tensor_type.shape.dim
-    names: dict[str, str] = {}
-    for axis, name in axis_names.items():
-        symbols = set(_SYMBOL.findall(first[axis].dim_param)) if axis < len(first) else set()
-        if len(symbols) == 1:
-            names[symbols.pop()] = name
-    values = [*graph.graph.input, *graph.graph.output, *graph.graph.value_info]
-    for value in values:
-        for d in value.type.tensor_type.shape.dim:
-            if d.dim_param:
-                d.dim_param = _SYMBOL.sub(lambda m: names.get(m.group(0), m.group(0)), d.dim_param)
-
-
-def _summary(exc: BaseException) -> str:
-    """An exception's first line and where torch says it was caused, without its advice."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    caused = [line for line in lines[1:] if line.startswith("Caused by")]
-    return " ".join([f"{type(exc).__name__}: {lines[0] if lines else ''}", *caused[:1]])
-
-
 def input_dims(model: nn.Module, batch: int | None) -> dict[str, list[int | str]]:
     """The graph inputs' dimensions as the export writes them: an int where fixed, a name where
     dynamic. A model whose forward loops over images in Python (``traces_dynamic_batch = False``,
@@ -292,6 +162,12 @@ def export_onnx(
         raise ExportError(f"--opset must be at least {MIN_OPSET} (DeformConv), got {opset}")
     if batch is not None and batch < 1:
         raise ExportError(f"--batch must be a positive integer or 'dynamic', got {batch}")
+    if external_weights and exporter == "dynamo":
+        raise ExportError(
+            "--external-weights needs --exporter torchscript: the dynamo exporter's optimiser folds "
+            "batch norms into the convolutions' weights, so the graph's weights are no longer the "
+            "checkpoint's tensors and could not be shared with model.safetensors"
+        )
     step = on_step or (lambda _: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +186,7 @@ def export_onnx(
         output_names = list(model(images, image_sizes).keys())
     if exporter == "dynamo":
         step("capturing with torch.export and writing model.onnx")
-        _write_torch_export(
+        write_torch_export(
             model, (images, image_sizes), output_names, onnx_path,
             fixed_batch=fixed_batch is not None, dcn=dcn, opset=opset, size_divisibility=size_divisibility,
         )  # fmt: skip

@@ -93,10 +93,13 @@ def use_dcn_kernel(name: str) -> Iterator[None]:
 def _capturing_a_graph() -> bool:
     """Tracing, scripting, torch.export or exporting to ONNX: the standard operator must be
     recorded (torch.export alone is not an ONNX export: it captures before any exporter runs)."""
+    # Not every torch that pyproject.toml allows has torch.compiler.is_exporting; one without it
+    # is not running torch.export for us (`--exporter dynamo` refuses a torch that lacks its API).
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
     return (
         torch.jit.is_tracing()
         or torch.jit.is_scripting()
-        or torch.compiler.is_exporting()
+        or (is_exporting is not None and is_exporting())
         or torch.onnx.is_in_onnx_export()
     )
 

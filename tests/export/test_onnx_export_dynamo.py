@@ -17,6 +17,7 @@ from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export import onnx_export
 from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
+from dyhead_serve.export.torch_export import SizePoint, name_symbolic_dims, sizes_to_check, write_torch_export
 from dyhead_serve.export.verify import compare_backends
 from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
@@ -187,42 +188,81 @@ def test_symbolic_dims_are_named_after_the_input_axes():
             [value("out", ["s34", "341*s5*s74", "s345"])],
         )
     )
-    onnx_export._name_symbolic_dims(graph, {0: "batch", 2: "height_blocks", 3: "width_blocks"})
+    name_symbolic_dims(graph, {0: "batch", 2: "height_blocks", 3: "width_blocks"})
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.graph.output]
     assert dims == [["batch", "341*width_blocks*height_blocks", "s345"]]
 
 
-class _BranchesOnHeight(torch.nn.Module):
-    """A network whose result depends on a Python branch on its input's height."""
+class _Branches(torch.nn.Module):
+    """A network that takes a Python branch on its input's size: ``out * factor`` where
+    ``condition(batch, height, width)`` holds."""
 
-    def __init__(self, threshold: int | None, below: bool = False) -> None:
+    def __init__(self, condition, factor: float = 2.0) -> None:
         super().__init__()
-        self.threshold, self.below = threshold, below
+        self.condition, self.factor = condition, factor
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         out = images.mean(dim=1)
-        height, threshold = images.shape[2], self.threshold
-        if threshold is not None and (height < threshold if self.below else height > threshold):
-            out = out * 2
+        if self.condition(*images.shape[:1], *images.shape[2:]):
+            out = out * self.factor
         return {"out": out}
 
 
-@pytest.mark.parametrize(
-    ("threshold", "below", "message"),
-    [(None, False, None), (64, False, "height >= 96"), (300, True, "height 64 to 288")],
-)
-def test_a_capture_narrowed_to_the_example_size_is_refused(threshold, below, message, tmp_path):
-    """With guards deferred to run-time asserts, torch.export narrows a dim's range instead of
-    failing; the ONNX graph would be wrong outside it (mmdetection's padding-to-32 setting at
-    under 96 px), so the export names the range and stops."""
+def _write_toy(module: torch.nn.Module, path) -> None:
     images, sizes = onnx_export._dummy_inputs(2, 32, generic=True)
     assert images.shape[2:] == (256, 384)
-    write = onnx_export._write_torch_export
-    kwargs = dict(fixed_batch=False, dcn="onnx", opset=19, size_divisibility=32)
-    module = _BranchesOnHeight(threshold, below)
-    if message is None:
-        write(module, (images, sizes), ["out"], tmp_path / "model.onnx", **kwargs)
-        assert (tmp_path / "model.onnx").is_file()
-    else:
-        with pytest.raises(ExportError, match=f"only for {message}"):
-            write(module, (images, sizes), ["out"], tmp_path / "model.onnx", **kwargs)
+    write_torch_export(
+        module, (images, sizes), ["out"], path, fixed_batch=False, dcn="onnx", opset=19, size_divisibility=32
+    )
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        # narrowed to at least 3 blocks: wrong at one
+        (lambda n, h, w: h > 64, r"wrong at batch 1, 32x32: out differs .* it assumed height >= 96"),
+        # size-oblivious: batch 1 assumed away without a trace (only the check at batch 1 finds it)
+        (lambda n, h, w: n > 1, r"wrong at batch 1, 32x32: out differs from PyTorch by 2.18"),
+        # a deferred assert, no range: wrong where height == width
+        (lambda n, h, w: h != w, r"wrong at batch 1, 32x32: .*Ne\(32\*height_blocks, 32\*width_blocks\)"),
+        # an upper bound: refused without a check
+        (lambda n, h, w: h < 300, r"captured the model only for height 64 to 288"),
+    ],
+    ids=["height-range", "batch-oblivious", "assert", "upper-bound"],
+)
+def test_a_graph_wrong_at_sizes_the_capture_assumed_away_is_refused(condition, message, tmp_path):
+    """With guards deferred to run-time asserts, torch.export narrows a size's range or records an
+    assert instead of failing, and the ONNX graph keeps neither (mmdetection's padding-to-32
+    setting was wrong under 96 px): the export runs the graph where the assumptions break."""
+    with pytest.raises(ExportError, match=message):
+        _write_toy(_Branches(condition), tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("condition", [None, lambda n, h, w: n > 1 and h != w], ids=["none", "harmless"])
+def test_a_graph_right_where_the_capture_assumed_sizes_away_is_written(condition, tmp_path):
+    """An assumption is harmless when the graph is right where it breaks (torch assumes sizes
+    are not 1 on every model): here both branches compute the same."""
+    module = _Branches(condition or (lambda n, h, w: False), factor=1.0)
+    _write_toy(module, tmp_path / "model.onnx")
+    assert (tmp_path / "model.onnx").is_file()
+
+
+def test_the_sizes_checked_cover_each_distinct_assumption_smallest_first():
+    violations = {
+        SizePoint(1, 1, 1): ["batch >= 2"],
+        SizePoint(1, 2, 2): ["batch >= 2", "Ne(h, w)"],
+        SizePoint(2, 2, 2): ["Ne(h, w)"],
+        SizePoint(3, 3, 3): ["Ne(h, w)"],
+        SizePoint(2, 1, 5): ["Ne(h, w)"],
+    }
+    assert sizes_to_check(violations, fixed_batch=False) == [
+        SizePoint(1, 1, 1), SizePoint(1, 2, 2), SizePoint(2, 2, 2),
+    ]  # fmt: skip
+    assert sizes_to_check({}, fixed_batch=False) == [SizePoint(1, 1, 1)]
+    assert sizes_to_check({}, fixed_batch=True) == []
+
+
+def test_external_weights_need_the_torchscript_exporter(tmp_path):
+    with pytest.raises(ExportError, match="--external-weights needs --exporter torchscript"):
+        export_onnx(None, tmp_path, exporter="dynamo", external_weights=True)  # type: ignore[arg-type]

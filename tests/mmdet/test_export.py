@@ -106,15 +106,10 @@ def test_onnxruntime_reproduces_mmdetection_on_full_size_photographs(config: str
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["resnet", "swin"])
 def test_torch_export_of_mmdetection_layout_networks(kind: str, tmp_path: Path) -> None:
-    """Swin-L's layout (padding to 128) exports through torch.export and reproduces PyTorch; the
-    "simple" setting (padding to 32) is refused: its graph would hold only from 96 px (the
-    upsampling's align-corners scale and the leading read guard on P6/P7 sizes above 1)."""
-    from dyhead_serve.export.onnx_export import ExportError
-
+    """Both layouts export through torch.export and reproduce PyTorch; the "simple" setting's
+    padding to 32 makes P6/P7 ceilings of the input's blocks, which torch.export assumes away
+    under 96 px: the export's own check at 32 and 64 px passes (an example of 64x96 once
+    specialised P7 to 1x1 silently, see export/torch_export.py)."""
     backend = _tiny_backend(kind)
-    if kind == "resnet":
-        with pytest.raises(ExportError, match="only for height >= 96, width >= 96"):
-            export_onnx(backend, tmp_path, exporter="dynamo")
-        return
     export_onnx(backend, tmp_path, exporter="dynamo")
     _assert_same_detections(backend, OnnxRuntimeBackend(tmp_path, device="cpu"))

@@ -144,6 +144,29 @@ def test_plugin_nodes_follow_the_schema(exported):
     assert sorted(tuple(_attributes(n)["stride"]) for n in nodes) == [(1, 1), (1, 1), (2, 2)]
 
 
+def test_plugin_node_inputs_are_in_the_schemas_order(exported):
+    """Each input where the schema puts it: the weight and bias initializers, the offset map with
+    2 * kh * kw channels and the mask with kh * kw (attributes and counts alone would not show a
+    swap)."""
+    _, _, graphs = exported
+    graph = onnx.shape_inference.infer_shapes(graphs["plugin"])
+    initializers = {i.name: list(i.dims) for i in graph.graph.initializer}
+    channels = {
+        v.name: v.type.tensor_type.shape.dim[1].dim_value
+        for v in graph.graph.value_info
+        if len(v.type.tensor_type.shape.dim) == 4
+    }
+    slot = {name: MDCN_SCHEMA.inputs.index(name) for name in ("input", "offset", "mask", "weight", "bias")}
+    for node in _deform_nodes(graph, MDCN_SCHEMA.name):
+        weight = initializers[node.input[slot["weight"]]]
+        assert len(weight) == 4
+        assert initializers[node.input[slot["bias"]]] == weight[:1]
+        taps = weight[2] * weight[3]
+        assert node.input[slot["input"]] not in initializers
+        assert channels[node.input[slot["offset"]]] == 2 * taps
+        assert channels[node.input[slot["mask"]]] == taps
+
+
 @pytest.mark.parametrize("flavour", ["onnx", "plugin"])
 def test_both_exporters_write_the_same_nodes(exported, flavour, tmp_path):
     model, _, graphs = exported
