@@ -176,8 +176,7 @@ def test_verification_catches_a_wrong_export(tiny_backend, exported, shift):
     assert report.noise_floor is not None  # the float64 check ran and still refused it
 
 
-def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):
-    """GeneralizedRCNN's forward loops over images: a dynamic-batch trace would be wrong for N > 1."""
+def _narrow_rcnn():
     overrides = [
         "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
         "MODEL.DYHEAD.CHANNELS", "32", "MODEL.DYHEAD.NUM_CONVS", "1", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
@@ -185,7 +184,12 @@ def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):
         "MODEL.RPN.PRE_NMS_TOPK_TEST", "100",
     ]  # fmt: skip
     torch.manual_seed(0)
-    backend = load_torch_backend("dyhead_r50_rcnn_fpn_1x", None, device="cpu", overrides=overrides)
+    return load_torch_backend("dyhead_r50_rcnn_fpn_1x", None, device="cpu", overrides=overrides)
+
+
+def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):
+    """GeneralizedRCNN's forward loops over images: a dynamic-batch trace would be wrong for N > 1."""
+    backend = _narrow_rcnn()
     export_onnx(backend, tmp_path)
     # what `dyhead-export tensorrt` reads to fit its engine profile: batch 1, any padded size
     assert graph_input_dims(onnx.load(str(tmp_path / "model.onnx"))) == [1, 3, "height", "width"]
@@ -193,7 +197,24 @@ def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):
     assert ort_backend.session.get_inputs()[0].shape[0] == 1
     images = torch.randn(2, 3, 128, 192)
     sizes = torch.tensor([[128, 192], [100, 150]])
-    ref, got = backend.infer(images, sizes), ort_backend.infer(images, sizes)
+    _assert_same_outputs(backend, ort_backend, images, sizes)
+
+
+def _assert_same_outputs(backend, other, images, sizes):
+    ref, got = backend.infer(images, sizes), other.infer(images, sizes)
     for name in ref:
         assert got[name].shape == ref[name].shape
         torch.testing.assert_close(got[name].float(), ref[name].float(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (320, 448)], ids=["smaller", "larger"])
+def test_rcnn_graph_keeps_the_pre_nms_top_k_at_other_sizes_than_traced(tmp_path, size):
+    """The RPN keeps min(anchors, k) per level: traced at 128x192, the graph must compute it at run
+    time. With the tracing size's choice as a constant, ONNX Runtime failed at 64x64 (k = 100 on a
+    level of 48 anchors) and levels with fewer than k anchors when traced kept all their anchors
+    on larger images."""
+    backend = _narrow_rcnn()
+    export_onnx(backend, tmp_path)
+    height, width = size
+    images = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
+    _assert_same_outputs(backend, OnnxRuntimeBackend(tmp_path), images, torch.tensor([[height, width]]))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -253,12 +254,16 @@ class RPN(nn.Module):
             zip(logits, deltas, anchors, strict=True)
         ):
             num_images, num_anchors = level_logits.shape
-            k = min(num_anchors, self.pre_nms_topk if pre_nms_topk is None else pre_nms_topk)
+            limit = self.pre_nms_topk if pre_nms_topk is None else pre_nms_topk
+            # A trace records sizes as tensors: clamp in the graph, so that an exported graph
+            # keeps min(anchors, k) at every input size instead of the tracing size's choice.
+            size: Any = num_anchors  # a Tensor while tracing, though typed int
+            k: Any = torch.clamp(size, max=limit) if isinstance(size, Tensor) else min(num_anchors, limit)
             top_logits, top_index = level_logits.topk(k, dim=1)  # [N, k]
             top_deltas = torch.gather(level_deltas, 1, top_index[..., None].expand(-1, -1, 4))  # [N, k, 4]
             top_anchors = level_anchors[top_index.reshape(-1)]  # [N*k, 4]
             decoded = self.box_coder.apply_deltas(top_deltas.reshape(-1, 4), top_anchors)
-            boxes.append(decoded.reshape(num_images, k, 4))
+            boxes.append(decoded.reshape(num_images, -1, 4))
             scores.append(top_logits)
-            level_ids.append(torch.full((k,), level, dtype=torch.int64, device=top_logits.device))
+            level_ids.append(torch.full_like(top_logits[0], level, dtype=torch.int64))
         return torch.cat(boxes, dim=1), torch.cat(scores, dim=1), torch.cat(level_ids)
