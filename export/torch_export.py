@@ -117,7 +117,7 @@ def _input_symbols(program: torch.export.ExportedProgram) -> tuple[Any, dict[int
 
 
 def assumption_violations(
-    program: torch.export.ExportedProgram, size_divisibility: int
+    program: torch.export.ExportedProgram, size_divisibility: int, fixed_batch: int | None = None
 ) -> dict[SizePoint, list[str]]:
     """The sizes of the grid at which the capture's assumptions do not hold, each with the
     assumptions it breaks (a narrowed range, a deferred run-time assert).
@@ -165,7 +165,7 @@ def assumption_violations(
 
     readable = {symbol: sympy.Symbol(names[axis] if axis == 0 else f"{names[axis]}_blocks", integer=True)
                 for axis, symbol in symbols.items()}  # fmt: skip
-    batches = GRID_BATCHES if 0 in symbols else (1,)
+    batches = GRID_BATCHES if 0 in symbols else (fixed_batch or 1,)
     violations: dict[SizePoint, list[str]] = {}
     for b, h, w in itertools.product(batches, GRID_BLOCKS, GRID_BLOCKS):
         point = SizePoint(b, h, w)
@@ -182,15 +182,15 @@ def assumption_violations(
     return violations
 
 
-def sizes_to_check(violations: dict[SizePoint, list[str]], fixed_batch: bool) -> list[SizePoint]:
+def sizes_to_check(violations: dict[SizePoint, list[str]], fixed_batch: int | None) -> list[SizePoint]:
     """The smallest size that breaks each distinct set of assumptions (smallest first, at most
-    MAX_CHECKED_SIZES), and always the smallest input: batch 1 (unless fixed), one block."""
+    MAX_CHECKED_SIZES), and always the smallest input: one block, batch 1 or the fixed batch."""
     chosen: dict[frozenset[str], SizePoint] = {}
     for point in sorted(violations, key=lambda p: (p.batch * p.height_blocks * p.width_blocks, p)):
         chosen.setdefault(frozenset(violations[point]), point)
     points = sorted(chosen.values(), key=lambda p: (p.batch * p.height_blocks * p.width_blocks, p))
-    smallest = SizePoint(1, 1, 1)
-    if not fixed_batch and smallest not in points:
+    smallest = SizePoint(fixed_batch or 1, 1, 1)
+    if smallest not in points:
         points.insert(0, smallest)
     if len(points) > MAX_CHECKED_SIZES:
         logger.warning(
@@ -280,9 +280,10 @@ def write_torch_export(
     ``path`` in the ``dcn`` flavour (the plugin flavour translated from the same capture)."""
     name = type(model).__name__
     program = capture(model, inputs, fixed_batch=fixed_batch, size_divisibility=size_divisibility)
-    violations = assumption_violations(program, size_divisibility)
+    batch = int(inputs[0].shape[0]) if fixed_batch else None
+    violations = assumption_violations(program, size_divisibility, batch)
     graph = translate(program, output_names, dcn="onnx", opset=opset, model_name=name)
-    points = sizes_to_check(violations, fixed_batch)
+    points = sizes_to_check(violations, batch)
     check_graph_at_sizes(model, graph, points, size_divisibility, violations, inputs[0].device)
     if dcn != "onnx":
         graph = translate(program, output_names, dcn=dcn, opset=opset, model_name=name)

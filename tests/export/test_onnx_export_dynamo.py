@@ -208,11 +208,11 @@ class _Branches(torch.nn.Module):
         return {"out": out}
 
 
-def _write_toy(module: torch.nn.Module, path) -> None:
-    images, sizes = onnx_export._dummy_inputs(2, 32, generic=True)
+def _write_toy(module: torch.nn.Module, path, batch: int = 2, fixed: bool = False) -> None:
+    images, sizes = onnx_export._dummy_inputs(batch, 32, generic=True)
     assert images.shape[2:] == (256, 384)
     write_torch_export(
-        module, (images, sizes), ["out"], path, fixed_batch=False, dcn="onnx", opset=19, size_divisibility=32
+        module, (images, sizes), ["out"], path, fixed_batch=fixed, dcn="onnx", opset=19, size_divisibility=32
     )
 
 
@@ -239,12 +239,17 @@ def test_a_graph_wrong_at_sizes_the_capture_assumed_away_is_refused(condition, m
     assert not (tmp_path / "model.onnx").exists()
 
 
-@pytest.mark.parametrize("condition", [None, lambda n, h, w: n > 1 and h != w], ids=["none", "harmless"])
-def test_a_graph_right_where_the_capture_assumed_sizes_away_is_written(condition, tmp_path):
+@pytest.mark.parametrize(
+    ("condition", "fixed"),
+    [(None, False), (lambda n, h, w: n > 1 and h != w, False), (None, True)],
+    ids=["none", "harmless", "fixed-batch"],
+)
+def test_a_graph_right_where_the_capture_assumed_sizes_away_is_written(condition, fixed, tmp_path):
     """An assumption is harmless when the graph is right where it breaks (torch assumes sizes
-    are not 1 on every model): here both branches compute the same."""
+    are not 1 on every model): here both branches compute the same. A fixed batch (3) is checked
+    at that batch."""
     module = _Branches(condition or (lambda n, h, w: False), factor=1.0)
-    _write_toy(module, tmp_path / "model.onnx")
+    _write_toy(module, tmp_path / "model.onnx", batch=3 if fixed else 2, fixed=fixed)
     assert (tmp_path / "model.onnx").is_file()
 
 
@@ -256,11 +261,11 @@ def test_the_sizes_checked_cover_each_distinct_assumption_smallest_first():
         SizePoint(3, 3, 3): ["Ne(h, w)"],
         SizePoint(2, 1, 5): ["Ne(h, w)"],
     }
-    assert sizes_to_check(violations, fixed_batch=False) == [
+    assert sizes_to_check(violations, fixed_batch=None) == [
         SizePoint(1, 1, 1), SizePoint(1, 2, 2), SizePoint(2, 2, 2),
     ]  # fmt: skip
-    assert sizes_to_check({}, fixed_batch=False) == [SizePoint(1, 1, 1)]
-    assert sizes_to_check({}, fixed_batch=True) == []
+    assert sizes_to_check({}, fixed_batch=None) == [SizePoint(1, 1, 1)]
+    assert sizes_to_check({}, fixed_batch=4) == [SizePoint(4, 1, 1)]
 
 
 def test_external_weights_need_the_torchscript_exporter(tmp_path):
