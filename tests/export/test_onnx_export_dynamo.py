@@ -9,12 +9,13 @@ import copy
 import dataclasses
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
 from dyhead_serve.data.sample_image import synthetic_photo
-from dyhead_serve.export import onnx_export
+from dyhead_serve.export import onnx_export, torch_export
 from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
 from dyhead_serve.export.torch_export import SizePoint, name_symbolic_dims, sizes_to_check, write_torch_export
@@ -220,7 +221,7 @@ def _write_toy(module: torch.nn.Module, path, batch: int = 2, fixed: bool = Fals
     ("condition", "message"),
     [
         # narrowed to at least 3 blocks: wrong at one
-        (lambda n, h, w: h > 64, r"wrong at batch 1, 32x32: out differs .* it assumed height >= 96"),
+        (lambda n, h, w: h > 64, r"wrong at batch 1, 32x32: out differs .* broken there: height >= 96"),
         # size-oblivious: batch 1 assumed away without a trace (only the check at batch 1 finds it)
         (lambda n, h, w: n > 1, r"wrong at batch 1, 32x32: out differs from PyTorch by 2.18"),
         # a deferred assert, no range: wrong where height == width
@@ -266,6 +267,19 @@ def test_the_sizes_checked_cover_each_distinct_assumption_smallest_first():
     ]  # fmt: skip
     assert sizes_to_check({}, fixed_batch=None) == [SizePoint(1, 1, 1)]
     assert sizes_to_check({}, fixed_batch=4) == [SizePoint(4, 1, 1)]
+
+
+def test_outputs_are_compared_by_kind():
+    floats = np.array([1.0, np.nan, np.inf, -2.0], dtype=np.float32)
+    assert torch_export._differs(floats, floats.copy()) is None  # NaN and infinity where PyTorch has them
+    assert torch_export._differs(floats, floats + np.float32(0.005)) is None  # rounding, within 1e-2 of 2
+    assert "by 0.5" in torch_export._differs(floats, floats + np.float32(0.5))
+    moved = np.array([1.0, 1.0, np.nan, -2.0], dtype=np.float32)
+    assert torch_export._differs(floats, moved) == "NaN or infinity in other places"
+    indices = np.array([100000, 3])
+    assert torch_export._differs(indices, indices + 1) == "different values"  # integers exactly
+    assert torch_export._differs(np.array([True, False]), np.array([True, True])) == "different values"
+    assert torch_export._differs(np.array([True, False]), np.array([True, False])) is None
 
 
 def test_external_weights_need_the_torchscript_exporter(tmp_path):
