@@ -35,13 +35,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from load import free_port, wait_ready  # noqa: E402  (the sibling script, as environment is imported)
+
 from dyhead_serve.data.sample_image import synthetic_photo  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
@@ -50,20 +46,6 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     if args.model:
         command += ["--model", args.model]
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_ready(process: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited: {process.communicate()[1][-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
 
 
 def jpeg(height: int = 480, width: int = 640) -> bytes:
@@ -196,7 +178,10 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     process = start_server(args, port)
     try:
-        wait_ready(process, url)
+        try:
+            wait_ready(process, url, timeout=180)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         model = httpx.get(f"{url}/v1/models", timeout=10).json()["models"][0]["name"]
         baseline = run_phase(url, port, args.duration, False, args, model)
         attacked = run_phase(url, port, args.duration, True, args, model)

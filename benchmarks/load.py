@@ -134,19 +134,29 @@ def start_server(model: str, port: int, batch_size: int, args: argparse.Namespac
         "--threads", str(args.threads),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    try:
+        wait_ready(process, f"http://127.0.0.1:{port}", timeout=300)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float) -> None:
+    """Poll ``url``/readyz until it answers 200 (RuntimeError if ``process`` exits or time runs out)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}: {process.communicate()[1]}")
+            raise RuntimeError(
+                f"the server exited with {process.returncode}: {process.communicate()[1][-2000:]}"
+            )
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not become ready within 300 s")
+    raise RuntimeError(f"the server did not become ready within {timeout:g} s")
 
 
 def stop_server(process: subprocess.Popen) -> None:

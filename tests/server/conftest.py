@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -51,7 +52,6 @@ class LiveServer:
 def running_server(app, settings) -> Iterator[LiveServer]:
     """``app`` served as ``dyhead-serve serve`` serves it (uvicorn with our connection protocol and
     limits), on a thread, on a free loopback port, once it is ready."""
-    import httpx
     import uvicorn
 
     from dyhead_serve.server.connections import uvicorn_options
@@ -61,16 +61,7 @@ def running_server(app, settings) -> Iterator[LiveServer]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{options['port']}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the live server did not become ready")
+    wait_url_ready(url, timeout=60.0)
     try:
         yield LiveServer(url, server, thread)
     finally:
@@ -83,6 +74,23 @@ def live_server(app, settings) -> Iterator[str]:
     """The URL of :func:`running_server`."""
     with running_server(app, settings) as live:
         yield live.url
+
+
+def wait_url_ready(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url``/readyz on loopback until it answers 200; fail if ``process`` exits first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}: {process.communicate()[1]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the server did not become ready")
 
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from dyhead_serve.cli import main as cli_main
-from tests.server.conftest import free_port, photo_bytes
+from tests.server.conftest import free_port, photo_bytes, wait_url_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,20 +29,6 @@ def start_server(*args: str) -> subprocess.Popen:
     )
 
 
-def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: {process.communicate()[1]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
-
-
 def images_in_flight(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     match = re.search(r"^dyhead_images_in_flight (\S+)$", text, re.MULTILINE)
@@ -54,7 +40,7 @@ def test_real_server_answers_and_drains_on_sigterm(tiny_model_dir):
     url = f"http://127.0.0.1:{port}"
     process = start_server("--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port))
     try:
-        wait_ready(process, url)
+        wait_url_ready(url, process=process)
         first = httpx.post(f"{url}/v1/detect", files={"file": ("a.png", photo_bytes())}, timeout=30)
         assert first.status_code == 200 and first.json()["results"][0]["detections"]
 
