@@ -178,7 +178,7 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from dyhead_serve.engine.train_cli import add_train_arguments, run_train
+    from dyhead_serve.training.train_cli import add_train_arguments, run_train
 
     p = subparsers.add_parser(
         "train",
@@ -193,7 +193,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
-    from dyhead_serve.engine.eval_cli import add_eval_arguments, run_eval
+    from dyhead_serve.training.eval_cli import add_eval_arguments, run_eval
 
     p = subparsers.add_parser(
         "eval",

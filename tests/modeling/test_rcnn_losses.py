@@ -17,7 +17,7 @@ from dyhead_serve.modeling.rcnn.fast_rcnn_loss import FastRCNNLoss
 from dyhead_serve.modeling.rcnn.proposal_sampling import ProposalSampler
 from dyhead_serve.modeling.rcnn.rpn_loss import RPNLoss
 from dyhead_serve.modeling.rcnn.sampling import subsample_labels
-from tests.engine.tiny_training import IMAGE_SIZE, synthetic_samples, tiny_config
+from tests.training.tiny_training import IMAGE_SIZE, synthetic_samples, tiny_config
 
 # -- subsample_labels ---------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ import argparse
 import logging
 import sys
 
-from dyhead_serve.engine.dataset_args import add_register_coco_argument, catalog_from_args
 from dyhead_serve.model_args import add_model_arguments, model_source_from_args
+from dyhead_serve.training.dataset_args import add_register_coco_argument, catalog_from_args
 
 __all__ = ["add_eval_arguments", "run_eval"]
 
@@ -41,10 +41,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from dyhead_serve.checkpoint import CheckpointError
     from dyhead_serve.config import load_config
     from dyhead_serve.data.coco_json import DatasetError
-    from dyhead_serve.engine.evaluation import evaluate_test_datasets, format_metrics_table
     from dyhead_serve.predict import build_torch_predictor
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import resolve_torch_device
+    from dyhead_serve.training.evaluation import evaluate_test_datasets, format_metrics_table
     from dyhead_serve.zoo import ZooError
 
     try:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dyhead_serve.engine.lr_schedule import LRMultiplier, WarmupSchedule
+from dyhead_serve.training.lr_schedule import LRMultiplier, WarmupSchedule
 
 
 def test_linear_warmup_then_steps():

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from dyhead_serve.checkpoint import CheckpointError
-from dyhead_serve.engine.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
-from dyhead_serve.engine.weights_init import WeightsError, initialize_from_weights, resolve_weights
 from dyhead_serve.modeling.build import build_model
-from tests.engine.tiny_training import tiny_config
+from dyhead_serve.training.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
+from dyhead_serve.training.weights_init import WeightsError, initialize_from_weights, resolve_weights
+from tests.training.tiny_training import tiny_config
 
 
 def test_caffe2_names_convert_as_detectron2():

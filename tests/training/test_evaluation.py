@@ -15,15 +15,15 @@ import torch
 from dyhead_serve.data.catalog import DatasetCatalog
 from dyhead_serve.data.coco_json import DatasetError
 from dyhead_serve.data.synthetic import SHAPE_CLASSES, generate_synthetic_dataset
-from dyhead_serve.engine.eval_cli import add_eval_arguments, run_eval
-from dyhead_serve.engine.evaluation import (
+from dyhead_serve.pipeline.image_io import read_image
+from dyhead_serve.pipeline.postprocess import Detections
+from dyhead_serve.training.eval_cli import add_eval_arguments, run_eval
+from dyhead_serve.training.evaluation import (
     COCO_METRICS,
     detections_to_coco_results,
     evaluate_on_dataset,
     format_metrics_table,
 )
-from dyhead_serve.pipeline.image_io import read_image
-from dyhead_serve.pipeline.postprocess import Detections
 
 
 class GroundTruthPredictor:

@@ -7,7 +7,7 @@
 - A plain pickle: a Detectron2 ``.pkl`` (the ImageNet backbones its configs name), or one named
   ``.pth`` (how Detectron2 conversion scripts save third-party backbones, e.g. the
   ``swin_tiny_patch4_window7_224_d2.pth`` the official Swin-T config names): Caffe2 names are
-  converted (:mod:`dyhead_serve.engine.c2_names`) and every file is aligned to the model by
+  converted (:mod:`dyhead_serve.training.c2_names`) and every file is aligned to the model by
   name suffix, as Detectron2 does; the report lists what stayed unmatched (the ImageNet
   classifier, the detector's new layers). Which of the two a file is comes from its contents,
   not its suffix (:func:`~dyhead_serve.checkpoint.checkpoint_format`).
@@ -34,7 +34,7 @@ from dyhead_serve.checkpoint import (
     read_state_dict,
 )
 from dyhead_serve.distributed import get_world_size, is_main_process
-from dyhead_serve.engine.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
+from dyhead_serve.training.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
 
 __all__ = ["DETECTRON2_PREFIX", "WeightsError", "initialize_from_weights", "resolve_weights"]
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dyhead_serve.config import get_default_config
-from dyhead_serve.engine.grad_clip import GradientClipper
-from dyhead_serve.engine.optimizer import build_optimizer, build_param_groups
+from dyhead_serve.training.grad_clip import GradientClipper
+from dyhead_serve.training.optimizer import build_optimizer, build_param_groups
 
 
 class _Net(nn.Module):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from dyhead_serve.data.mapper import TrainingSample
-from dyhead_serve.engine.checkpointing import LAST_CHECKPOINT_FILE
-from dyhead_serve.engine.train import Trainer
 from dyhead_serve.modeling.build import build_model
-from tests.engine.tiny_training import cycle_batches, synthetic_samples, tiny_config
+from dyhead_serve.training.checkpointing import LAST_CHECKPOINT_FILE
+from dyhead_serve.training.train import Trainer
+from tests.training.tiny_training import cycle_batches, synthetic_samples, tiny_config
 
 
 def _records(output_dir: Path) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dyhead_serve.config import load_config
-from dyhead_serve.engine.auto_scale import auto_scale_workers
+from dyhead_serve.training.auto_scale import auto_scale_workers
 
 
 def test_schedule_for_8_gpus_scaled_to_2():

@@ -12,7 +12,7 @@ import torch
 from dyhead_serve.config import CfgNode, load_config
 from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.data.synthetic import render_image
-from dyhead_serve.engine.train_cli import add_train_arguments
+from dyhead_serve.training.train_cli import add_train_arguments
 
 IMAGE_SIZE = 128
 NUM_CLASSES = 6

@@ -36,7 +36,7 @@ _PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config``, ``--num-gpus``, ``--resume``, ``--device``, ``--register-coco`` and the
     config overrides (``--set KEY VALUE`` and trailing ``KEY VALUE``) to ``parser``."""
-    from dyhead_serve.engine.dataset_args import add_register_coco_argument
+    from dyhead_serve.training.dataset_args import add_register_coco_argument
 
     parser.add_argument(
         "--config",
@@ -121,9 +121,9 @@ def _coco_evaluator(cfg: Any, catalog: Any) -> Any:
     ``<dataset>/bbox/AP`` with several test sets)."""
     from torch import nn
 
-    from dyhead_serve.engine.evaluation import evaluate_test_datasets
     from dyhead_serve.runtime.base import make_predictor
     from dyhead_serve.runtime.torch_backend import TorchBackend, class_names_for, input_spec_from_config
+    from dyhead_serve.training.evaluation import evaluate_test_datasets
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -158,9 +158,9 @@ def run_train(args: argparse.Namespace) -> int:
     from dyhead_serve.checkpoint import CheckpointError
     from dyhead_serve.config import ConfigError
     from dyhead_serve.data.coco_json import DatasetError
-    from dyhead_serve.engine.weights_init import WeightsError
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import resolve_torch_device
+    from dyhead_serve.training.weights_init import WeightsError
 
     in_torchrun = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.num_gpus < 1:
@@ -204,10 +204,10 @@ def _train(args: argparse.Namespace, device: str) -> int:
     from dyhead_serve.data.coco_json import DatasetError
     from dyhead_serve.data.loader import build_train_loader
     from dyhead_serve.distributed import get_rank, get_world_size, is_main_process
-    from dyhead_serve.engine.auto_scale import auto_scale_workers
-    from dyhead_serve.engine.dataset_args import catalog_from_args
-    from dyhead_serve.engine.train import Trainer
     from dyhead_serve.modeling.build import build_model
+    from dyhead_serve.training.auto_scale import auto_scale_workers
+    from dyhead_serve.training.dataset_args import catalog_from_args
+    from dyhead_serve.training.train import Trainer
 
     catalog = catalog_from_args(args)
     cfg = auto_scale_workers(
