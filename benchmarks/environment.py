@@ -1,5 +1,5 @@
 """One line naming what a benchmark ran on: package versions, CPU and threads, so that every
-table in the README says which versions produced it."""
+table in docs/benchmarks.md says which versions produced it."""
 
 from __future__ import annotations
 

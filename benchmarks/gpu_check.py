@@ -17,7 +17,7 @@ when importable). Steps, in order, within one time budget (default 8 minutes):
 
 A step that cannot run here (no GPU, no tool) is reported as skipped with the reason, so the
 script runs end to end on a CPU-only machine too. Exit status: 1 when a step failed or timed out,
-else 0. The report's format is described in README.md (GPU validation).
+else 0. The report's format is described in docs/gpu-check.md.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def run_checks(work: Path, budget_s: float) -> tuple[list[Step], dict]:
 
 
 def render(steps: list[Step], info: dict, total_s: float, budget_s: float) -> str:
-    """The markdown report (format: README.md, GPU validation)."""
+    """The markdown report (format: docs/gpu-check.md)."""
     gpu = info.get("gpu")
     lines = [
         f"# GPU check: {gpu or 'no CUDA GPU'}",

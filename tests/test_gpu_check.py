@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh: its report (the format README.md describes) from pytest's JUnit XML,
+"""benchmarks/gpu_check.sh: its report (the format docs/gpu-check.md describes) from pytest's JUnit XML,
 the time budget, and a whole run on a machine without a GPU, where every GPU step says it skipped
 and why."""
 

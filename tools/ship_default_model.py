@@ -11,7 +11,7 @@
    image), whose initializers read their bytes from ``model.safetensors``: the weights are
    stored once in the package, and ``model.json`` records the same sha256.
 
-Then run ``dyhead-serve eval --model default`` and put its numbers in README.md.
+Then run ``dyhead-serve eval --model default`` and put its numbers in docs/training.md.
 ``tests/test_default_model.py`` checks that weights, zoo and export agree.
 """
 

@@ -1,5 +1,5 @@
 """DyHead as a neck of its own: both parameter layouts, their arithmetic, its checks, and the
-README example on torchvision's ResNet-50 + FPN."""
+example of docs/dyhead-module.md on torchvision's ResNet-50 + FPN."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from dyhead_serve.modeling import DyHead
 from dyhead_serve.modeling.backbone.swin import PatchMerging
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+MODULE_DOC = Path(__file__).resolve().parents[2] / "docs" / "dyhead-module.md"
 MMDET_KEYS = Path(__file__).resolve().parents[1] / "data" / "mmdet" / "atss_r50_fpn_dyhead_1x_coco.keys.txt"
 OFFICIAL_KEYS = (
     Path(__file__).resolve().parents[1] / "data" / "reference_keys" / "dyhead_r50_atss_fpn_1x.keys.txt"
@@ -112,8 +112,8 @@ def test_patch_merging_in_unfold_order_is_mmdetections() -> None:
     assert torch.equal(merge(x, 5, 7), expected)
 
 
-def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    section = README.read_text().split("## DyHead as a module", 1)[1]
+def test_the_documented_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    section = MODULE_DOC.read_text().split("# DyHead as a module", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert code is not None
     # the mmdetection checkpoint the example reads: its DyHead neck plus the rest of a detector
@@ -127,9 +127,9 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     torch.save({"meta": {}, "state_dict": weights}, tmp_path / name.group(1))
     monkeypatch.chdir(tmp_path)
     printed: list[object] = []
-    namespace = {"print": printed.append, "__name__": "readme"}
+    namespace = {"print": printed.append, "__name__": "dyhead_module_doc"}
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    exec(compile(code.group(1), "README.md", "exec"), namespace)  # the repository's own README
+    exec(compile(code.group(1), "docs/dyhead-module.md", "exec"), namespace)  # the repository's own docs
     assert printed == [[(1, 256, 24, 32), (1, 256, 12, 16), (1, 256, 6, 8), (1, 256, 3, 4), (1, 256, 2, 2)]]
     assert torch.equal(namespace["dyhead"].state_dict()["dyhead_blocks.3.spatial_conv_mid.norm.weight"],
                        weights["neck.1.dyhead_blocks.3.spatial_conv_mid.norm.weight"])  # fmt: skip
