@@ -3,12 +3,20 @@
 Images with more than 8 bits per sample (16-bit grayscale PNG, TIFF and PGM, which Pillow opens in
 its 32-bit integer modes) are scaled from 0-65535 to 0-255; converting them directly would clip
 every value above 255 to white. Floating-point images have no defined scale and are refused.
+
+Only raster formats open (:data:`RASTER_FORMATS`): Pillow also knows PostScript/EPS (which it
+renders by starting Ghostscript on the file's program), WMF and others that run external code or
+unbounded work, and an upload's name or content type says nothing about which plugin its bytes pick.
+A progressive JPEG can hold thousands of scans, each a full pass over the image: the scans are
+counted from the markers before decoding and bounded (:data:`MAX_JPEG_SCANS`,
+:data:`MAX_JPEG_SCAN_PIXELS`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,15 +27,35 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MAX_JPEG_SCANS",
+    "MAX_JPEG_SCAN_PIXELS",
+    "RASTER_FORMATS",
+    "TYPICAL_JPEG_SCANS",
     "ImageDecodeError",
     "ImageTooLargeError",
     "decode_image",
     "image_size",
+    "jpeg_scan_count",
     "read_image",
 ]
 
 # Enough for a 100-megapixel photograph; anything larger is refused before it is decoded.
 DEFAULT_MAX_PIXELS = 100_000_000
+
+# The formats an image may be in (Pillow's opener names; the JPEG opener also opens the MPO files
+# of many cameras and phones). None of them starts a process.
+RASTER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
+
+# A progressive JPEG usually has 6 to 12 scans, and each scan is one more pass over every pixel
+# (about 10-20 ms per megapixel here), while a file may hold thousands of tiny ones. Up to
+# TYPICAL_JPEG_SCANS any image within the pixel budget decodes; beyond it the scans times the
+# pixels may not pass MAX_JPEG_SCAN_PIXELS (a few seconds of one decode thread at most), and no
+# file has more than MAX_JPEG_SCANS.
+TYPICAL_JPEG_SCANS = 12
+MAX_JPEG_SCANS = 64
+MAX_JPEG_SCAN_PIXELS = 200_000_000
+# A marker inside entropy-coded data: 0xFF followed by anything but a stuffed 0x00 or RST0-7.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSE_FOR_ORIENTATION = {
@@ -83,6 +111,57 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     return image.convert("RGB")
 
 
+def jpeg_scan_count(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """How many scans (SOS segments) the JPEG in ``data`` has, read from its markers alone,
+    counting no further than ``stop_after + 1``.
+
+    The walk follows the segment lengths from SOI and skips each scan's entropy-coded data to the
+    next marker with one regular-expression search, so neither embedded thumbnails nor the
+    compressed bytes are mistaken for markers and the cost stays linear in the file. A truncated
+    or malformed stream returns the scans seen so far; Pillow reports what is wrong with it.
+    """
+    n = len(data)
+    pos = 2  # after SOI
+    scans = 0
+    while pos + 4 <= n and scans <= stop_after:
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
+            pos += 2
+            continue
+        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+        if marker == 0xDA:  # SOS: its header, then entropy-coded data up to the next marker
+            scans += 1
+            found = _NEXT_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return scans
+
+
+def _check_decode_work(image: Image.Image, data: bytes, name: str) -> None:
+    """Refuse a file whose decoding costs far more than its pixel count says (before decoding)."""
+    if image.format not in ("JPEG", "MPO") or not image.info.get("progressive"):
+        return
+    scans = jpeg_scan_count(data)
+    width, height = image.size
+    if scans > MAX_JPEG_SCANS or (
+        scans > TYPICAL_JPEG_SCANS and scans * width * height > MAX_JPEG_SCAN_PIXELS
+    ):
+        counted = str(scans) if scans <= MAX_JPEG_SCANS else f"more than {MAX_JPEG_SCANS}"
+        raise ImageTooLargeError(
+            f"{name}: progressive JPEG of {width}x{height} with {counted} scans is too costly to decode "
+            f"(at most {MAX_JPEG_SCANS} scans, and beyond {TYPICAL_JPEG_SCANS} at most "
+            f"{MAX_JPEG_SCAN_PIXELS:,} scan-pixels); save it as a baseline JPEG or PNG"
+        )
+
+
 @contextmanager
 def _opened(data: bytes, max_pixels: int, name: str) -> Iterator[Image.Image]:
     """The image Pillow opens from ``data`` (header read, pixels not yet decoded), with every
@@ -92,17 +171,20 @@ def _opened(data: bytes, max_pixels: int, name: str) -> Iterator[Image.Image]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageTooLargeError(
                         f"{name}: {width}x{height} image has more than {max_pixels} pixels"
                     )
+                _check_decode_work(image, data, name)
                 yield image
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{name}: not an image in a format we can decode") from exc
+        raise ImageDecodeError(
+            f"{name}: not an image in a format we decode ({', '.join(RASTER_FORMATS)})"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: not a decodable image ({exc})") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:

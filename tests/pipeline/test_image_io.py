@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
 from dyhead_serve.data.sample_image import synthetic_photo
-from dyhead_serve.pipeline.image_io import ImageDecodeError, decode_image
+from dyhead_serve.pipeline.image_io import (
+    TYPICAL_JPEG_SCANS,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    jpeg_scan_count,
+)
+from tests.pipeline.hostile_images import ENDLESS_EPS, many_scan_jpeg, progressive_jpeg
 
 
 def encode(array: np.ndarray, image_format: str) -> bytes:
@@ -56,3 +64,57 @@ def test_8_bit_images_are_unchanged() -> None:
     np.testing.assert_array_equal(decode_image(encode(photo, "PNG")), photo)
     gray = decode_image(encode(GRAY8, "PNG"))
     np.testing.assert_array_equal(gray[:, :, 0], GRAY8)
+
+
+def test_postscript_posing_as_an_image_is_refused_without_starting_a_process(monkeypatch) -> None:
+    import subprocess
+
+    started: list[object] = []
+
+    def record(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise AssertionError("a process was started while decoding an image")
+
+    monkeypatch.setattr(subprocess, "Popen", record)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")  # as on a host with Ghostscript
+    with pytest.raises(ImageDecodeError, match="not an image in a format we decode"):
+        decode_image(ENDLESS_EPS, name="loop.jpg")
+    assert started == []
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM"])
+def test_raster_formats_decode(image_format: str) -> None:
+    photo = synthetic_photo(40, 48, seed=2)
+    decoded = decode_image(encode(photo, image_format))
+    assert decoded.shape == photo.shape
+
+
+def test_jpeg_scan_count_reads_markers_only() -> None:
+    data = progressive_jpeg(64, 80)
+    scans = Image.open(io.BytesIO(data))
+    assert scans.info.get("progressive") or scans.info.get("progression")
+    count = jpeg_scan_count(data)
+    assert 6 <= count <= TYPICAL_JPEG_SCANS
+    assert jpeg_scan_count(many_scan_jpeg(64, 80, extra_scans=7)) == count + 7
+    baseline = encode(synthetic_photo(64, 80), "JPEG")
+    assert jpeg_scan_count(baseline) == 1
+    assert jpeg_scan_count(data[: len(data) // 2]) <= count  # truncated: what was seen, no error
+
+
+def test_progressive_jpeg_with_thousands_of_scans_is_refused_before_decoding() -> None:
+    bomb = many_scan_jpeg(200, 200, extra_scans=2000)
+    begin = time.perf_counter()
+    with pytest.raises(ImageTooLargeError, match="scans is too costly to decode"):
+        decode_image(bomb, name="scans.jpg")
+    assert time.perf_counter() - begin < 1.0  # refused from the markers (decoding takes seconds)
+
+
+def test_ordinary_progressive_jpeg_decodes() -> None:
+    decoded = decode_image(progressive_jpeg(120, 160))
+    assert decoded.shape == (120, 160, 3)
+
+
+def test_many_scans_of_a_small_image_stay_within_the_budget() -> None:
+    # 40 scans of 100x100: 400,000 scan-pixels, far under the budget, within the scan limit
+    decoded = decode_image(many_scan_jpeg(100, 100, extra_scans=30))
+    assert decoded.shape == (100, 100, 3)

@@ -11,9 +11,10 @@ import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
 from dyhead_serve.data.sample_image import synthetic_photo
+from tests.pipeline.hostile_images import ENDLESS_EPS, many_scan_jpeg
 from tests.server.conftest import photo_bytes
 from tests.server.test_bad_input import assert_good_request_succeeds
 
@@ -178,3 +179,25 @@ def test_docs_pages_load_their_scripts_from_this_server(client, page):
     for asset in assets:
         response = client.get(f"/docs-assets/{asset}")
         assert response.status_code == 200 and len(response.content) > 100, asset
+
+
+def test_postscript_upload_is_400_and_starts_no_process(client, monkeypatch):
+    import subprocess
+
+    started: list[object] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")  # as on a host with Ghostscript
+    for _ in range(2):
+        response = client.post("/v1/detect", files={"file": ("loop.jpg", ENDLESS_EPS, "image/jpeg")})
+        assert response.status_code == 400, response.text
+        assert "not an image in a format we decode" in response.json()["error"]["message"]
+    assert started == []
+    assert_good_request_succeeds(client)
+
+
+def test_progressive_jpeg_scan_bomb_is_413_at_once(client):
+    bomb = many_scan_jpeg(200, 200, extra_scans=300)  # 1.8 MB, far under the upload limit
+    response = client.post("/v1/detect", files={"file": ("scans.jpg", bomb, "image/jpeg")})
+    assert response.status_code == 413, response.text
+    assert "scans" in response.json()["error"]["message"]
+    assert_good_request_succeeds(client)
