@@ -12,7 +12,14 @@ the slots of ``max_connections`` for long:
 - headers not complete in time: 408 and the connection is closed; the app never saw a request;
 - body not complete: the app, which reads it through :class:`ReadDeadlineMiddleware` under the
   same deadline, answers 408 (counted in the request metrics) and the connection is closed;
-- body still arriving after the app answered (an early 413, say): the connection is closed.
+- body still arriving after the app answered (an early 401 or 413, say): the answer says
+  ``Connection: close`` and the connection is closed without reading the rest;
+- a request whose bytes are mostly line breaks (chunks of a few bytes: the parser pays about
+  10 us per chunk, so a client streaming one-byte chunks kept the event loop busy for seconds per
+  megabyte): 400 and the connection is closed, checked before the parser sees the bytes, so no
+  request costs the loop more than about :data:`MAX_LINE_BREAKS` parser steps;
+- a request with both Content-Length and Transfer-Encoding (RFC 9112 6.1): answered, then the
+  connection is closed.
 
 Connections beyond ``max_connections`` get 503 and are closed at once. On shutdown, a request
 whose body is still arriving is answered 503 at once instead of holding the drain.
@@ -60,7 +67,13 @@ CONNECTION_LIMITS = "dyhead.connection_limits"
 # When a request's deadline passes while the app is reading its body, the app answers 408 itself;
 # the protocol closes the connection only if it has not within this time.
 _APP_GRACE_S = 1.0
-_REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 503: "Service Unavailable"}
+# A request may bring this many CRLFs (header lines, chunk-size lines and chunk ends) at any
+# density; beyond it, at least MIN_BYTES_PER_LINE_BREAK bytes per CRLF on average (chunks of about
+# 60 bytes or more). One-byte chunks are 3 bytes per CRLF; a photo sent in 4 KiB chunks, 2 KiB.
+MAX_LINE_BREAKS = 2048
+MIN_BYTES_PER_LINE_BREAK = 32
+_CLOSE = (b"connection", b"close")
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,8 @@ class LimitedH11Protocol(H11Protocol):
         self._window: ReadWindow | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._grace_given = False
+        self._bytes_in_window = 0
+        self._line_breaks_in_window = 0
 
     # -- uvicorn's protocol, extended -------------------------------------------------------
 
@@ -121,10 +136,38 @@ class LimitedH11Protocol(H11Protocol):
         self._open_window()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused or answered: what is still in flight is not parsed
         if self._window is None and self.conn.their_state is h11.IDLE:
             self._open_window()  # the first bytes of the next request on a kept-alive connection
+        if self._window is not None and not self._within_parse_budget(data):
+            return
         super().data_received(data)
         self._close_window_if_received()
+
+    def _within_parse_budget(self, data: bytes) -> bool:
+        """Count the request's bytes and CRLFs before the parser sees them (``bytes.count`` costs
+        nanoseconds per byte, the parser microseconds per chunk); refuse a request made of tiny
+        pieces with 400 and close."""
+        self._bytes_in_window += len(data)
+        self._line_breaks_in_window += data.count(b"\r\n")
+        if (
+            self._line_breaks_in_window <= MAX_LINE_BREAKS
+            or self._bytes_in_window >= MIN_BYTES_PER_LINE_BREAK * self._line_breaks_in_window
+        ):
+            return True
+        self._count("tiny_chunks")
+        self._cancel_timer()
+        self._window = None
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+        else:
+            self._answer_and_close(
+                400, "chunks_too_small",
+                f"the request arrived in pieces averaging under {MIN_BYTES_PER_LINE_BREAK} bytes per line "
+                f"break (over {MAX_LINE_BREAKS} of them); send the body in larger chunks",
+            )  # fmt: skip
+        return False
 
     def handle_events(self) -> None:
         previous = self.cycle
@@ -134,9 +177,25 @@ class LimitedH11Protocol(H11Protocol):
                 self._open_window()
             scope: dict[str, Any] = self.cycle.scope  # type: ignore[assignment]
             scope.setdefault("extensions", {})[READ_WINDOW] = self._window
+            names = {name for name, _ in scope["headers"]}
+            if (
+                b"content-length" in names
+                and b"transfer-encoding" in names
+                and _CLOSE not in scope["headers"]
+            ):
+                # RFC 9112 6.1: such a request may be a smuggling attempt; answer it as if it had
+                # said Connection: close (uvicorn then sends the header and closes after answering).
+                scope["headers"].append(_CLOSE)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # answered before the body was read (ReadDeadlineMiddleware said Connection: close)
+            self._count("unread_body")
+            self._cancel_timer()
+            self._window = None
+            self.transport.close()
+            return
         self._close_window_if_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -154,6 +213,8 @@ class LimitedH11Protocol(H11Protocol):
         self._cancel_timer()
         self._window = ReadWindow(self.loop.time() + self.read_timeout_s)
         self._grace_given = False
+        self._bytes_in_window = 0
+        self._line_breaks_in_window = 0
         # First the headers' deadline; once they are in, the rest of the request's.
         self._timer = self.loop.call_later(self.header_timeout_s, self._on_deadline)
 
@@ -214,7 +275,9 @@ class LimitedH11Protocol(H11Protocol):
 
 class ReadDeadlineMiddleware:
     """Reads the request body under its deadline: past it, 408 (``request_timeout``); when the
-    server shuts down meanwhile, 503 (``shutting_down``); both close the connection.
+    server shuts down meanwhile, 503 (``shutting_down``); both close the connection. An answer
+    sent before the request's body was read whole (an early 401 or 413) says ``Connection: close``,
+    so the rest of the body is never read.
 
     Under :class:`LimitedH11Protocol` the deadline is the request's (counted from its first
     byte); under another server, ``read_timeout_s`` from the start of the app's call.
@@ -254,7 +317,17 @@ class ReadDeadlineMiddleware:
                 received_all = True
             return message
 
-        await self.app(scope, timed_receive, send)
+        headers = dict(scope.get("headers", []))
+        has_body = b"transfer-encoding" in headers or headers.get(b"content-length", b"0") not in (b"0", b"")
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and has_body and not received_all:
+                response_headers = list(message.get("headers", []))
+                if not any(name.lower() == b"connection" for name, _ in response_headers):
+                    message = {**message, "headers": [*response_headers, _CLOSE]}
+            await send(message)
+
+        await self.app(scope, timed_receive, closing_send)
 
 
 async def _receive_within(

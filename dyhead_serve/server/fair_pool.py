@@ -10,6 +10,7 @@ the decodes already running, not for the whole of an earlier request.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
@@ -61,14 +62,32 @@ class FairPool:
                     thread.start()
         return future
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Take no new tasks; the threads finish the queued ones, then stop."""
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> bool:
+        """Take no new tasks; the threads finish the queued ones, then stop.
+
+        With ``timeout``, queued tasks not started by then are cancelled and the wait ends at the
+        deadline even if a task is still running (the threads are daemons: a decode that never
+        ends cannot hold the process at exit). Returns whether every thread has stopped.
+        """
         with self._ready:
             self._closed = True
             self._ready.notify_all()
-        if wait and self._started:
-            for thread in self._threads:
-                thread.join()
+        if not (wait and self._started):
+            return not self._started
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        if any(thread.is_alive() for thread in self._threads):
+            self._cancel_queued()
+            return False
+        return True
+
+    def _cancel_queued(self) -> None:
+        with self._ready:
+            for tasks in self._queues.values():
+                for future, _, _ in tasks:
+                    future.cancel()
+            self._queues.clear()
 
     def _next_task(self) -> _Task | None:
         with self._ready:

@@ -181,7 +181,8 @@ class DetectionService:
             self._loader.join(timeout)
         if self.batcher is not None:
             self.batcher.close(timeout)
-        self._pool.shutdown(wait=True)
+        if not self._pool.shutdown(wait=True, timeout=timeout):
+            logger.warning("image decoding still running after %s s at shutdown; abandoned", timeout)
 
     @property
     def ready(self) -> bool:

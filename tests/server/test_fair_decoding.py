@@ -112,3 +112,15 @@ def test_one_request_of_large_images_does_not_hold_back_another(served_backend):
     assert small.status_code == 200
     # First come, first served, the small image waited for all eight large decodes.
     assert finished["small"] < finished["big"]
+
+
+def test_shutdown_with_a_timeout_is_bounded_by_a_task_that_never_ends():
+    pool = FairPool(1, thread_name_prefix="stuck")
+    release = threading.Event()
+    pool.submit("a", release.wait)  # runs until released: a decode that never ends
+    queued = pool.submit("b", print)
+    began = time.monotonic()
+    assert pool.shutdown(wait=True, timeout=0.5) is False
+    assert time.monotonic() - began < 2.0
+    assert queued.cancelled()
+    release.set()
