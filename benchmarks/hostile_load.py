@@ -6,12 +6,15 @@ Starts ``dyhead-serve serve`` (the embedded default model, or ``--model DIR``) o
 2. attack: the same, while ``--trickle`` connections trickle their headers or their bodies one byte
    every 2 s (reconnecting when the server closes them) and requests of millions of elements arrive
    (a /v1 JSON body of a million image objects, a /v2 binary body of four million empty elements,
-   a /v2 JSON body of three million; one after another, then ``--bomb-pause-s``);
+   a /v2 JSON body of three million; one after another, then ``--bomb-pause-s``), a PostScript
+   program posted as a JPEG, a progressive JPEG of thousands of scans, and ``--chunkers``
+   connections streaming one-byte chunks as fast as they can (reconnecting when refused);
 
 and prints the normal client's latency in both phases, /healthz latency, and the request counts by
 route and status from /metrics (no 500 is expected).
 
-    python benchmarks/hostile_load.py [--model DIR] [--duration 30] [--trickle 40] [--read-timeout-s 10]
+    python benchmarks/hostile_load.py [--model DIR] [--duration 30] [--trickle 40] [--chunkers 4]
+                                      [--read-timeout-s 10]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from load import free_port, wait_ready  # noqa: E402  (the sibling script, as environment is imported)
 
 from dyhead_serve.data.sample_image import synthetic_photo  # noqa: E402
+from tests.pipeline.hostile_images import ENDLESS_EPS, many_scan_jpeg  # noqa: E402
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
@@ -88,6 +92,29 @@ def trickle(port: int, stop: threading.Event, body: bool) -> None:
             stop.wait(0.1)
 
 
+def chunk_flood(port: int, stop: threading.Event) -> None:
+    """One connection streaming one-byte chunks as fast as it can; reconnects when refused."""
+    head = (b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    chunks = b"1\r\na\r\n" * 10_000
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(head)
+                while not stop.is_set():
+                    sock.sendall(chunks)
+        except OSError:
+            stop.wait(0.01)
+
+
+def hostile_files() -> list[tuple[str, bytes, str]]:
+    """(name, bytes, content type) of uploads that cost far more than their size, or run a program."""
+    return [
+        ("loop.jpg", ENDLESS_EPS, "image/jpeg"),
+        ("scans.jpg", many_scan_jpeg(7000, 7000, extra_scans=10_000, flat=True), "image/jpeg"),
+    ]
+
+
 def element_bombs(model: str) -> list[tuple[str, bytes, dict[str, str]]]:
     v1 = json.dumps({"images": [{"data": ""}] * 1_000_000}).encode()
     blob = struct.pack("<I", 0) * 4_000_000
@@ -110,10 +137,14 @@ def element_bombs(model: str) -> list[tuple[str, bytes, dict[str, str]]]:
 def bomber(url: str, model: str, stop: threading.Event, statuses: list[int], pause_s: float) -> None:
     """The three element bombs, one after another, then a pause, until the phase ends."""
     bodies = element_bombs(model)
+    files = hostile_files()
     with httpx.Client(base_url=url, timeout=60) as client:
         while not stop.is_set():
             for path, content, headers in bodies:
                 statuses.append(client.post(path, content=content, headers=headers).status_code)
+            for name, data, content_type in files:
+                response = client.post("/v1/detect", files={"file": (name, data, content_type)})
+                statuses.append(response.status_code)
             stop.wait(pause_s)
 
 
@@ -141,6 +172,7 @@ def run_phase(
         ]
         bomb_args = (url, model, stop, result["bomb_status"], args.bomb_pause_s)
         threads.append(threading.Thread(target=bomber, args=bomb_args))
+        threads += [threading.Thread(target=chunk_flood, args=(port, stop)) for _ in range(args.chunkers)]
     for thread in threads:
         thread.start()
     time.sleep(seconds)
@@ -166,6 +198,7 @@ def main() -> int:
     )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of attack (and of baseline)")
     parser.add_argument("--trickle", type=int, default=40, help="trickling connections")
+    parser.add_argument("--chunkers", type=int, default=4, help="connections streaming one-byte chunks")
     parser.add_argument("--read-timeout-s", type=float, default=10.0, help="the server's --read-timeout-s")
     parser.add_argument(
         "--bomb-pause-s",
@@ -195,8 +228,10 @@ def main() -> int:
         statuses = sorted(set(attacked["normal_status"] + baseline["normal_status"]))
         print(f"normal client statuses: {statuses}")
         bombs = attacked["bomb_status"]
-        print(f"element bombs: {len(bombs)} requests ({args.bomb_pause_s:g} s pause per round of three), "
+        print(f"element bombs, PostScript and scan-bomb uploads: {len(bombs)} requests "
+              f"({args.bomb_pause_s:g} s pause per round of five), "
               f"statuses {sorted(set(bombs))}")  # fmt: skip
+        print(f"{args.chunkers} connections streaming one-byte chunks")
         print(f"{args.trickle} trickling connections (half headers, half bodies, one byte every 2 s)")
         print("/metrics:")
         for line in metrics_counts(url):
