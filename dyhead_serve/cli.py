@@ -165,15 +165,16 @@ def _add_zoo(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_zoo_list(args: argparse.Namespace) -> int:
     from dyhead_serve import zoo
+    from dyhead_serve.checkpoint import cache_dir, cached_weights_path
 
     width = max(len(name) for name in zoo.ZOO)
     print(f"{'name':{width}s} {'COCO AP':>7s}  {'cached':6s}  description / weights URL")
     for entry in zoo.ZOO.values():
-        cached = entry.embedded is not None or (zoo.cache_dir() / "weights" / Path(entry.url).name).is_file()
+        cached = entry.embedded is not None or cached_weights_path(entry.url).is_file()
         ap = f"{entry.coco_ap:.1f}" if entry.coco_ap is not None else "-"
         print(f"{entry.name:{width}s} {ap:>7s}  {'yes' if cached else 'no':6s}  {entry.description}")
         print(f"{'':{width + 18}s}{entry.url or 'shipped in the package'}")
-    print(f"\ncache: {zoo.cache_dir()} (set DYHEAD_SERVE_CACHE to move it)")
+    print(f"\ncache: {cache_dir()} (set DYHEAD_SERVE_CACHE to move it)")
     return 0
 
 

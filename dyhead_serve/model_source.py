@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dyhead_serve import zoo
+from dyhead_serve.checkpoint import sha256_of
 
 __all__ = ["ModelSource", "ModelSourceError", "resolve_model"]
 
@@ -72,7 +73,7 @@ class ModelSource:
         record: dict[str, Any] = {
             "config": zoo_name or str(self.config),
             "weights": str(self.weights) if self.weights_given or zoo_name is None else zoo_name,
-            "weights_sha256": zoo.sha256_of(self.weights),
+            "weights_sha256": sha256_of(self.weights),
         }
         if self.overrides:
             record["overrides"] = list(self.overrides)

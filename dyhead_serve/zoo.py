@@ -3,30 +3,21 @@ wherever a config and weights are accepted."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from dyhead_serve.checkpoint import DownloadError, cached_weights_path, checksum_problem, download, sha256_of
 from dyhead_serve.data.synthetic import SHAPE_CLASSES
+from dyhead_serve.errors import UserError
 
 __all__ = [
     "DEFAULT_MODEL",
     "ZOO",
     "ZooError",
     "ZooModel",
-    "cache_dir",
     "demo_model_notice",
-    "download",
     "get_model",
-    "sha256_of",
     "weights_path",
 ]
 
@@ -72,14 +63,7 @@ class ZooModel:
 
     def checksum_problem(self, path: Path) -> str | None:
         """Why ``path`` is not this model's weights file by its checksum, or None."""
-        if not (self.sha256 or self.sha256_prefix):
-            return None
-        digest = sha256_of(path)
-        if self.sha256 and digest != self.sha256:
-            return f"checksum mismatch (expected sha256 {self.sha256})"
-        if not digest.startswith(self.sha256_prefix):
-            return f"checksum mismatch (expected a sha256 starting with {self.sha256_prefix})"
-        return None
+        return checksum_problem(path, self.sha256, self.sha256_prefix)
 
     @property
     def config_path(self) -> str:
@@ -150,7 +134,7 @@ def demo_model_notice(how_to_name: str = "--model dyhead_r50_atss_fpn_1x") -> st
     )
 
 
-class ZooError(RuntimeError):
+class ZooError(UserError, RuntimeError):
     """A named model is unknown or its weights cannot be obtained."""
 
 
@@ -163,68 +147,6 @@ def get_model(name: str) -> ZooModel:
     return ZOO[name]
 
 
-def cache_dir() -> Path:
-    """``$DYHEAD_SERVE_CACHE``, else ``~/.cache/dyhead-serve``."""
-    root = os.environ.get("DYHEAD_SERVE_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "dyhead-serve"
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download(
-    url: str,
-    target: Path,
-    sha256: str = "",
-    *,
-    timeout: float = 30.0,
-    progress: bool = True,
-    sha256_prefix: str = "",
-) -> Path:
-    """Download ``url`` to ``target`` (atomically, with a progress bar) and verify it (against
-    ``sha256``, or the leading digits ``sha256_prefix``, when given).
-
-    Raises:
-        ZooError: no network, HTTP error, empty file or checksum mismatch; the message says how
-            to supply the file by hand.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    by_hand = f"download {url} by hand and pass its path with --weights PATH (or place it at {target})"
-    try:
-        response = urllib.request.urlopen(url, timeout=timeout)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ZooError(f"cannot download {target.name} ({reason}); {by_hand}") from exc
-    total = int(response.headers.get("Content-Length") or 0) or None
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".part-", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-        try:
-            with response, tqdm(
-                total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress
-            ) as bar:  # fmt: skip
-                while block := response.read(1 << 20):
-                    tmp.write(block)
-                    bar.update(len(block))
-        except (OSError, urllib.error.URLError) as exc:
-            tmp_path.unlink(missing_ok=True)
-            raise ZooError(f"download of {target.name} broke off ({exc}); {by_hand}") from exc
-    if tmp_path.stat().st_size == 0 or (total is not None and tmp_path.stat().st_size != total):
-        tmp_path.unlink(missing_ok=True)
-        raise ZooError(f"download of {target.name} is incomplete; {by_hand}")
-    problem = ZooModel("", "", url, sha256, "", sha256_prefix=sha256_prefix).checksum_problem(tmp_path)
-    if problem:
-        tmp_path.unlink(missing_ok=True)
-        raise ZooError(f"{target.name}: {problem}; {by_hand}")
-    shutil.move(str(tmp_path), target)
-    logger.info("downloaded %s (%d bytes)", target, target.stat().st_size)
-    return target
-
-
 def weights_path(model: ZooModel, *, download_missing: bool = True) -> Path:
     """The weights of ``model``: shipped in the package, or cached (downloaded first when absent
     and allowed)."""
@@ -235,7 +157,7 @@ def weights_path(model: ZooModel, *, download_missing: bool = True) -> Path:
         if model.sha256 and sha256_of(shipped) != model.sha256:
             raise ZooError(f"{shipped}: checksum mismatch with the zoo's sha256; reinstall dyhead-serve")
         return shipped
-    target = cache_dir() / "weights" / Path(model.url).name
+    target = cached_weights_path(model.url)
     if target.is_file():
         problem = model.checksum_problem(target)
         if problem:
@@ -243,4 +165,7 @@ def weights_path(model: ZooModel, *, download_missing: bool = True) -> Path:
         return target
     if not download_missing:
         raise ZooError(f"{target} is not cached; download {model.url} and pass --weights PATH")
-    return download(model.url, target, model.sha256, sha256_prefix=model.sha256_prefix)
+    try:
+        return download(model.url, target, model.sha256, sha256_prefix=model.sha256_prefix)
+    except DownloadError as exc:
+        raise ZooError(str(exc)) from exc

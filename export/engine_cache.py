@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from dyhead_serve import __version__, zoo
+from dyhead_serve.checkpoint import sha256_of
 from dyhead_serve.model_args import override_flags
 from dyhead_serve.model_source import ModelSourceError, resolve_model
 from dyhead_serve.runtime.artifact import ModelArtifact
@@ -149,18 +150,16 @@ def resolve_source(
                 f"{folder} holds no model.onnx + model.json to build an engine from "
                 "(export one with `dyhead-export onnx`)"
             )
-        fields: dict[str, object] = {
-            name: zoo.sha256_of(folder / name) for name in ("model.onnx", "model.json")
-        }
+        fields: dict[str, object] = {name: sha256_of(folder / name) for name in ("model.onnx", "model.json")}
         return BuildSource(source.name, _model_id(fields), ("--onnx", str(folder)))
     weights_file = source.weights
     if weights_file is None or not weights_file.is_file():
         raise EngineCacheError(f"{weights_file}: no such checkpoint")
     set_args = override_flags(source.overrides)
-    fields = {"weights": zoo.sha256_of(weights_file), "overrides": list(source.overrides)}
+    fields = {"weights": sha256_of(weights_file), "overrides": list(source.overrides)}
     if source.kind == "config":
         config_file = Path(str(source.config))
-        fields["config"] = zoo.sha256_of(config_file) if config_file.is_file() else f"shipped:{source.config}"
+        fields["config"] = sha256_of(config_file) if config_file.is_file() else f"shipped:{source.config}"
         args = ("--config", str(source.config), "--weights", str(weights_file), *set_args)
         return BuildSource(config_file.stem, _model_id(fields), args)
     fields["zoo"] = source.name

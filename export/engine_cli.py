@@ -68,7 +68,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_engine(args: argparse.Namespace) -> int:
-    from dyhead_serve import zoo
+    from dyhead_serve.checkpoint import cache_dir
 
     from .engine_cache import (
         EngineCacheError,
@@ -93,7 +93,7 @@ def _run_engine(args: argparse.Namespace) -> int:
         else:
             source = resolve_source(args.model, config=args.config, weights=args.weights, overrides=overrides)
             extra = ["--workspace", str(args.workspace)] if args.workspace else []
-            root = args.cache if args.cache is not None else zoo.cache_dir() / "engines"
+            root = args.cache if args.cache is not None else cache_dir() / "engines"
             result = find_or_build(source, target, root, extra_build_args=extra)
             summary = result.describe(f"{source.label} (id {source.model_id[:16]})", target)
     except EngineCacheError as exc:

@@ -18,7 +18,7 @@ import onnx
 import torch
 from onnx import external_data_helper, numpy_helper
 
-from dyhead_serve.safetensors_file import (
+from dyhead_serve.checkpoint.safetensors_file import (
     TensorLocation,
     read_safetensors,
     tensor_locations,

@@ -11,12 +11,13 @@ import onnx
 import pytest
 
 from dyhead_serve import zoo
+from dyhead_serve.checkpoint import sha256_of
+from dyhead_serve.checkpoint.safetensors_file import read_safetensors, tensor_locations
 from dyhead_serve.cli import main
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.data.synthetic import SHAPE_CLASSES
 from dyhead_serve.export.verify import compare_backends
 from dyhead_serve.runtime.loader import load_backend
-from dyhead_serve.safetensors_file import read_safetensors, tensor_locations
 
 SHIPPED = Path(zoo.__file__).parent / "zoo_files" / "default"
 
@@ -25,7 +26,7 @@ def test_shipped_files_are_small_and_consistent():
     weights = SHIPPED / "model.safetensors"
     assert weights.stat().st_size <= 15 * 1024 * 1024
     entry = zoo.get_model("default")
-    assert entry.sha256 and zoo.sha256_of(weights) == entry.sha256
+    assert entry.sha256 and sha256_of(weights) == entry.sha256
     meta = json.loads((SHIPPED / "model.json").read_text())
     assert meta["provenance"]["weights_sha256"] == entry.sha256, "model.onnx was exported from other weights"
     assert meta["provenance"]["weights_file"] == "model.safetensors"

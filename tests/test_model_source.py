@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 from dyhead_serve import zoo
+from dyhead_serve.checkpoint import sha256_of
 from dyhead_serve.cli import build_parser as serve_parser
 from dyhead_serve.export.cli import build_parser as export_parser
 from dyhead_serve.model_args import model_source_from_args, override_flags, overrides_from_args
@@ -105,7 +106,7 @@ def test_config_provenance_locates_and_hashes_the_files(tiny_weights):
     assert source.provenance() == {
         "config": "dyhead_r50_atss_fpn_1x",
         "weights": str(tiny_weights),
-        "weights_sha256": zoo.sha256_of(tiny_weights),
+        "weights_sha256": sha256_of(tiny_weights),
         "overrides": ["A", "1"],
     }
 

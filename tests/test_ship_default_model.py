@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dyhead_serve import zoo
-from dyhead_serve.safetensors_file import read_safetensors
+from dyhead_serve.checkpoint.safetensors_file import read_safetensors
 from tools.ship_default_model import main
 
 PACKAGE = Path(zoo.__file__).parent

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dyhead_serve import zoo
+from dyhead_serve.checkpoint import DownloadError, download, sha256_of
 from dyhead_serve.config import load_config
 from dyhead_serve.config.mmdet import MMDET_CONFIGS
 
@@ -28,12 +29,12 @@ def test_mmdetection_models_are_named_by_their_configs_with_the_metafile_urls_an
 def test_downloads_and_cached_files_are_checked_against_the_prefix(tmp_path: Path, monkeypatch):
     source = tmp_path / "src.pth"
     source.write_bytes(b"weights")
-    digest = zoo.sha256_of(source)
+    digest = sha256_of(source)
     target = tmp_path / "cache" / "w.pth"
-    with pytest.raises(zoo.ZooError, match="expected a sha256 starting with 00000000"):
-        zoo.download(source.as_uri(), target, sha256_prefix="00000000", progress=False)
+    with pytest.raises(DownloadError, match="expected a sha256 starting with 00000000"):
+        download(source.as_uri(), target, sha256_prefix="00000000", progress=False)
     assert not target.exists()
-    zoo.download(source.as_uri(), target, sha256_prefix=digest[:8], progress=False)
+    download(source.as_uri(), target, sha256_prefix=digest[:8], progress=False)
     assert target.read_bytes() == b"weights"
 
     monkeypatch.setenv("DYHEAD_SERVE_CACHE", str(tmp_path / "zoo"))

@@ -25,13 +25,12 @@ import tempfile
 from pathlib import Path
 
 import dyhead_serve
-from dyhead_serve.checkpoint import CheckpointError
+from dyhead_serve.checkpoint import CheckpointError, sha256_of
 from dyhead_serve.config import ConfigError
 from dyhead_serve.data.synthetic import generate_synthetic_dataset
 from dyhead_serve.export.command import exporter_command
 from dyhead_serve.export.external_weights import WEIGHTS_FILE, write_weights_file
 from dyhead_serve.runtime.loader import load_torch_backend
-from dyhead_serve.zoo import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 _SHA_LINE = re.compile(r'^DEFAULT_SHA256 = "[0-9a-f]*"$', re.MULTILINE)

@@ -1,9 +1,26 @@
-"""Evaluate the arithmetic that official configs hide behind ``!!python/object/apply:eval``.
+"""The one safe arithmetic evaluator of the config readers, and the YAML expressions it serves.
+
+Both config readers interpret arithmetic through :func:`binary_operation` and
+:func:`unary_operation`, with the same bounds, so that no config can make the reader compute or
+allocate something large (a few hundred bytes of ``a1 = a0 * a0`` lines would otherwise square a
+number thirty times):
+
+- every integer operand and every integer result has a magnitude below ``2**64``
+  (:data:`MAX_INT_BITS`); ``**`` on integers is refused before it is computed when its result
+  would be larger, and every other operation on such operands costs next to nothing, so its result
+  is checked after;
+- float results must be finite, and a complex result is refused;
+- strings, lists and tuples (where a reader allows them: mmdetection configs, not YAML
+  expressions) join with ``+`` and lists and tuples repeat with ``*`` by an integer count up to
+  :data:`MAX_SEQUENCE` elements; strings never repeat, and nothing repeats by a float.
+
+A refusal is an :class:`ExpressionError` (a :class:`~dyhead_serve.config.ConfigError`); each
+reader adds the file, line and key.
 
 The official DyHead YAML files compute their anchor sizes with Python expressions such as
 ``[[x, x * 2**(1.0/3), x * 2**(2.0/3)] for x in [32, 64, 128, 256, 512]]``. Detectron2 runs
-them with ``eval``; we parse them with :mod:`ast` and interpret a small whitelist instead, so a
-config file can never run code:
+them with ``eval``; :func:`safe_eval` parses them with :mod:`ast` and interprets a small
+whitelist instead, so a config file can never run code:
 
 - numbers (``int`` and ``float`` literals, not ``bool``);
 - list and tuple displays;
@@ -24,24 +41,127 @@ from typing import Any
 
 from dyhead_serve.config.errors import ConfigError
 
-__all__ = ["MAX_EXPRESSION_CHARS", "ExpressionError", "safe_eval"]
+__all__ = [
+    "MAX_EXPRESSION_CHARS",
+    "MAX_INT_BITS",
+    "MAX_SEQUENCE",
+    "ExpressionError",
+    "binary_operation",
+    "safe_eval",
+    "unary_operation",
+]
 
 MAX_EXPRESSION_CHARS = 1000
-# Integers stay within 64 bits so that ``**`` cannot be used to make the interpreter
-# compute (or allocate) a gigantic number.
-_MAX_INT_BITS = 64
+# Every integer operand and result stays below 2**64 in magnitude, so that no operator (``*``
+# chains as well as ``**``) can make the interpreter compute or allocate a gigantic number.
+MAX_INT_BITS = 64
+# The longest string, list or tuple that ``+`` or ``*`` may build.
+MAX_SEQUENCE = 100_000
 
-_BINARY_OPS: dict[type[ast.operator], str] = {
+_SYMBOLS: dict[type[ast.operator], str] = {
     ast.Add: "+",
     ast.Sub: "-",
     ast.Mult: "*",
     ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
     ast.Pow: "**",
 }
+# What a YAML expression may use.
+_EXPRESSION_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
 
 
 class ExpressionError(ConfigError):
     """An expression outside the whitelist of :func:`safe_eval`, or one that fails to evaluate."""
+
+
+def binary_operation(op: ast.operator, left: Any, right: Any, *, sequences: bool = False) -> Any:
+    """``left <op> right`` within the bounds of the module docstring.
+
+    Args:
+        op: the operator node (``ast.Add()``, ...): ``+ - * / // % **``.
+        left, right: numbers (``int`` or ``float``, not ``bool``) or, with ``sequences``,
+            strings, lists and tuples.
+        sequences: allow ``+`` of two strings, lists or tuples, and ``*`` of a list or tuple by
+            an integer count.
+
+    Raises:
+        ExpressionError: another operator or operand type, a result out of bounds, a division
+            by zero, an overflow or a complex result; the message shows the operation.
+    """
+    symbol = _SYMBOLS.get(type(op))
+    name = type(op).__name__
+    if symbol is None:
+        raise ExpressionError(f"operator {name} is not allowed")
+    if _is_number(left) and _is_number(right):
+        return _number_operation(symbol, left, right)
+    if sequences:
+        if symbol == "+" and type(left) is type(right) and isinstance(left, str | list | tuple):
+            if len(left) + len(right) > MAX_SEQUENCE:
+                raise ExpressionError(f"{name} builds a value longer than {MAX_SEQUENCE} elements")
+            return left + right
+        if symbol == "*" and isinstance(left, list | tuple) and _is_number(right):
+            if type(right) is not int or not 0 <= len(left) * right <= MAX_SEQUENCE:
+                raise ExpressionError(
+                    f"a repeated sequence must have an integer count and at most {MAX_SEQUENCE} elements"
+                )
+            return left * right
+        raise ExpressionError(
+            f"{name} of {type(left).__name__} and {type(right).__name__} is not allowed: operator {symbol} "
+            "takes two numbers, or (+) two strings, lists or tuples, or (*) a list or tuple and a count"
+        )
+    raise ExpressionError(
+        f"{name} of {type(left).__name__} and {type(right).__name__} is not allowed: operator {symbol} "
+        "needs two numbers"
+    )
+
+
+def unary_operation(op: ast.unaryop, operand: Any) -> int | float:
+    """``+operand`` or ``-operand`` of a number, within the bounds of the module docstring.
+
+    Raises:
+        ExpressionError: another operator (``not``, ``~``) or an operand that is not a number.
+    """
+    if not isinstance(op, ast.UAdd | ast.USub):
+        raise ExpressionError(f"unary operator {type(op).__name__} is not allowed")
+    if not _is_number(operand):
+        raise ExpressionError(f"unary + and - apply to numbers only, got {type(operand).__name__}")
+    return operand if isinstance(op, ast.UAdd) else -operand
+
+
+def _number_operation(symbol: str, left: int | float, right: int | float) -> int | float:
+    shown = f"{left!r} {symbol} {right!r}"
+    for operand in (left, right):
+        if type(operand) is int and operand.bit_length() > MAX_INT_BITS:
+            raise ExpressionError(f"integer operand of {shown} exceeds {MAX_INT_BITS} bits")
+    power = symbol == "**" and isinstance(left, int) and isinstance(right, int) and right >= 0
+    # |left| >= 2**(bits - 1): a power is known too large before it is computed. Any other
+    # operation on two operands within the bound is cheap, and its result is checked after.
+    if power and (abs(int(left)).bit_length() - 1) * int(right) > MAX_INT_BITS:
+        raise ExpressionError(f"integer power out of range: {shown} exceeds {MAX_INT_BITS} bits")
+    try:
+        if symbol == "+":
+            result = left + right
+        elif symbol == "-":
+            result = left - right
+        elif symbol == "*":
+            result = left * right
+        elif symbol == "/":
+            result = left / right
+        elif symbol == "//":
+            result = left // right
+        elif symbol == "%":
+            result = left % right
+        else:
+            result = left**right
+    except ZeroDivisionError:
+        raise ExpressionError(f"arithmetic fails: division by zero in {shown}") from None
+    except OverflowError:
+        raise ExpressionError(f"arithmetic fails: numeric overflow in {shown}") from None
+    if type(result) is int and result.bit_length() > MAX_INT_BITS:
+        what = "integer power out of range" if power else "integer result too large"
+        raise ExpressionError(f"{what}: {shown} exceeds {MAX_INT_BITS} bits")
+    return _checked_number(result)
 
 
 def safe_eval(expression: str) -> Any:
@@ -80,8 +200,8 @@ def _is_number(value: Any) -> bool:
 def _checked_number(value: Any) -> int | float:
     """Reject results that are complex, non-finite or beyond 64-bit integers."""
     if type(value) is int:
-        if value.bit_length() > _MAX_INT_BITS:
-            raise ExpressionError(f"integer result exceeds {_MAX_INT_BITS} bits")
+        if value.bit_length() > MAX_INT_BITS:
+            raise ExpressionError(f"integer result exceeds {MAX_INT_BITS} bits")
         return value
     if type(value) is float:
         if not math.isfinite(value):
@@ -120,49 +240,14 @@ def _evaluate(node: ast.expr, env: Mapping[str, Any]) -> Any:
 
 
 def _evaluate_unary(node: ast.UnaryOp, env: Mapping[str, Any]) -> int | float:
-    if not isinstance(node.op, ast.UAdd | ast.USub):
-        raise ExpressionError(f"unary operator {type(node.op).__name__} is not allowed")
-    operand = _evaluate(node.operand, env)
-    if not _is_number(operand):
-        raise ExpressionError(f"unary +/- needs a number, got {type(operand).__name__}")
-    return operand if isinstance(node.op, ast.UAdd) else _checked_number(-operand)
+    return unary_operation(node.op, _evaluate(node.operand, env))
 
 
 def _evaluate_binary(node: ast.BinOp, env: Mapping[str, Any]) -> int | float:
-    symbol = _BINARY_OPS.get(type(node.op))
-    if symbol is None:
+    if not isinstance(node.op, _EXPRESSION_OPERATORS):
         raise ExpressionError(f"operator {type(node.op).__name__} is not allowed; use one of + - * / **")
-    left = _evaluate(node.left, env)
-    right = _evaluate(node.right, env)
-    if not (_is_number(left) and _is_number(right)):
-        raise ExpressionError(
-            f"operator {symbol} needs two numbers, got {type(left).__name__} and {type(right).__name__}"
-        )
-    # For integers, |left| >= 2**(bits - 1): the result is known too large before it is computed.
-    too_large = (
-        symbol == "**"
-        and type(left) is int
-        and type(right) is int
-        and (abs(left).bit_length() - 1) * right > _MAX_INT_BITS
-    )
-    if too_large:
-        raise ExpressionError(f"{left} ** {right} exceeds {_MAX_INT_BITS} bits")
-    try:
-        if symbol == "+":
-            result = left + right
-        elif symbol == "-":
-            result = left - right
-        elif symbol == "*":
-            result = left * right
-        elif symbol == "/":
-            result = left / right
-        else:
-            result = left**right
-    except ZeroDivisionError:
-        raise ExpressionError(f"division by zero in {left!r} {symbol} {right!r}") from None
-    except OverflowError:
-        raise ExpressionError(f"numeric overflow in {left!r} {symbol} {right!r}") from None
-    return _checked_number(result)
+    result: int | float = binary_operation(node.op, _evaluate(node.left, env), _evaluate(node.right, env))
+    return result
 
 
 def _evaluate_comprehension(node: ast.ListComp, env: Mapping[str, Any]) -> list[Any]:

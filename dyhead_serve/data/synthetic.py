@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dyhead_serve.checkpoint.cache import cache_dir
+
 __all__ = [
     "BUILTIN_SYNTHETIC",
     "SHAPE_CLASSES",
@@ -38,7 +40,6 @@ __all__ = [
     "SyntheticDatasetPaths",
     "SyntheticSpec",
     "builtin_synthetic_paths",
-    "cache_dir",
     "ensure_builtin_synthetic_dataset",
     "generate_synthetic_dataset",
     "render_image",
@@ -318,12 +319,6 @@ def generate_synthetic_dataset(
     for split, count in (("train", num_train), ("val", num_val)):
         _write_split(paths.root, split, count, image_size, seed)
     return paths
-
-
-def cache_dir() -> Path:
-    """``$DYHEAD_SERVE_CACHE``, or ``~/.cache/dyhead-serve``."""
-    configured = os.environ.get("DYHEAD_SERVE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "dyhead-serve"
 
 
 def builtin_synthetic_paths() -> SyntheticDatasetPaths:

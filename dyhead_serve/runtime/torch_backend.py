@@ -75,8 +75,8 @@ def build_torch_backend(
     (random weights, with a warning, when None); an mmdetection-layout model
     (``MODEL.LAYOUT = "mmdet"``) reads the checkpoint's mmdetection names."""
     from dyhead_serve.checkpoint import load_state_dict
+    from dyhead_serve.checkpoint.mmdet_keys import mmdet_key_map
     from dyhead_serve.modeling.build import build_model
-    from dyhead_serve.modeling.mmdet_keys import mmdet_key_map
 
     model = build_model(cfg)
     if weights is not None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dyhead_serve.checkpoint.model_weights import initialize_from_weights
 from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.distributed import all_reduce_mean, get_world_size, is_main_process
 from dyhead_serve.training.batching import collate_training_batch
@@ -31,7 +32,6 @@ from dyhead_serve.training.grad_clip import GradientClipper
 from dyhead_serve.training.lr_schedule import build_lr_scheduler
 from dyhead_serve.training.metrics import MetricsWriter, ProgressLogger
 from dyhead_serve.training.optimizer import build_optimizer
-from dyhead_serve.training.weights_init import initialize_from_weights
 
 __all__ = ["EvaluateFn", "Trainer"]
 

@@ -156,11 +156,11 @@ def run_train(args: argparse.Namespace) -> int:
     printed).
     """
     from dyhead_serve.checkpoint import CheckpointError
+    from dyhead_serve.checkpoint.model_weights import WeightsError
     from dyhead_serve.config import ConfigError
     from dyhead_serve.data.coco_json import DatasetError
     from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import resolve_torch_device
-    from dyhead_serve.training.weights_init import WeightsError
 
     in_torchrun = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.num_gpus < 1:

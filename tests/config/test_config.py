@@ -499,3 +499,13 @@ def test_merge_from_other_cfg_checks_keys() -> None:
     assert cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.STEPS == (1, 2)
     with pytest.raises(ConfigError, match=r"unknown config key 'MODEL\.NOPE'"):
         cfg.merge_from_other_cfg({"MODEL": {"NOPE": 1}})
+
+
+def test_config_errors_are_user_errors_and_value_errors() -> None:
+    from dyhead_serve.config.errors import FrozenConfigError
+    from dyhead_serve.config.safe_eval import ExpressionError
+    from dyhead_serve.errors import UserError
+
+    for error in (ConfigError, FrozenConfigError, ExpressionError):
+        assert issubclass(error, UserError) and issubclass(error, ValueError)
+    assert issubclass(FrozenConfigError, AttributeError)

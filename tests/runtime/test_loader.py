@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dyhead_serve import zoo
+from dyhead_serve.checkpoint import DownloadError, download, sha256_of
 from dyhead_serve.model_source import ModelSourceError
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.loader import load_backend
@@ -49,10 +50,10 @@ def test_zoo_download_verifies_checksum(tmp_path):
     source = tmp_path / "src.bin"
     source.write_bytes(b"weights")
     target = tmp_path / "cache" / "w.pth"
-    with pytest.raises(zoo.ZooError, match="checksum"):
-        zoo.download(source.as_uri(), target, sha256="0" * 64, progress=False)
+    with pytest.raises(DownloadError, match="checksum"):
+        download(source.as_uri(), target, sha256="0" * 64, progress=False)
     assert not target.exists()
-    zoo.download(source.as_uri(), target, sha256=zoo.sha256_of(source), progress=False)
+    download(source.as_uri(), target, sha256=sha256_of(source), progress=False)
     assert target.read_bytes() == b"weights"
 
 

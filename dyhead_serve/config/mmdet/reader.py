@@ -6,8 +6,11 @@ A config file is parsed with :mod:`ast` and a whitelist of its constructs is int
   expressions (docstrings); nothing else (no imports, ``if``, ``for``, ``def``, ``with``);
 - values: literals (``str``, ``int``, ``float``, ``bool``, ``None``), list, tuple and dict
   displays, ``dict(key=value, ...)``, names bound earlier in the same file, ``_base_.a.b``,
-  ``+ - * / // % **`` on numbers, ``+`` on strings, lists and tuples (bounded in size),
-  subscripts by a literal index or key, and f-strings of such values.
+  ``+ - * / // % **`` on numbers, ``+`` on strings, lists and tuples, ``*`` of a list or tuple by
+  an integer count, subscripts by a literal index or key, and f-strings of such values. The
+  arithmetic is the bounded one of :mod:`dyhead_serve.config.safe_eval`, which the YAML reader
+  shares: integers stay below ``2**64`` in magnitude at every step, and sequences built by ``+``
+  or ``*`` at most :data:`~dyhead_serve.config.safe_eval.MAX_SEQUENCE` long.
 
 Inheritance follows mmengine's ``Config.fromfile``: ``_base_`` names one file or a list of files
 relative to the config's folder; the bases are read first (no key may appear in two bases), the
@@ -22,44 +25,31 @@ config reader shares (:mod:`dyhead_serve.config.file_limits`): regular UTF-8 fil
 32 deep and at most 100 000 of them once shared names are counted at each use (so that names
 nested in names cannot build an exponentially large config). Ours on top: no file under
 ``/proc``, ``/sys`` or ``/dev``, no inheritance cycle, at most :data:`MAX_FILES` bases in one
-``_base_``, and sequences built by ``+`` or ``*`` at most :data:`MAX_SEQUENCE` long.
+``_base_``, and the arithmetic bounds above.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import math
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dyhead_serve.config.errors import ConfigError
 from dyhead_serve.config.file_limits import MAX_NESTING_DEPTH, check_tree, read_config_text, resolve_base_path
+from dyhead_serve.config.safe_eval import MAX_SEQUENCE, ExpressionError, binary_operation, unary_operation
 
-__all__ = ["MAX_FILES", "MAX_SEQUENCE", "merge_into", "read_mmdet_config"]
+__all__ = ["MAX_FILES", "merge_into", "read_mmdet_config"]
 
 MAX_FILES = 64
-MAX_SEQUENCE = 100_000
-_MAX_INT_BITS = 64
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 _SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _BASE_REFERENCE = re.compile(r"\s*_base_\.([\w.]+)\s*")
 _MARKER = "__dyhead_serve_base_reference_{}__"
-
-_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
-    ast.FloorDiv: lambda a, b: a // b,
-    ast.Mod: lambda a, b: a % b,
-    ast.Pow: lambda a, b: a**b,
-}
 
 
 def read_mmdet_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -284,9 +274,10 @@ class _Evaluator:
             return self.base_attribute(node)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             operand = self.value(node.operand, depth)
-            if not _is_number(operand):
-                raise self.fail(node, "unary + and - apply to numbers only")
-            return -operand if isinstance(node.op, ast.USub) else +operand
+            try:
+                return unary_operation(node.op, operand)
+            except ExpressionError as exc:
+                raise self.fail(node, str(exc)) from None
         if isinstance(node, ast.BinOp):
             return self.binary(node, depth)
         if isinstance(node, ast.Subscript):
@@ -334,34 +325,10 @@ class _Evaluator:
 
     def binary(self, node: ast.BinOp, depth: int) -> Any:
         left, right = self.value(node.left, depth), self.value(node.right, depth)
-        operation = _BINARY.get(type(node.op))
-        if operation is None:
-            raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
-        if _is_number(left) and _is_number(right):
-            integers = isinstance(left, int) and isinstance(right, int)
-            too_large = integers and (right < 0 or right * max(abs(left), 2).bit_length() > _MAX_INT_BITS)
-            if isinstance(node.op, ast.Pow) and too_large:
-                raise self.fail(node, "integer power out of range")
-            try:
-                result = operation(left, right)
-            except (ArithmeticError, ValueError) as exc:
-                raise self.fail(node, f"arithmetic fails: {exc}") from exc
-            if isinstance(result, complex) or (isinstance(result, float) and not math.isfinite(result)):
-                raise self.fail(node, "arithmetic gives a non-finite or complex number")
-            return result
-        same = type(left) is type(right) and isinstance(left, str | list | tuple)
-        if isinstance(node.op, ast.Add) and same:
-            if len(left) + len(right) > MAX_SEQUENCE:
-                raise self.fail(node, f"a value longer than {MAX_SEQUENCE} elements")
-            return left + right
-        if isinstance(node.op, ast.Mult) and isinstance(left, list | tuple) and _is_number(right):
-            if not isinstance(right, int) or not 0 <= len(left) * right <= MAX_SEQUENCE:
-                raise self.fail(
-                    node,
-                    f"a repeated sequence must have an integer count and at most {MAX_SEQUENCE} elements",
-                )
-            return left * right
-        raise self.fail(node, f"{type(node.op).__name__} of {type(left).__name__} and {type(right).__name__}")
+        try:
+            return binary_operation(node.op, left, right, sequences=True)
+        except ExpressionError as exc:
+            raise self.fail(node, str(exc)) from None
 
     def subscript(self, node: ast.Subscript, depth: int) -> Any:
         container = self.value(node.value, depth)
@@ -377,24 +344,23 @@ class _Evaluator:
 
     def fstring(self, node: ast.JoinedStr, depth: int) -> str:
         parts = []
+        length = 0
         for part in node.values:
             if isinstance(part, ast.Constant):
-                parts.append(str(part.value))
+                text = str(part.value)
             elif isinstance(part, ast.FormattedValue) and part.conversion == -1 and part.format_spec is None:
                 value = self.value(part.value, depth)
                 if not isinstance(value, str | int | float):
                     raise self.fail(node, "f-strings may format strings and numbers only")
-                parts.append(str(value))
+                text = str(value)
             else:
                 raise self.fail(node, "f-strings with conversions or format specs are not allowed")
-        text = "".join(parts)
-        if len(text) > MAX_SEQUENCE:
-            raise self.fail(node, f"a string longer than {MAX_SEQUENCE} characters")
-        return text
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+            # Counted part by part: one long string named many times must not be joined first.
+            length += len(text)
+            if length > MAX_SEQUENCE:
+                raise self.fail(node, f"a string longer than {MAX_SEQUENCE} characters")
+            parts.append(text)
+        return "".join(parts)
 
 
 def _describe(node: ast.AST) -> str:

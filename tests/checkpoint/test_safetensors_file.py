@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from dyhead_serve.checkpoint import CheckpointError, CheckpointFormat, checkpoint_format, read_state_dict
-from dyhead_serve.safetensors_file import (
+from dyhead_serve.checkpoint.safetensors_file import (
     SafetensorsError,
     is_safetensors,
     read_safetensors,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from dyhead_serve.checkpoint import KeyMap
+from dyhead_serve.checkpoint.load import KeyMap
 
 __all__ = ["mmdet_key_map", "mmdet_name"]
 

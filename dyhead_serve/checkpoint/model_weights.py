@@ -7,14 +7,15 @@
 - A plain pickle: a Detectron2 ``.pkl`` (the ImageNet backbones its configs name), or one named
   ``.pth`` (how Detectron2 conversion scripts save third-party backbones, e.g. the
   ``swin_tiny_patch4_window7_224_d2.pth`` the official Swin-T config names): Caffe2 names are
-  converted (:mod:`dyhead_serve.training.c2_names`) and every file is aligned to the model by
+  converted (:mod:`dyhead_serve.checkpoint.c2_names`) and every file is aligned to the model by
   name suffix, as Detectron2 does; the report lists what stayed unmatched (the ImageNet
   classifier, the detector's new layers). Which of the two a file is comes from its contents,
-  not its suffix (:func:`~dyhead_serve.checkpoint.checkpoint_format`).
+  not its suffix (:func:`~dyhead_serve.checkpoint.read.checkpoint_format`).
 - ``detectron2://PATH`` (Detectron2's model-zoo prefix for
   ``https://dl.fbaipublicfiles.com/detectron2/PATH``) and ``http(s)://`` URLs are downloaded
-  once into the cache (``$DYHEAD_SERVE_CACHE``, default ``~/.cache/dyhead-serve``); without
-  network the error says to download the file and pass its local path.
+  once into the cache (:func:`~dyhead_serve.checkpoint.cache.cached_weights_path`, where the zoo
+  keeps its downloads too) by the one downloader (:mod:`dyhead_serve.checkpoint.downloader`);
+  without network the error says to download the file and pass its local path.
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dyhead_serve.checkpoint import (
-    CheckpointFormat,
-    LoadReport,
-    checkpoint_format,
-    compare_state_dicts,
-    load_state_dict,
-    read_state_dict,
-)
+from dyhead_serve.checkpoint.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
+from dyhead_serve.checkpoint.cache import cached_weights_path
+from dyhead_serve.checkpoint.downloader import DownloadError
+from dyhead_serve.checkpoint.downloader import download as download_file
+from dyhead_serve.checkpoint.load import compare_state_dicts, load_state_dict
+from dyhead_serve.checkpoint.read import CheckpointFormat, checkpoint_format, read_state_dict
+from dyhead_serve.checkpoint.report import LoadReport
 from dyhead_serve.distributed import get_world_size, is_main_process
-from dyhead_serve.training.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
+from dyhead_serve.errors import UserError
 
 __all__ = ["DETECTRON2_PREFIX", "WeightsError", "initialize_from_weights", "resolve_weights"]
 
@@ -44,7 +44,7 @@ DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """``MODEL.WEIGHTS`` names something that cannot be obtained; the message says what to do."""
 
 
@@ -65,16 +65,13 @@ def resolve_weights(spec: str, *, download: bool = True) -> Path:
     Raises:
         WeightsError: the file does not exist, or the URL cannot be downloaded.
     """
-    from dyhead_serve.zoo import ZooError, cache_dir
-    from dyhead_serve.zoo import download as download_url
-
     url = _url_of(spec)
     if url is None:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise WeightsError(f"MODEL.WEIGHTS {spec!r}: no such file")
         return path
-    target = cache_dir() / "weights" / url.rsplit("/", 1)[-1]
+    target = cached_weights_path(url)
     if target.is_file():
         return target
     by_hand = (
@@ -85,8 +82,8 @@ def resolve_weights(spec: str, *, download: bool = True) -> Path:
         raise WeightsError(f"MODEL.WEIGHTS {spec!r} is not in the cache; {by_hand}")
     logger.info("downloading %s to %s", url, target)
     try:
-        return download_url(url, target, progress=is_main_process())
-    except ZooError as exc:
+        return download_file(url, target, progress=is_main_process())
+    except DownloadError as exc:
         reason = str(exc).split(";", 1)[0]
         raise WeightsError(f"MODEL.WEIGHTS {spec!r}: {reason}; {by_hand}") from exc
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from dyhead_serve.checkpoint import CheckpointMismatchError, load_state_dict, read_state_dict
+from dyhead_serve.checkpoint.mmdet_keys import mmdet_key_map
 from dyhead_serve.config import load_config
 from dyhead_serve.config.mmdet import MMDET_CONFIGS
 from dyhead_serve.modeling.build import build_model
-from dyhead_serve.modeling.mmdet_keys import mmdet_key_map
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mmdet"
 

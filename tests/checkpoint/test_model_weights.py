@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dyhead_serve.checkpoint import CheckpointError
+from dyhead_serve.checkpoint.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
+from dyhead_serve.checkpoint.model_weights import WeightsError, initialize_from_weights, resolve_weights
 from dyhead_serve.modeling.build import build_model
-from dyhead_serve.training.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
-from dyhead_serve.training.weights_init import WeightsError, initialize_from_weights, resolve_weights
 from tests.training.tiny_training import tiny_config
 
 
@@ -120,13 +120,13 @@ def test_full_pth_loads_strictly_and_partial_pth_loads_what_matches(tmp_path):
 
 
 def test_url_without_network_says_to_download_by_hand(tmp_path, monkeypatch):
-    from dyhead_serve import zoo
+    from dyhead_serve.checkpoint import DownloadError, model_weights
 
     def no_network(url: str, target: Path, *args: object, **kwargs: object) -> Path:
-        raise zoo.ZooError(f"cannot download {target.name} (Name or service not known); download it by hand")
+        raise DownloadError(f"cannot download {target.name} (Name or service not known); download it by hand")
 
     monkeypatch.setenv("DYHEAD_SERVE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(zoo, "download", no_network)
+    monkeypatch.setattr(model_weights, "download_file", no_network)
     with pytest.raises(WeightsError) as info:
         resolve_weights("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
     message = str(info.value)
