@@ -217,6 +217,7 @@ def test_without_tensorrt_the_build_says_so(tmp_path, capsys):
     assert not (model_dir / "model.plan").exists()
 
 
+@pytest.mark.slow  # the build matrix: benchmarks/gpu_check.sh --slow (the quick run builds one fp16 engine)
 @pytest.mark.tensorrt
 @needs_tensorrt
 @pytest.mark.parametrize("dcn", ["plugin", "onnx"])
