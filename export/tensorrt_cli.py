@@ -56,7 +56,10 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output folder for model.plan and model.json")
     p.add_argument(
-        "--fp16", action="store_true", help="allow float16 kernels (verified with looser tolerances)"
+        "--fp16",
+        action="store_true",
+        help="an fp16 engine (verified with looser tolerances); TensorRT >= 10.12 builds strongly typed "
+        "networks, so it needs a float16 ONNX (dyhead-export onnx --precision fp16)",
     )
     p.add_argument(
         "--profile",
