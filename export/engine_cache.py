@@ -6,13 +6,17 @@ image; building it takes minutes, so it must not happen at every start either. T
 under one root (the image's volume) as::
 
     <root>/<model label>-<model id>/trt<version>-<gpu>-sm<capability>-<precision>-<profile>/
-        model.plan  model.json  model.onnx  timing.cache   (written by `dyhead-export tensorrt`)
+        model.plan  model.json  model.onnx  timing-*.cache (written by `dyhead-export tensorrt`)
         engine_key.json                                     (what the folder name stands for)
 
 The model id is a checksum of what decides the network: the weights file (or ``model.onnx``), the
 config and overrides, and the version of this package. A folder appears only complete (it is
 built beside its final name and renamed), and one lock per folder keeps replicas that share the
 volume from building the same engine twice.
+
+From TensorRT 10.12 on engines are strongly typed: an fp16 engine of an exported folder needs that
+folder's ONNX graph in float16 (``dyhead-export onnx --precision fp16``), which is checked before
+anything is built (:func:`check_source_precision`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "BuildTarget",
     "EngineCacheError",
     "EngineResult",
+    "check_source_precision",
     "current_target",
     "engine_key",
     "find_or_build",
@@ -267,6 +272,30 @@ def mounted_engine(folder: Path, target: BuildTarget, max_batch: int) -> tuple[E
     return EngineResult(folder, "mounted"), str(record.get("precision", "?"))
 
 
+def check_source_precision(source: BuildSource, target: BuildTarget) -> None:
+    """Raise EngineCacheError when an exported folder's ONNX graph cannot give an engine of the
+    target's precision on its TensorRT (a strongly typed build computes in the graph's own types).
+
+    Sources built from weights are exported by the build itself and not checked here.
+    """
+    if source.build_args[:1] != ("--onnx",):
+        return
+    import onnx
+
+    from .tensorrt_build import EngineBuildError, check_graph_precision, graph_dcn_flavour, graph_precision
+
+    folder = Path(source.build_args[1])
+    if not (folder / "model.onnx").is_file():
+        return  # the build says so
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    try:
+        check_graph_precision(
+            graph_precision(model), target.precision, target.tensorrt, folder, graph_dcn_flavour(model)
+        )
+    except EngineBuildError as exc:
+        raise EngineCacheError(str(exc)) from exc
+
+
 @contextmanager
 def _exclusive(lock_file: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` (waiting, and saying so, while another holds it)."""
@@ -310,6 +339,7 @@ def find_or_build(
     final = root / key
     if (final / "model.plan").is_file():
         return EngineResult(final, "reused")
+    check_source_precision(source, target)
     with _exclusive(root / ".locks" / f"{str(key).replace(os.sep, '__')}.lock"):
         if (final / "model.plan").is_file():  # built by another replica while this one waited
             return EngineResult(final, "reused")

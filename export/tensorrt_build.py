@@ -6,11 +6,25 @@ Written against the documented TensorRT Python API (>= 10.9): ``trt.Builder``, `
 either our plugin's nodes (``dyhead::ModulatedDeformConv2d``, registered by importing
 :mod:`dyhead_serve.plugins.trt_plugin`; its AOT implementation is used unless ``plugin_impl="jit"``) or ONNX
 ``DeformConv`` nodes, which TensorRT's parser implements itself.
+
+Precision, by TensorRT version:
+
+- 10.12 and later (every 11.x): strongly typed networks (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``;
+  weak typing is deprecated from 10.12 and 11 has no FP16 builder flag). Each tensor keeps the
+  ONNX graph's type, so an fp16 engine is built from a float16 ONNX (``dyhead-export onnx
+  --precision fp16``) and an fp32 engine from the float32 one, with TF32 off. A graph of the other
+  precision is refused with the command that exports the right one.
+- 10.9 to 10.11: weakly typed, as before: ``BuilderFlag.FP16`` lets TensorRT choose float16 per
+  layer of the float32 graph; fp32 clears ``BuilderFlag.TF32``.
+
+On TensorRT 11.1 to 11.2.1, whose AOT plugins leak a CUDA module per input-shape change
+(NVIDIA/TensorRT#4849), our plugin is built with its JIT implementation (:func:`plugin_impl_for`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import re
 from collections.abc import Callable
@@ -23,7 +37,12 @@ import onnx
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
-from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY, init_standard_plugins
+from dyhead_serve.runtime.tensorrt_compat import (
+    ENGINE_KEY,
+    aot_plugins_leak,
+    builds_strongly_typed,
+    init_standard_plugins,
+)
 
 __all__ = [
     "PROFILES",
@@ -31,11 +50,16 @@ __all__ = [
     "EngineBuildError",
     "ShapeProfile",
     "build_engine",
+    "check_graph_precision",
     "fit_profile",
     "graph_dcn_flavour",
     "graph_input_dims",
+    "graph_precision",
+    "network_flags",
     "parse_shape",
+    "plugin_impl_for",
     "set_plugin_impl",
+    "timing_cache_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,13 +162,18 @@ def fit_profile(profile: ShapeProfile, images_dims: list[int | str]) -> tuple[Sh
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build: precision, shapes, builder memory, plugin implementation, timing cache."""
+    """How to build: precision, shapes, builder memory, plugin implementation, timing cache.
+
+    ``timing_cache`` names the cache file; without it, ``timing_cache_dir`` holds one named by
+    :func:`timing_cache_name`; with neither, no cache is kept.
+    """
 
     profile: ShapeProfile
     fp16: bool = False
     workspace_gb: float = 4.0
     plugin_impl: str = "aot"  # "aot" | "jit"
     timing_cache: Path | None = None
+    timing_cache_dir: Path | None = None
 
 
 def graph_dcn_flavour(model: onnx.ModelProto) -> str | None:
@@ -195,19 +224,124 @@ def gpu_identity() -> dict[str, Any]:
     return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
 
 
-def _network_flags(trt: Any, options: BuildOptions, dcn: str | None) -> tuple[int, bool]:
-    """Creation flags, and whether the plugin choice is made by the network flag."""
+FLOAT16 = onnx.TensorProto.FLOAT16
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    """``"fp16"`` when the graph holds any float16 tensor (an initializer, a constant, a typed
+    value, a cast to float16), else ``"fp32"``: what a strongly typed build computes in.
+
+    Reads types only, so a graph loaded without its external weights will do.
+    """
+    graph = model.graph
+    if any(init.data_type == FLOAT16 for init in graph.initializer):
+        return "fp16"
+    values = [*graph.input, *graph.output, *graph.value_info]
+    if any(v.type.tensor_type.elem_type == FLOAT16 for v in values):
+        return "fp16"
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT16:
+                return "fp16"
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == FLOAT16:
+                return "fp16"
+    return "fp32"
+
+
+def check_graph_precision(
+    graph: str, asked: str, tensorrt_version: str, onnx_dir: str | Path, dcn: str | None = None
+) -> None:
+    """Raise EngineBuildError unless a graph of precision ``graph`` can give an ``asked`` engine
+    on this TensorRT.
+
+    A strongly typed build (TensorRT >= 10.12) computes in the graph's own types, so the two must
+    match. A weakly typed one (10.9 to 10.11) makes fp16 from a float32 graph with its FP16 flag,
+    but no build makes a float32 engine of a float16 graph (its weights are already rounded).
+    """
+    if graph == asked or (asked == "fp16" and not builds_strongly_typed(tensorrt_version)):
+        return
+    dcn_flag = f" --dcn {dcn}" if dcn in ("plugin", "onnx") else ""
+    export = f"dyhead-export onnx --precision {asked}{dcn_flag} (same model, into another folder)"
+    if asked == "fp16":
+        raise EngineBuildError(
+            f"{onnx_dir}/model.onnx is a float32 graph, and TensorRT {tensorrt_version} builds strongly "
+            "typed networks (precision comes from the ONNX graph, not from a builder flag): an fp16 "
+            f"engine needs the float16 ONNX. Export it with `{export}` and build from that folder, "
+            "or build an fp32 engine from this one"
+        )
+    raise EngineBuildError(
+        f"{onnx_dir}/model.onnx is a float16 graph: an fp32 engine needs the float32 ONNX. Export it "
+        f"with `{export}` and build from that folder, or build an fp16 engine from this one"
+    )
+
+
+def plugin_impl_for(asked: str, tensorrt_version: str) -> tuple[str, str | None]:
+    """The plugin implementation to build with, and a sentence for the user when it differs.
+
+    On TensorRT 11.1 to 11.2.1 an AOT plugin leaks a CUDA module at every change of input shape
+    (NVIDIA/TensorRT#4849): a server fed images of many sizes would run out of GPU memory. There
+    the JIT implementation is used instead (the same Triton kernel launched from Python on
+    TensorRT's stream, compiled once per tile since no scalar argument is specialised); slower per
+    launch, but bounded, and the engine still builds and serves without the user changing anything.
+    """
+    if asked == "aot" and aot_plugins_leak(tensorrt_version):
+        return "jit", (
+            f"TensorRT {tensorrt_version} leaks a CUDA module per input-shape change for AOT plugins "
+            "(NVIDIA/TensorRT#4849, 11.1 to 11.2.1): building our plugin's JIT implementation instead "
+            "(it needs Triton, a C compiler and Python headers wherever the engine runs); TensorRT "
+            "11.2.2 or later, or 10.14 to 10.16, build the AOT kernels"
+        )
+    return asked, None
+
+
+def timing_cache_name(tensorrt_version: str, dcn: str | None, plugin_impl: str) -> str:
+    """The timing cache file name of a build: its TensorRT version and, for graphs with our
+    plugin, the Triton version, the plugin version and implementation, and a hash of the kernel
+    tiles and source. A cache reused across any of these would replay tactic choices timed for
+    another kernel set.
+    """
+    name = f"timing-trt{tensorrt_version}"
+    if dcn == "plugin":
+        import inspect
+
+        from dyhead_serve.plugins import mdcn_kernel
+
+        try:
+            triton = importlib.metadata.version("triton")
+        except importlib.metadata.PackageNotFoundError:
+            triton = "none"
+        tiles = ",".join(tile.name for tile in mdcn_kernel.TILES)
+        source = inspect.getsource(mdcn_kernel._mdcn_forward)
+        kernels = hashlib.sha256(f"{tiles}\n{source}".encode()).hexdigest()[:10]
+        plugin = f"{MDCN_SCHEMA.namespace}-{MDCN_SCHEMA.name.lower()}{MDCN_SCHEMA.version}"
+        name += f"-triton{triton}-{plugin}-{plugin_impl}-tiles{kernels}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) + ".cache"
+
+
+def network_flags(trt: Any, strongly_typed: bool, plugin_impl: str, dcn: str | None) -> tuple[int, bool]:
+    """Network creation flags, and whether the plugin implementation is chosen by one of them.
+
+    Flag values are read from ``trt`` (11.x renumbered them: STRONGLY_TYPED 0 and ignored,
+    PREFER_JIT 1, PREFER_AOT 2).
+    """
     creation = trt.NetworkDefinitionCreationFlag
-    flags = 0
-    # TensorRT 11 builds strongly typed networks only (and has no FP16 builder flag); 10.x is
-    # weakly typed unless asked, which lets --fp16 pick half precision per layer.
-    if not hasattr(trt.BuilderFlag, "FP16"):
-        flags |= 1 << int(creation.STRONGLY_TYPED)
-    prefer = "PREFER_AOT_PYTHON_PLUGINS" if options.plugin_impl == "aot" else "PREFER_JIT_PYTHON_PLUGINS"
+    flags = 1 << int(creation.STRONGLY_TYPED) if strongly_typed else 0
+    prefer = "PREFER_AOT_PYTHON_PLUGINS" if plugin_impl == "aot" else "PREFER_JIT_PYTHON_PLUGINS"
     by_flag = dcn == "plugin" and hasattr(creation, prefer)
     if by_flag:
         flags |= 1 << int(getattr(creation, prefer))
     return flags, by_flag
+
+
+def configure_precision(trt: Any, config: Any, fp16: bool, strongly_typed: bool) -> None:
+    """Builder flags for the precision: none for fp16 when strongly typed (the graph's float16
+    types decide), FP16 on weakly typed 10.x; TF32 cleared for fp32 wherever the flag exists
+    (float32 engines are verified against PyTorch at float32 tolerances, which TF32 would miss)."""
+    if fp16:
+        if not strongly_typed:
+            config.set_flag(trt.BuilderFlag.FP16)
+    elif hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
 
 
 def _parse(trt: Any, network: Any, model: onnx.ModelProto, onnx_path: Path, log: Any) -> None:
@@ -280,33 +414,37 @@ def build_engine(
         logger.warning("%s", note)
         step(note)
     trt = _import_tensorrt()
-    identity = gpu_identity()
+    version = str(trt.__version__)
     dcn = graph_dcn_flavour(model)
+    precision = "fp16" if options.fp16 else "fp32"
+    check_graph_precision(graph_precision(model), precision, version, onnx_dir, dcn)
+    identity = gpu_identity()
+    strongly_typed = builds_strongly_typed(version)
+    plugin_impl = options.plugin_impl
     if dcn == "plugin":
         from dyhead_serve.plugins import trt_plugin  # noqa: F401  (registers dyhead::ModulatedDeformConv2d)
 
+        plugin_impl, why = plugin_impl_for(options.plugin_impl, version)
+        if why:
+            logger.warning("%s", why)
+            step(why)
+
     log = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(log)
-    flags, impl_by_flag = _network_flags(trt, options, dcn)
+    flags, impl_by_flag = network_flags(trt, strongly_typed, plugin_impl, dcn)
     if dcn == "plugin" and not impl_by_flag:
-        set_plugin_impl(model, options.plugin_impl)
+        set_plugin_impl(model, plugin_impl)
     network = builder.create_network(flags)
-    step("parsing model.onnx")
+    step(f"parsing model.onnx ({'strongly' if strongly_typed else 'weakly'} typed, {precision})")
     _parse(trt, network, model, onnx_path, log)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
-    if options.fp16:
-        if not hasattr(trt.BuilderFlag, "FP16"):
-            raise EngineBuildError(
-                f"TensorRT {trt.__version__} builds strongly typed networks only: --fp16 needs an ONNX "
-                "model in float16 (convert it, e.g. with NVIDIA ModelOpt AutoCast) or TensorRT 10.x"
-            )
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif hasattr(trt.BuilderFlag, "TF32"):
-        # float32 engines are verified against PyTorch at float32 tolerances; TF32 would miss them.
-        config.clear_flag(trt.BuilderFlag.TF32)
+    configure_precision(trt, config, options.fp16, strongly_typed)
     _add_profile(trt, builder, network, config, profile)
-    cache = _load_timing_cache(config, options.timing_cache)
+    cache_path = options.timing_cache
+    if cache_path is None and options.timing_cache_dir is not None:
+        cache_path = options.timing_cache_dir / timing_cache_name(version, dcn, plugin_impl)
+    cache = _load_timing_cache(config, cache_path)
     step("building the engine (minutes: TensorRT times its kernels)")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -314,21 +452,22 @@ def build_engine(
     out.mkdir(parents=True, exist_ok=True)
     plan = out / "model.plan"
     plan.write_bytes(bytes(serialized))
-    if options.timing_cache is not None:
-        options.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        options.timing_cache.write_bytes(bytes(cache.serialize()))
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(bytes(cache.serialize()))
     # Under its own key: a folder may hold model.onnx and model.plan with one model.json.
     artifact.provenance = {
         **artifact.provenance,
         ENGINE_KEY: {
-            "tensorrt": trt.__version__,
+            "tensorrt": version,
             **identity,
-            "precision": "fp16" if options.fp16 else "fp32",
+            "precision": precision,
+            "strongly_typed": strongly_typed,
             "profile": profile.to_dict(),
             # the graph's own batch (a Faster R-CNN export's is 1); None: dynamic
             "fixed_batch": images_dims[0] if isinstance(images_dims[0], int) else None,
             "dcn": dcn or "none",
-            "plugin_impl": options.plugin_impl if dcn == "plugin" else None,
+            "plugin_impl": plugin_impl if dcn == "plugin" else None,
             "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         },
     }

@@ -56,7 +56,10 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output folder for model.plan and model.json")
     p.add_argument(
-        "--fp16", action="store_true", help="allow float16 kernels (verified with looser tolerances)"
+        "--fp16",
+        action="store_true",
+        help="an fp16 engine (verified with looser tolerances); TensorRT >= 10.12 builds strongly typed "
+        "networks, so it needs a float16 ONNX (dyhead-export onnx --precision fp16)",
     )
     p.add_argument(
         "--profile",
@@ -76,7 +79,13 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
         "names of `dyhead-export onnx --dcn`. With --onnx the graph decides and this must agree",
     )
     p.add_argument("--plugin-impl", choices=["aot", "jit"], default="aot", help="plugin implementation")
-    p.add_argument("--timing-cache", type=Path, default=None, help="default: OUT/timing.cache")
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="timing cache file (default: in OUT, named after the TensorRT, Triton and plugin versions "
+        "and the kernel tiles)",
+    )
     p.add_argument("--verify-image", type=Path, default=None, help="image for the verification")
     p.add_argument("--no-verify", action="store_true", help="skip the verification")
     p.set_defaults(func=_run_tensorrt)
@@ -140,7 +149,8 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
             fp16=args.fp16,
             workspace_gb=args.workspace,
             plugin_impl=args.plugin_impl,
-            timing_cache=args.timing_cache or args.out / "timing.cache",
+            timing_cache=args.timing_cache,
+            timing_cache_dir=args.out,
         )
         plan = build_engine(onnx_dir, args.out, options, on_step=step)
         if args.out.resolve() != onnx_dir.resolve():

@@ -37,6 +37,7 @@ import triton.language as tl  # type: ignore[import-not-found,unused-ignore]
 __all__ = [
     "DEFAULT_TILE",
     "INTERPRETER_TILE",
+    "POINTER_ARGS",
     "SCALAR_ARGS",
     "TILES",
     "TileConfig",
@@ -51,6 +52,7 @@ SCALAR_ARGS = (
     "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w", "groups", "deformable_groups",
 )  # fmt: skip
 POINTER_INPUTS = ("input", "offset", "mask", "weight", "bias")
+POINTER_ARGS = (*(f"{name}_ptr" for name in POINTER_INPUTS), "output_ptr")
 
 
 @dataclass(frozen=True)
@@ -198,10 +200,20 @@ def _mdcn_forward(
 
 @cache
 def compiled_kernel() -> Any:
-    """The kernel as a compiled Triton function (CUDA launches and AOT compilation)."""
+    """The kernel as a compiled Triton function (CUDA launches and AOT compilation).
+
+    Launched from PyTorch (and by the JIT plugin), it is compiled with no argument specialised:
+    Triton would otherwise turn every int32 scalar equal to 1 (stride, dilation, groups...) into a
+    constant and assume 16-divisible scalars and 16-byte aligned pointers, while the AOT PTX that
+    TensorRT embeds is compiled from the bare signature (:func:`plugins.mdcn_ptx.kernel_signature`).
+    So the GPU numerics and memcheck tests run the same machine code as an engine, and a JIT
+    kernel is compiled once per dtype and tile, not again for new shapes.
+    """
     from triton.runtime.jit import JITFunction  # type: ignore[import-not-found,unused-ignore]
 
-    return JITFunction(_mdcn_forward)
+    return JITFunction(
+        _mdcn_forward, do_not_specialize=list(SCALAR_ARGS), do_not_specialize_on_alignment=list(POINTER_ARGS)
+    )
 
 
 @cache

@@ -10,6 +10,7 @@ own (:func:`kernel_name`): one engine holds many plugin layers with different dt
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from .mdcn_kernel import POINTER_INPUTS, SCALAR_ARGS, TileConfig, compiled_kerne
 
 __all__ = [
     "DTYPES",
+    "MAX_KERNEL_NAME",
     "MAX_SHARED_BYTES",
     "PTX_ISA",
     "CompiledPTX",
@@ -25,6 +27,7 @@ __all__ = [
     "compile_ptx",
     "current_arch",
     "entry_params",
+    "kernel_description",
     "kernel_name",
     "kernel_signature",
     "ptx_isa",
@@ -32,6 +35,8 @@ __all__ = [
 
 DTYPES = ("fp32", "fp16", "bf16")  # Triton's names
 MAX_SHARED_BYTES = 48 * 1024
+# The longest kernel name TensorRT 10.9-10.13.3 keep intact (libstdc++ small-string capacity).
+MAX_KERNEL_NAME = 15
 # PTX ISA version (80: 8.0) per compute capability: the lowest that Triton's target for it accepts,
 # so that the oldest drivers able to run the GPU still JIT-compile the embedded PTX. From sm_90 on
 # Triton targets the architecture-specific ``sm_XXa``, which LLVM and ptxas refuse below the ISA
@@ -106,13 +111,25 @@ def ptx_isa(arch: int) -> int:
 
 
 def kernel_name(dtype: str, tile: TileConfig, kernel_size: tuple[int, int], has_bias: bool) -> str:
-    """The PTX entry name of one specialisation, e.g. ``dyhead_mdcn_fp16_m128n64k32w4s1_k3x3_bias``.
+    """The PTX entry name of one specialisation: ``mdcn_`` and 10 hex digits of a hash of it, at
+    most :data:`MAX_KERNEL_NAME` characters (e.g. ``mdcn_3f9c0a1b2d``).
 
     Every specialisation that can meet another in one engine (dtype, tile, kernel size, bias) has
-    its own name, so no two plugin layers declare different kernels under one symbol.
+    its own name, so no two plugin layers declare different kernels under one symbol. The name is
+    short because TensorRT 10.9 to 10.13.3 hand the AOT kernel name to the builder as a pointer
+    into a destroyed ``std::string`` (``python/src/infer/pyPlugin.cpp``, ``getKernel``; fixed in
+    10.14): a name of at most 15 characters lives inside the string object (small-string storage)
+    and survives, a longer one is freed heap memory. :func:`kernel_description` is the readable
+    form, written into the PTX as a comment.
     """
+    digest = hashlib.sha256(kernel_description(dtype, tile, kernel_size, has_bias).encode()).hexdigest()
+    return f"mdcn_{digest[:10]}"
+
+
+def kernel_description(dtype: str, tile: TileConfig, kernel_size: tuple[int, int], has_bias: bool) -> str:
+    """A readable name of one specialisation, e.g. ``fp16 m128n64k32w4s1 k3x3 bias``."""
     kh, kw = kernel_size
-    return f"dyhead_mdcn_{dtype}_{tile.name}_k{kh}x{kw}_{'bias' if has_bias else 'nobias'}"
+    return f"{dtype} {tile.name} k{kh}x{kw} {'bias' if has_bias else 'nobias'}"
 
 
 def current_arch() -> int:
@@ -179,9 +196,12 @@ def compile_ptx(
         raise PTXError(f"the kernel ({dtype}, {tile.name}) needs {meta.shared} bytes of shared memory")
     name = kernel_name(dtype, tile, kernel_size, has_bias)
     ptx = _drop_scratch_params(compiled.asm["ptx"], len(signature) - len(constexprs))
+    ptx = _rename_entry(ptx, str(meta.name), name)
+    readable = kernel_description(dtype, tile, kernel_size, has_bias)
+    described = f"// {name}: dyhead modulated deformable conv, {readable}\n"
     return CompiledPTX(
         name=name,
-        ptx=_rename_entry(ptx, str(meta.name), name),
+        ptx=described + ptx,
         shared_bytes=int(meta.shared),
         num_warps=int(meta.num_warps),
         arch=int(meta.target.arch),

@@ -42,3 +42,38 @@ class TensorRTCalls:
                 return "engine"
 
         return Runtime()
+
+
+# Enum values as TensorRT's headers declare them (include/NvInfer.h at tags v10.11, v10.14 and
+# v11.1 of NVIDIA/TensorRT): 11.0 deprecated STRONGLY_TYPED (always on, value 0, ignored),
+# renumbered the plugin preferences and removed the FP16 builder flag.
+_CREATION_FLAGS = {
+    10: {"STRONGLY_TYPED": 1, "PREFER_JIT_PYTHON_PLUGINS": 2, "PREFER_AOT_PYTHON_PLUGINS": 3},
+    11: {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2},
+}
+_BUILDER_FLAGS = {10: {"FP16": 0, "INT8": 1, "TF32": 6, "BF16": 17}, 11: {"TF32": 6}}
+
+
+class TensorRTFlags:
+    """A recording stand-in for the flag enums of one TensorRT version and a builder config that
+    records ``set_flag`` / ``clear_flag`` calls (for tests of which flags our build asks for; what
+    TensorRT does with them is tested only where it is installed)."""
+
+    def __init__(self, version: str) -> None:
+        self.__version__ = version
+        major = int(version.split(".")[0])
+        self.NetworkDefinitionCreationFlag = type("NetworkDefinitionCreationFlag", (), _CREATION_FLAGS[major])
+        self.BuilderFlag = type("BuilderFlag", (), {name: name for name in _BUILDER_FLAGS[major]})
+        self.calls: list[str] = []
+
+    def config(self) -> Any:
+        calls = self.calls
+
+        class Config:
+            def set_flag(self, flag: str) -> None:
+                calls.append(f"set_flag({flag})")
+
+            def clear_flag(self, flag: str) -> None:
+                calls.append(f"clear_flag({flag})")
+
+        return Config()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,10 @@ def test_the_report_names_the_machine_and_tabulates_every_step(gpu_check):
     assert "- GPU: NVIDIA H200 (sm_90, 139.8 GiB, 1 visible)" in lines
     assert "- Python 3.12.3, torch 2.9.1+cu128 (CUDA 12.8), Triton 3.5.1, TensorRT 10.11" in lines
     assert "- total: 312 s of a 480 s budget" in lines
+    assert (
+        "- Triton's JIT launcher: C compiler none found (set CC, or install gcc); Python headers missing "
+        "in ? (install python3-dev)" in lines
+    )
     assert "| kernel numerics (every tile and dtype) | passed | 41 | 49 passed |" in lines
     assert "| whole model: ATSS R-50 800x1333 | not run | 0 | the time budget was spent |" in lines
     assert "## kernel numerics (every tile and dtype)" in lines and "`python -m pytest x`" in lines
@@ -82,9 +87,56 @@ def test_the_report_names_the_machine_and_tabulates_every_step(gpu_check):
 def test_steps_past_the_budget_are_reported_not_run(gpu_check, tmp_path):
     steps, info = gpu_check.run_checks(tmp_path, budget_s=0)
     assert steps[0].name == "environment" and steps[0].result == "passed"
-    assert [s.result for s in steps[1:]] == ["not run"] * 5
+    assert [s.result for s in steps[1:]] == ["not run"] * len(gpu_check.plan())
     assert {s.note for s in steps[1:]} == {"the time budget was spent"}
     assert "torch" in info
+    assert "c_compiler" in info and "python_include" in info  # what Triton's JIT launcher needs
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_the_caps_add_up_to_at_most_the_budget(gpu_check, slow):
+    caps = gpu_check.ENVIRONMENT_CAP_S + sum(cap for _, cap in gpu_check.plan(slow))
+    assert caps <= (gpu_check.SLOW_BUDGET_S if slow else gpu_check.BUDGET_S)
+
+
+def test_a_step_past_its_cap_is_killed_with_its_children(gpu_check):
+    """The step runs in its own process group: at the cap its background children go too."""
+    status, output, seconds = gpu_check._run(["bash", "-c", "sleep 120 & echo $!; wait"], timeout=1)
+    assert status is None and seconds < 1 + gpu_check.KILL_GRACE_S + 5
+    child = int(output.split()[0])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_engine_step_builds_one_fp16_engine_from_the_float16_onnx_and_evaluates_both(gpu_check, tmp_path):
+    fp32 = [command for _, command in gpu_check.engine_commands(tmp_path, "fp32")]
+    fp16 = dict(gpu_check.engine_commands(tmp_path, "fp16"))
+    assert fp16["export"][1:] == ["onnx", "--model", "default", "--out", str(tmp_path / "default-fp16"),
+                                  "--dcn", "plugin", "--precision", "fp16"]  # fmt: skip
+    assert "--fp16" in fp16["build"] and "--plugin-impl" in fp16["build"] and "aot" in fp16["build"]
+    assert not any("--fp16" in command or "fp16" in " ".join(command) for command in fp32)
+    assert fp16["eval"][1:6] == ["eval", "--model", str(tmp_path / "default-fp16"), "--backend", "tensorrt"]
+    rows = [
+        {"precision": "fp32", "ap": 41.234, "ap50": 60.51, "p50_ms": 12.34, "p90_ms": 13.0, "build_s": 95.2},
+        {"precision": "fp16", "ap50": 60.1},
+    ]
+    assert gpu_check._engines_table(rows)[1:] == [
+        "| engine | AP | AP50 | p50 ms | p90 ms | build s |",
+        "|---|---|---|---|---|---|",
+        "| fp32 | 41.23 | 60.51 | 12.3 | 13.0 | 95 |",
+        "| fp16 | - | 60.10 | - | - | - |",
+    ]
 
 
 @pytest.mark.slow
@@ -97,8 +149,14 @@ def test_a_whole_run_without_a_gpu_says_what_it_skipped(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     text = report.read_text()
     assert text.startswith("# GPU check: no CUDA GPU\n")
-    for step in ("compute-sanitizer memcheck (small case)", "benchmarks/dcn_gpu.py: deformable convs",
-                 "whole model: ATSS R-50 800x1333"):  # fmt: skip
+    skipped = (
+        "compute-sanitizer memcheck (small case)",
+        "benchmarks/dcn_gpu.py: deformable convs",
+        "whole model: ATSS R-50 800x1333",
+        "default model: fp32 and fp16 engines (AP, latency)",
+    )
+    for step in skipped:
         assert f"| {step} | skipped | 0 | no CUDA GPU visible |" in text
     assert "| kernel numerics (every tile and dtype) | skipped |" in text
     assert "| gpu and tensorrt tests | skipped |" in text and "needs TensorRT" in text
+    assert "- Triton's JIT launcher: C compiler " in text

@@ -9,20 +9,62 @@ are testable anywhere.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dyhead_serve.runtime.base import BackendError
 
 __all__ = [
+    "AOT_LEAK_VERSIONS",
     "ENGINE_KEY",
+    "STRONGLY_TYPED_SINCE",
+    "aot_plugins_leak",
+    "builds_strongly_typed",
     "check_engine_compatibility",
     "check_input_shape",
     "deserialize_engine",
     "init_standard_plugins",
     "rebuild_hint",
+    "tensorrt_version",
 ]
 
 ENGINE_KEY = "tensorrt_engine"  # model.json provenance key written by `dyhead-export tensorrt`
+
+# Weak typing (precision chosen by builder flags) is deprecated from TensorRT 10.12 and gone in 11
+# (the FP16 builder flag no longer exists); from 10.12 on we build strongly typed networks, whose
+# precision is the ONNX graph's own.
+STRONGLY_TYPED_SINCE = (10, 12)
+# AOT (PTX) plugins leak a CUDA module per input-shape change on these versions, first and last
+# inclusive (NVIDIA/TensorRT#4849, reported on 11.1 and 11.2.1.2).
+AOT_LEAK_VERSIONS = ((11, 1), (11, 2, 1))
+
+
+def tensorrt_version(text: str) -> tuple[int, ...]:
+    """``"10.14.1.48"`` -> (10, 14, 1, 48); the leading numeric parts of a version string."""
+    parts = []
+    for part in str(text).split("."):
+        match = re.match(r"\d+", part)
+        if match is None:
+            break
+        parts.append(int(match.group(0)))
+        if match.end() < len(part):  # "1rc1": the number ends the version
+            break
+    if not parts:
+        raise ValueError(f"not a TensorRT version: {text!r}")
+    return tuple(parts)
+
+
+def builds_strongly_typed(version: str) -> bool:
+    """Whether we build strongly typed networks on this TensorRT (10.12 and later, every 11.x)."""
+    return tensorrt_version(version)[:2] >= STRONGLY_TYPED_SINCE
+
+
+def aot_plugins_leak(version: str) -> bool:
+    """Whether this TensorRT leaks a CUDA module per shape change of an AOT plugin (11.1 to
+    11.2.1; NVIDIA/TensorRT#4849). Compared on major.minor.patch."""
+    first, last = AOT_LEAK_VERSIONS
+    key = (*tensorrt_version(version), 0, 0)[:3]
+    return (*first, 0)[:3] <= key <= (*last, 0)[:3]
 
 
 def rebuild_hint(model_dir: str) -> str:
@@ -52,6 +94,13 @@ def check_engine_compatibility(
         raise BackendError(
             f"{model_dir}/model.plan was built with TensorRT {built_with}, this is TensorRT "
             f"{tensorrt_version}; {rebuild_hint(model_dir)}"
+        )
+    if record.get("plugin_impl") == "aot" and aot_plugins_leak(tensorrt_version):
+        raise BackendError(
+            f"{model_dir}/model.plan runs our plugin's AOT kernels, which TensorRT {tensorrt_version} "
+            "leaks a CUDA module for at each change of input shape (NVIDIA/TensorRT#4849, 11.1 to "
+            f"11.2.1); {rebuild_hint(model_dir)} (on this version the build uses the JIT kernels), "
+            "or use TensorRT 11.2.2 or later, or 10.14 to 10.16"
         )
     built_for = str(record.get("compute_capability", "?"))
     if built_for != compute_capability:

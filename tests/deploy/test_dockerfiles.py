@@ -172,13 +172,20 @@ def test_gpu_image_runs_our_entrypoint_after_nvidias():
     assert exec_form(cmd.args) == []  # no inherited CMD reaches the entrypoint
 
 
-def test_gpu_image_has_tensorrt_at_least_10_9():
-    """Our plugin's AOT kernels go through the ONNX parser from TensorRT 10.9, first shipped in
-    the 25.03 container (25.06: TensorRT 10.11)."""
+def test_gpu_image_has_tensorrt_at_least_10_14():
+    """TensorRT 10.14 keeps the AOT kernel name our plugin returns (10.9 to 10.13.3 hand the
+    builder a pointer into a destroyed string: NVIDIA/TensorRT python/src/infer/pyPlugin.cpp,
+    getKernel); the 25.12 container ships TensorRT 10.14.1 (25.06 had 10.11)."""
     (base,) = _instructions(GPU, "FROM")
     match = re.fullmatch(r"nvcr\.io/nvidia/tensorrt:(\d\d)\.(\d\d)-py3", base.args)
     assert match is not None, base.args
-    assert (int(match.group(1)), int(match.group(2))) >= (25, 3)
+    assert (int(match.group(1)), int(match.group(2))) >= (25, 12)
+
+
+def test_gpu_image_torch_matches_the_base_cuda_major():
+    """The base's CUDA 13 with torch's CUDA 13.0 wheels (one driver serves both)."""
+    args = {i.args.split("=", 1)[0]: i.args.split("=", 1)[1] for i in _instructions(GPU, "ARG")}
+    assert args["TORCH_INDEX_URL"].endswith("/cu130")
 
 
 def test_embedded_default_model_is_package_data():

@@ -236,3 +236,28 @@ def test_real_build_then_reuse(tiny_weights, tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert second.returncode == 0 and Path(second.stdout.strip()) == engine
     assert "engine reused" in second.stderr and "TensorRT" in second.stderr
+
+
+def test_an_exported_float32_folder_is_refused_for_a_strongly_typed_fp16_engine(tmp_path):
+    """Before anything is built: TensorRT >= 10.12 keeps the graph's types, so an fp16 engine needs
+    the float16 ONNX; weakly typed 10.11 makes fp16 from the float32 graph with its builder flag."""
+    import onnx
+
+    from dyhead_serve.export.engine_cache import EngineCacheError, check_source_precision
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["images"], ["out"])], "g",
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 128, 128])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 128, 128])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "model.onnx"))
+    source = BuildSource("m", "0" * 64, ("--onnx", str(tmp_path)))
+    strongly_typed = BuildTarget("11.4.0.1", H100.gpu, H100.compute_capability, "fp16", H100.profile)
+    build = StandInBuild()
+    with pytest.raises(
+        EngineCacheError, match=r"needs the float16 ONNX.*dyhead-export onnx --precision fp16"
+    ):
+        find_or_build(source, strongly_typed, tmp_path / "cache", run=build)
+    assert build.commands == []
+    check_source_precision(source, H100)  # 10.11: fine
+    check_source_precision(source, BuildTarget("11.4.0.1", "g", "9.0", "fp32", "coco"))

@@ -19,11 +19,17 @@ from dyhead_serve.export.tensorrt_build import (
     ShapeProfile,
     _load_timing_cache,
     _parse,
+    check_graph_precision,
+    configure_precision,
     fit_profile,
     graph_dcn_flavour,
     graph_input_dims,
+    graph_precision,
+    network_flags,
     parse_shape,
+    plugin_impl_for,
     set_plugin_impl,
+    timing_cache_name,
 )
 from dyhead_serve.export.tensorrt_cli import profile_from_args
 from dyhead_serve.model_args import override_flags
@@ -34,7 +40,7 @@ from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
 from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import HAS_TENSORRT, needs_tensorrt
-from tests.tensorrt_calls import TensorRTCalls
+from tests.tensorrt_calls import TensorRTCalls, TensorRTFlags
 
 
 class _OneDeformConv(torch.nn.Module):
@@ -211,6 +217,7 @@ def test_without_tensorrt_the_build_says_so(tmp_path, capsys):
     assert not (model_dir / "model.plan").exists()
 
 
+@pytest.mark.slow  # the build matrix: benchmarks/gpu_check.sh --slow (the quick run builds one fp16 engine)
 @pytest.mark.tensorrt
 @needs_tensorrt
 @pytest.mark.parametrize("dcn", ["plugin", "onnx"])
@@ -239,4 +246,127 @@ def test_build_verify_and_serve_the_tiny_model(tiny_weights, tmp_path, capsys, d
     for name, value in chunked.items():
         assert value.shape[0] == 5
         torch.testing.assert_close(value, torch.cat([o[name] for o in one_by_one]), rtol=1e-2, atol=1e-2)
-    assert (tmp_path / "timing.cache").stat().st_size > 0
+    (cache,) = tmp_path.glob("timing-trt*.cache")
+    assert cache.stat().st_size > 0
+
+
+def _as_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with its float initializers stored as float16 (types only matter here)."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype("float16"), init.name))
+    return model
+
+
+def test_the_graph_precision_is_read_from_the_onnx_itself(tmp_path):
+    model = onnx.load(str(_model_dir(tmp_path, "onnx") / "model.onnx"))
+    assert graph_precision(model) == "fp32"
+    assert graph_precision(_as_float16(model)) == "fp16"
+    cast = onnx.load(str(tmp_path / "model.onnx"))
+    cast.graph.node.append(onnx.helper.make_node("Cast", ["images"], ["half"], to=onnx.TensorProto.FLOAT16))
+    assert graph_precision(cast) == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("graph", "asked", "version", "error"),
+    [
+        ("fp32", "fp32", "11.4.0.1", None),
+        ("fp16", "fp16", "11.4.0.1", None),
+        ("fp16", "fp16", "10.12.0.36", None),
+        ("fp32", "fp16", "10.11.0.33", None),  # weakly typed: the FP16 flag makes it
+        ("fp32", "fp16", "10.12.0.36", "float32 graph, and TensorRT 10.12.0.36 builds strongly typed"),
+        ("fp32", "fp16", "11.4.0.1", "float32 graph, and TensorRT 11.4.0.1 builds strongly typed"),
+        ("fp16", "fp32", "10.11.0.33", "float16 graph: an fp32 engine needs the float32 ONNX"),
+        ("fp16", "fp32", "11.4.0.1", "float16 graph: an fp32 engine needs the float32 ONNX"),
+    ],
+)
+def test_a_strongly_typed_build_needs_the_onnx_of_its_precision(graph, asked, version, error):
+    if error is None:
+        check_graph_precision(graph, asked, version, "exported/atss", "plugin")
+        return
+    with pytest.raises(EngineBuildError, match=error) as info:
+        check_graph_precision(graph, asked, version, "exported/atss", "plugin")
+    assert f"dyhead-export onnx --precision {asked} --dcn plugin" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("version", "fp16", "flags", "calls"),
+    [
+        # weakly typed 10.x: no creation flag; FP16 builder flag, or TF32 cleared
+        ("10.11.0.33", True, 1 << 3, ["set_flag(FP16)"]),
+        ("10.11.0.33", False, 1 << 3, ["clear_flag(TF32)"]),
+        # 10.12 on: STRONGLY_TYPED (1 << 1), no precision flag; fp32 without TF32
+        ("10.12.0.36", True, 1 << 1 | 1 << 3, []),
+        ("10.14.1.48", False, 1 << 1 | 1 << 3, ["clear_flag(TF32)"]),
+        # 11.x: STRONGLY_TYPED is 0 (kept, ignored), PREFER_AOT is 2; there is no FP16 flag to set
+        ("11.4.0.1", True, 1 << 0 | 1 << 2, []),
+        ("11.4.0.1", False, 1 << 0 | 1 << 2, ["clear_flag(TF32)"]),
+    ],
+)
+def test_the_flags_asked_for_each_tensorrt_version(version, fp16, flags, calls):
+    """Call-order test with a recording stand-in (tests/tensorrt_calls.py, enum values from
+    TensorRT's headers): it checks the flags our build asks for, not what TensorRT builds."""
+    from dyhead_serve.runtime.tensorrt_compat import builds_strongly_typed
+
+    trt = TensorRTFlags(version)
+    strongly_typed = builds_strongly_typed(version)
+    assert network_flags(trt, strongly_typed, "aot", "plugin") == (flags, True)
+    configure_precision(trt, trt.config(), fp16, strongly_typed)
+    assert trt.calls == calls
+
+
+def test_the_jit_preference_and_graphs_without_the_plugin():
+    """Call-order test (recording stand-in): the plugin flag only for plugin graphs."""
+    assert network_flags(TensorRTFlags("11.4.0.1"), True, "jit", "plugin") == (1 << 0 | 1 << 1, True)
+    assert network_flags(TensorRTFlags("10.14.1.48"), True, "jit", "onnx") == (1 << 1, False)
+    assert network_flags(TensorRTFlags("10.11.0.33"), False, "aot", None) == (0, False)
+
+
+@pytest.mark.parametrize(
+    ("version", "leaks"),
+    [
+        ("10.14.1.48", False),
+        ("11.0.0.114", False),
+        ("11.1.0.106", True),
+        ("11.2.1.2", True),
+        ("11.2.2.1", False),
+    ],
+)
+def test_aot_plugins_give_way_to_jit_where_they_leak(version, leaks):
+    impl, why = plugin_impl_for("aot", version)
+    assert impl == ("jit" if leaks else "aot")
+    assert (why is not None) == leaks
+    if why:
+        assert "NVIDIA/TensorRT#4849" in why and "JIT implementation" in why
+    assert plugin_impl_for("jit", version) == ("jit", None)
+
+
+def test_the_timing_cache_name_follows_the_kernels(monkeypatch):
+    import importlib.metadata
+
+    from dyhead_serve.plugins import mdcn_kernel
+
+    triton = importlib.metadata.version("triton")
+    name = timing_cache_name("10.14.1.48", "plugin", "aot")
+    assert name.startswith(f"timing-trt10.14.1.48-triton{triton}-dyhead-modulateddeformconv2d1-aot-tiles")
+    assert name.endswith(".cache") and "/" not in name
+    assert timing_cache_name("10.14.1.48", "plugin", "jit") != name
+    assert timing_cache_name("10.14.1.48", "onnx", "aot") == "timing-trt10.14.1.48.cache"
+    monkeypatch.setattr(mdcn_kernel, "TILES", mdcn_kernel.TILES[:2])
+    assert timing_cache_name("10.14.1.48", "plugin", "aot") != name
+
+
+def test_an_fp16_build_of_a_float32_graph_on_tensorrt_11_says_which_onnx_to_export(tmp_path, monkeypatch):
+    """Checked from the graph before the GPU, the parser or the builder are asked for anything
+    (the stand-in module answers only its version: any other call would fail the test)."""
+    from dyhead_serve.export import tensorrt_build
+
+    model_dir = _model_dir(tmp_path, "onnx")
+    monkeypatch.setattr(tensorrt_build, "_import_tensorrt", lambda: TensorRTFlags("11.4.0.1"))
+    options = tensorrt_build.BuildOptions(PROFILES["small"], fp16=True)
+    with pytest.raises(EngineBuildError, match="an fp16 engine needs the float16 ONNX") as info:
+        tensorrt_build.build_engine(model_dir, tmp_path / "out", options)
+    assert "dyhead-export onnx --precision fp16 --dcn onnx" in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,7 @@ import pytest
 from dyhead_serve.plugins.mdcn_kernel import DEFAULT_TILE, SCALAR_ARGS, TILES
 from dyhead_serve.plugins.mdcn_ptx import (
     DTYPES,
+    MAX_KERNEL_NAME,
     MAX_SHARED_BYTES,
     PTX_ISA,
     PTXError,
@@ -121,6 +122,13 @@ def _assemble(ptx: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _check_entry(meta: dict, ptx: str, expected: str) -> None:
+    """The PTX's one entry is the specialisation's name, short enough for TensorRT 10.9-10.13.3."""
+    entries = re.findall(r"\.entry\s+(\w+)\s*\(", ptx)
+    assert entries == [expected] == [meta["name"]]
+    assert len(expected) <= MAX_KERNEL_NAME
+
+
 def _check_arguments(ptx: str) -> None:
     """5 input pointers, the int32 scalars, 1 output pointer: nothing else (no scratch pointers)."""
     params = entry_params(ptx)
@@ -138,8 +146,7 @@ def test_fp16_kernel_compiles_for_each_generation_at_its_isa(arch, compiled, tmp
     assert meta["ptx_version"] == isa
     assert f".version {isa // 10}.{isa % 10}\n" in ptx
     assert meta["shared_bytes"] <= MAX_SHARED_BYTES
-    assert meta["name"] == kernel_name("fp16", DEFAULT_TILE, (3, 3), True)
-    assert re.search(rf"\.entry {meta['name']}\(", ptx)
+    _check_entry(meta, ptx, kernel_name("fp16", DEFAULT_TILE, (3, 3), True))
     assert "_mdcn_forward" not in ptx  # the function's own name is gone everywhere
     _check_arguments(ptx)
     _assemble(ptx, tmp_path)
@@ -148,26 +155,33 @@ def test_fp16_kernel_compiles_for_each_generation_at_its_isa(arch, compiled, tmp
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_fp32_and_bf16_kernels_assemble_for_sm80(dtype, compiled, tmp_path):
     meta, ptx = _outcome(*compiled[dtype, 0, 80], f"{dtype} for sm_80")
-    assert meta["name"] == kernel_name(dtype, TILES[0], (3, 3), True)
+    _check_entry(meta, ptx, kernel_name(dtype, TILES[0], (3, 3), True))
     _check_arguments(ptx)
     _assemble(ptx, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tile_index", range(len(TILES)), ids=[t.name for t in TILES])
 def test_every_tactic_fits_an_aot_launch(dtype, tile_index, tmp_path):
+    """Every variant the plugin offers TensorRT (each dtype at each tile): it fits an AOT launch,
+    assembles, and its PTX entry is its own short name."""
     meta, ptx = _compile_in_child(dtype, tile_index, 90, tmp_path / "child")
     assert meta["shared_bytes"] <= MAX_SHARED_BYTES
     assert meta["threads_per_block"] == TILES[tile_index].num_warps * 32
+    _check_entry(meta, ptx, kernel_name(dtype, TILES[tile_index], (3, 3), True))
     _assemble(ptx, tmp_path)
 
 
-def test_every_specialisation_has_its_own_entry_name():
-    specialisations = list(itertools.product(DTYPES, TILES, [(3, 3), (1, 1), (3, 1)], [True, False]))
+def test_every_specialisation_has_its_own_short_entry_name():
+    """At most 15 characters: TensorRT 10.9-10.13.3 keep only a name that fits in a std::string's
+    own storage (pyPlugin.cpp getKernel returns a pointer into a destroyed string)."""
+    specialisations = list(itertools.product(DTYPES, TILES, [(3, 3), (1, 1), (3, 1), (1, 3)], [True, False]))
     names = {kernel_name(*s) for s in specialisations}
     assert len(names) == len(specialisations)
+    assert max(len(name) for name in names) <= MAX_KERNEL_NAME == 15
     assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) for name in names)  # a PTX identifier
+    assert kernel_name("fp16", DEFAULT_TILE, (3, 3), True) == kernel_name("fp16", DEFAULT_TILE, (3, 3), True)
 
 
 def test_an_architecture_without_a_known_isa_is_refused_before_llvm():

@@ -182,3 +182,29 @@ def test_changing_input_shapes_does_not_grow_device_memory(aot_engine):
     lost = free_before - torch.cuda.mem_get_info()[0]
     print(f"device memory lost over 100 shape changes: {lost / 2**20:.1f} MiB")
     assert lost < 8 * 2**20
+
+
+def test_versions_are_read_and_classified():
+    from dyhead_serve.runtime.tensorrt_compat import aot_plugins_leak, builds_strongly_typed, tensorrt_version
+
+    assert tensorrt_version("10.14.1.48") == (10, 14, 1, 48)
+    assert tensorrt_version("11.2.1rc1") == (11, 2, 1)
+    assert [builds_strongly_typed(v) for v in ("10.11.0.33", "10.12.0.36", "11.0.0.114")] == [
+        False,
+        True,
+        True,
+    ]
+    leaky = ["11.1.0.106", "11.2.0.5", "11.2.1.2"]
+    fine = ["10.16.0.72", "11.0.0.114", "11.2.2.1", "11.4.0.1"]
+    assert [aot_plugins_leak(v) for v in leaky + fine] == [True] * 3 + [False] * 4
+
+
+def test_an_aot_engine_is_refused_where_aot_plugins_leak():
+    """An engine with our AOT kernels on TensorRT 11.1-11.2.1 (NVIDIA/TensorRT#4849) asks for a
+    rebuild, which uses the JIT kernels there; a JIT or plugin-free engine loads."""
+    record = {**RECORD, "tensorrt": "11.2.1.2", "plugin_impl": "aot"}
+    with pytest.raises(BackendError, match=r"leaks a CUDA module .*NVIDIA/TensorRT#4849.*rebuild it"):
+        check_engine_compatibility({ENGINE_KEY: record}, "m", "11.2.1.2", "NVIDIA H100 PCIe", "9.0")
+    for impl in ("jit", None):
+        ok = {**record, "plugin_impl": impl}
+        assert check_engine_compatibility({ENGINE_KEY: ok}, "m", "11.2.1.2", "H100", "9.0") == ok
