@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyhead_serve.errors import UserError
 from dyhead_serve.safetensors_file import SafetensorsError, is_safetensors, read_safetensors
 
 __all__ = [
@@ -80,7 +81,7 @@ _DDP_PREFIX = "module."
 _REFUSAL = "the file contains arbitrary Python objects and we refuse to execute them"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read: missing, corrupt, or holding code we refuse to run.
 
     The message is one line naming the file and the reason.

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from dyhead_serve.errors import UserError
+
 __all__ = [
     "SAFETENSORS_SUFFIX",
     "SafetensorsError",
@@ -51,7 +53,7 @@ _DTYPES: dict[str, torch.dtype] = {
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(UserError, ValueError):
     """The file is not a valid safetensors file (the message says what is wrong)."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dyhead_serve.data.synthetic import SHAPE_CLASSES
+from dyhead_serve.errors import UserError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -150,7 +151,7 @@ def demo_model_notice(how_to_name: str = "--model dyhead_r50_atss_fpn_1x") -> st
     )
 
 
-class ZooError(RuntimeError):
+class ZooError(UserError, RuntimeError):
     """A named model is unknown or its weights cannot be obtained."""
 
 

@@ -1,4 +1,5 @@
-"""``dyhead-serve serve``: its flags (beside the model flags predict has too) and how it starts uvicorn.
+"""``dyhead-serve serve``: its flags (beside the model flags predict has too), generated from the
+server's settings, and how it starts uvicorn.
 
 Importing this module is cheap: FastAPI and uvicorn load only when the command runs.
 """
@@ -6,14 +7,28 @@ Importing this module is cheap: FastAPI and uvicorn load only when the command r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import os
 import signal
-import sys
 import threading
+from typing import TYPE_CHECKING, Any, get_args
 
-__all__ = ["SERVE_EPILOG", "add_serve_arguments", "run_serve"]
+from dyhead_serve.cli.model_options import add_model_arguments, add_runtime_arguments, overrides_from_args
+from dyhead_serve.errors import UserError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = [
+    "SERVE_EPILOG",
+    "add_serve_flags",
+    "add_serve_parser",
+    "describe_validation_error",
+    "run_serve",
+    "settings_values",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,99 +43,99 @@ Every flag can also be set as an environment variable DYHEAD_SERVE_<FLAG> (e.g.
 DYHEAD_SERVE_MAX_BATCH_SIZE=16); flags win. Then open http://HOST:PORT/ (demo page) or /docs.
 """
 
-# Flag destinations that are ServerSettings fields of the same name.
-_SETTINGS_FLAGS = (
-    "model", "config", "weights", "backend", "device", "threads", "host", "port", "workers",
-    "max_batch_size", "max_batch_delay_ms", "max_queue", "preprocess_workers", "request_timeout_s",
-    "read_timeout_s", "header_timeout_s", "max_connections", "max_upload_mb", "max_files", "max_image_pixels",
-    "max_request_pixels", "api_key", "cors_origins", "warmup",
-)  # fmt: skip
+# Settings given by the model flags predict shares (their help is there); ``overrides`` is --set.
+_MODEL_FIELDS = ("model", "config", "weights", "backend", "device", "threads", "overrides")
 
 
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    """The server's flags. Unset flags are None, so that the environment and defaults apply."""
-    p.set_defaults(backend=None, device=None, threads=None)  # the model flags, too, defer to settings
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
-    p.add_argument(
-        "--workers", type=int, default=None, help="server processes, each with its own model copy (default 1)"
+def _flag_type(annotation: Any) -> type:
+    """int or float for a numeric field, else str (pydantic's validators parse the rest: lists,
+    secrets)."""
+    for kind in (bool, int, float):
+        if annotation is kind or kind in get_args(annotation):
+            return kind
+    return str
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per server setting (beyond the model's), generated from
+    :class:`~dyhead_serve.server.settings.ServerSettings`: ``--max-batch-size`` for
+    ``max_batch_size``, its description and default as help, ``--no-warmup`` for a setting that is
+    on by default. Unset flags are None, so that the environment and the defaults apply."""
+    from dyhead_serve.server.settings import ServerSettings
+
+    for name, field in ServerSettings.model_fields.items():
+        if name in _MODEL_FIELDS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        kind = _flag_type(field.annotation)
+        description = field.description
+        if not description:
+            raise TypeError(f"ServerSettings.{name} has no description: its flag would have no help")
+        if kind is bool:
+            if field.default is not True:
+                raise TypeError(f"ServerSettings.{name}: a flag is generated only for settings on by default")
+            p.add_argument(
+                f"--no-{name.replace('_', '-')}",
+                dest=name,
+                action="store_false",
+                default=None,
+                help=f"turn off: {description}",
+            )
+            continue
+        value = field.get_default(call_default_factory=True)
+        default = f" (default {_shown(value)})" if value not in (None, []) else ""
+        p.add_argument(flag, dest=name, type=kind, default=None, help=f"{description}{default}")
+
+
+def settings_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line: every flag that was set, with the overrides."""
+    from dyhead_serve.server.settings import ServerSettings
+
+    values = {
+        name: getattr(args, name)
+        for name in ServerSettings.model_fields
+        if name != "overrides" and getattr(args, name, None) is not None
+    }
+    if overrides_from_args(args):
+        values["overrides"] = overrides_from_args(args)
+    return values
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand: the model flags predict has too, then the server's."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP (REST API, Open Inference Protocol v2, demo page)",
+        description="Serve a detector over HTTP with dynamic batching: POST /v1/detect, "
+        "/v1/detect/annotated, /v2 (KServe/Triton), /healthz, /readyz, /metrics, a demo page at / "
+        "and the API docs at /docs. With no model named, the embedded default on CPU.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SERVE_EPILOG,
     )
-    p.add_argument(
-        "--max-batch-size", type=int, default=None, help="images per backend call (default 8; 1: no batching)"
+    add_model_arguments(p, exported=True, default=True)
+    add_runtime_arguments(p, defaults=False)  # unset: the settings decide
+    if importlib.util.find_spec("pydantic_settings") is None:
+        p.set_defaults(func=_missing_serve_extra)
+        return
+    add_serve_flags(p)
+    p.set_defaults(func=run_serve)
+
+
+def _missing_serve_extra(args: argparse.Namespace) -> int:
+    from dyhead_serve.pipeline.preprocess import MissingExtraError
+
+    raise MissingExtraError(
+        "`dyhead-serve serve` needs the server's packages: pip install 'dyhead-serve[serve]'"
     )
-    p.add_argument(
-        "--max-batch-delay-ms",
-        type=float,
-        default=None,
-        help="longest wait for a batch to fill after its first image (default 10)",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=int,
-        default=None,
-        help="images accepted and not yet answered; beyond it 503 with Retry-After (default 64)",
-    )
-    p.add_argument(
-        "--preprocess-workers",
-        type=int,
-        default=None,
-        help="threads decoding and resizing images (default 2)",
-    )
-    p.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=None,
-        help="answer 504 after this many seconds (default 30)",
-    )
-    p.add_argument(
-        "--read-timeout-s",
-        type=float,
-        default=None,
-        help="time to receive a whole request (headers and body) from its first byte; 408 after (default 60)",
-    )
-    p.add_argument(
-        "--header-timeout-s",
-        type=float,
-        default=None,
-        help="time to receive a request's line and headers, at most --read-timeout-s; 408 after (default 10)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=None,
-        help="open connections per worker; more get 503 and are closed (default 256)",
-    )
-    p.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=None,
-        help="largest request body in MiB, 413 beyond (default 20)",
-    )
-    p.add_argument("--max-files", type=int, default=None, help="most images per request (default 16)")
-    p.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=None,
-        help="larger images are refused before decoding, 413 (default 50000000)",
-    )
-    p.add_argument(
-        "--max-request-pixels",
-        type=int,
-        default=None,
-        help="most pixels of all images of one request together, 413 beyond (default 100000000)",
-    )
-    p.add_argument(
-        "--api-key",
-        default=None,
-        help="require this X-API-Key header on /v1 and /v2 model routes (prefer DYHEAD_SERVE_API_KEY: "
-        "command lines are visible to other users)",
-    )
-    p.add_argument(
-        "--cors-origins", default=None, help="comma-separated origins allowed to call the API from a browser"
-    )
-    p.add_argument(
-        "--no-warmup", dest="warmup", action="store_false", default=None, help="report ready without warm-up"
-    )
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The problems of invalid settings on one line: ``field: message; ...`` (never the values)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def _is_loopback(host: str) -> bool:
@@ -140,37 +155,31 @@ def _exit_cleanly_after_sigterm() -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Start the server; returns when it has shut down (0), or 2 when the model cannot be served."""
+    """Start the server; returns when it has shut down (0).
+
+    Raises:
+        UserError: invalid settings, a model that cannot be named or loaded.
+    """
     import uvicorn
     from pydantic import ValidationError
 
-    from dyhead_serve.model_args import overrides_from_args
-    from dyhead_serve.model_source import ModelSourceError, resolve_model
+    from dyhead_serve.model_source import resolve_model
     from dyhead_serve.server.app import create_app
     from dyhead_serve.server.connections import uvicorn_options
     from dyhead_serve.server.settings import ServerSettings
-    from dyhead_serve.zoo import ZooError
 
-    values = {name: getattr(args, name) for name in _SETTINGS_FLAGS if getattr(args, name, None) is not None}
-    if overrides_from_args(args):
-        values["overrides"] = overrides_from_args(args)
     try:
-        settings = ServerSettings(**values)
+        settings = ServerSettings(**settings_values(args))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        print(f"error: invalid server settings: {problems}", file=sys.stderr)
-        return 2
-    try:  # the model arguments, before anything starts (weights load in the server's lifespan)
-        resolve_model(
-            settings.model,
-            config=settings.config,
-            weights=settings.weights,
-            overrides=settings.overrides,
-            download=False,
-        )
-    except (ModelSourceError, ZooError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(f"invalid server settings: {describe_validation_error(exc)}") from None
+    # The model arguments, before anything starts (weights load in the server's lifespan).
+    resolve_model(
+        settings.model,
+        config=settings.config,
+        weights=settings.weights,
+        overrides=settings.overrides,
+        download=False,
+    )
     if settings.model is None and settings.config is None:
         from dyhead_serve.zoo import demo_model_notice
 
@@ -210,6 +219,5 @@ def run_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(app, **server_options))
     server.run()
     if failures:
-        print(f"error: cannot serve the model: {str(failures[0]).strip()}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot serve the model: {str(failures[0]).strip()}") from failures[0]
     return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dyhead_serve.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file, override or value that cannot be used.
 
     The message says which key (and, where known, which file and line) is at fault and what

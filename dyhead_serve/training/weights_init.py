@@ -34,6 +34,7 @@ from dyhead_serve.checkpoint import (
     read_state_dict,
 )
 from dyhead_serve.distributed import get_world_size, is_main_process
+from dyhead_serve.errors import UserError
 from dyhead_serve.training.c2_names import align_to_model, convert_c2_names, is_c2_checkpoint
 
 __all__ = ["DETECTRON2_PREFIX", "WeightsError", "initialize_from_weights", "resolve_weights"]
@@ -44,7 +45,7 @@ DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """``MODEL.WEIGHTS`` names something that cannot be obtained; the message says what to do."""
 
 
