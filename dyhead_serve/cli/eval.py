@@ -7,6 +7,7 @@ import logging
 
 from dyhead_serve.cli.dataset_args import add_register_coco_argument, catalog_from_args
 from dyhead_serve.cli.model_options import add_device_argument, add_model_arguments, model_source_from_args
+from dyhead_serve.errors import UserError
 
 __all__ = ["add_eval_arguments", "add_eval_parser", "run_eval"]
 
@@ -43,23 +44,29 @@ def run_eval(args: argparse.Namespace) -> int:
     subfolder per dataset when there are several). Returns 0.
 
     Raises:
-        UserError: a bad config, checkpoint, device or dataset.
+        UserError: a bad config, checkpoint, device or dataset; a value the model or the
+            evaluation refuses (they check plain values with ``ValueError``) as a ConfigError.
     """
-    from dyhead_serve.config import load_config
+    from dyhead_serve.config import ConfigError, load_config
     from dyhead_serve.predict import build_torch_predictor
     from dyhead_serve.runtime.loader import resolve_torch_device
     from dyhead_serve.training.evaluation import evaluate_test_datasets, format_metrics_table
 
-    catalog = catalog_from_args(args)
-    device = resolve_torch_device(args.device)
-    source = model_source_from_args(args, exported=False, default=False)
-    weights = source.weights
-    assert source.config is not None
-    cfg = load_config(source.config, overrides=[*source.overrides, "MODEL.DEVICE", device])
-    for name in cfg.DATASETS.TEST:
-        catalog.get(name)  # an unknown name fails before the model is built
-    predictor = build_torch_predictor(cfg, weights)
-    results = evaluate_test_datasets(predictor, cfg, catalog, progress=not args.no_progress)
+    try:
+        catalog = catalog_from_args(args)
+        device = resolve_torch_device(args.device)
+        source = model_source_from_args(args, exported=False, default=False)
+        weights = source.weights
+        assert source.config is not None
+        cfg = load_config(source.config, overrides=[*source.overrides, "MODEL.DEVICE", device])
+        for name in cfg.DATASETS.TEST:
+            catalog.get(name)  # an unknown name fails before the model is built
+        predictor = build_torch_predictor(cfg, weights)
+        results = evaluate_test_datasets(predictor, cfg, catalog, progress=not args.no_progress)
+    except UserError:
+        raise
+    except ValueError as exc:  # a value the model or evaluation refuses, named in the config
+        raise ConfigError(str(exc).strip()) from exc
     for name, result in results.items():
         print(f"== {name}: COCO box AP, {result.num_detections} detections")
         if result.table:
