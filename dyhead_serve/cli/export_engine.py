@@ -69,6 +69,15 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
 def server_batch_size() -> int:
     """The batch size ``dyhead-serve serve`` would use here: ``DYHEAD_SERVE_MAX_BATCH_SIZE``, else
     the server's default."""
+    import importlib.util
+
+    if importlib.util.find_spec("pydantic_settings") is None:
+        from dyhead_serve.pipeline.preprocess import MissingExtraError
+
+        raise MissingExtraError(
+            "the server's batch size needs its settings: pass --max-batch, or "
+            "pip install 'dyhead-serve[serve]'"
+        )
     from pydantic import ValidationError
 
     from dyhead_serve.cli.serve import describe_validation_error
