@@ -50,7 +50,8 @@ def check_namespace() -> None:
         probe = subprocess.run([sys.executable, "-c", f"import {bare}"], capture_output=True, check=False)
         if probe.returncode == 0:
             fail(f"`import {bare}` works: a generic top-level package is installed")
-    run(sys.executable, "-c", "import dyhead_serve.export.cli, dyhead_serve.plugins.schema")
+    run(sys.executable, "-c", "import dyhead_serve.export.onnx_export, dyhead_serve.plugins.schema")
+    run(sys.executable, "-c", "import dyhead_serve.cli.export")
 
 
 def free_port() -> int:

@@ -29,6 +29,7 @@ from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.runtime.base import Backend
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from dyhead_serve.runtime.options import ModelOptions
 
 
 def time_backend(backend: Backend, images: list[np.ndarray], iters: int, warmup: int) -> list[float]:
@@ -46,7 +47,7 @@ def time_backend(backend: Backend, images: list[np.ndarray], iters: int, warmup:
 
 def torch_backend_for(name: str) -> Backend:
     if name == "default":
-        return load_backend("default", backend="torch", device="cpu")
+        return load_backend(ModelOptions("default", backend="torch", device="cpu"))
     return load_torch_backend(name, None, device="cpu")
 
 

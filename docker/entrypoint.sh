@@ -10,8 +10,8 @@
 #   DYHEAD_SERVE_WEIGHTS  ... with its checkpoint; or a local copy of a zoo model's weights
 #   DYHEAD_SERVE_MAX_BATCH_SIZE  the server's batch size; the engine's shape profile takes it
 # How to build (part of the cache key with the model checksum, TensorRT version and GPU):
-#   DYHEAD_ENGINE_PRECISION  fp16 (default) or fp32
-#   DYHEAD_ENGINE_PROFILE    a `dyhead-export tensorrt --profile` preset (default: from the batch size)
+#   DYHEAD_ENGINE_PRECISION  a `dyhead-export engine --precision` (default: its default, fp16)
+#   DYHEAD_ENGINE_PROFILE    a `dyhead-export engine --profile` preset (default: from the batch size)
 #   DYHEAD_SERVE_CACHE       cache root: downloaded weights and engines/ (the volume)
 #
 # Arguments are more `dyhead-serve serve` flags (every flag also reads DYHEAD_SERVE_<FLAG>); a
@@ -23,17 +23,20 @@ if [[ $# -gt 0 && "$1" != -* ]]; then
 fi
 
 # The engine's profile must take the server's batches: a --max-batch-size flag wins, as it does
-# in the server.
-max_batch="${DYHEAD_SERVE_MAX_BATCH_SIZE:-8}"
+# in the server; without one, `dyhead-export engine` reads DYHEAD_SERVE_MAX_BATCH_SIZE or the
+# server's default, as the server does. Only what is set here is passed on: every default is the
+# commands' own.
+engine=(dyhead-export engine)
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     case "${args[i]}" in
-        --max-batch-size) max_batch="${args[i + 1]:-$max_batch}" ;;
-        --max-batch-size=*) max_batch="${args[i]#*=}" ;;
+        --max-batch-size) engine+=(--max-batch "${args[i + 1]:-}") ;;
+        --max-batch-size=*) engine+=(--max-batch "${args[i]#*=}") ;;
     esac
 done
-
-engine=(dyhead-export engine --precision "${DYHEAD_ENGINE_PRECISION:-fp16}" --max-batch "$max_batch")
+if [[ -n "${DYHEAD_ENGINE_PRECISION:-}" ]]; then
+    engine+=(--precision "$DYHEAD_ENGINE_PRECISION")
+fi
 if [[ -n "${DYHEAD_ENGINE_PROFILE:-}" ]]; then
     engine+=(--profile "$DYHEAD_ENGINE_PROFILE")
 fi
@@ -53,5 +56,4 @@ engine_dir="$("${engine[@]}")"
 # The server is told the engine folder; the variables that named its source must not reach its
 # settings as well (--config with --model is an error there).
 unset DYHEAD_SERVE_MODEL DYHEAD_SERVE_CONFIG DYHEAD_SERVE_WEIGHTS DYHEAD_SERVE_BACKEND
-export DYHEAD_SERVE_MAX_BATCH_SIZE="$max_batch"
 exec dyhead-serve serve --model "$engine_dir" --backend tensorrt --host 0.0.0.0 "$@"

@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 from dyhead_serve import zoo
 from dyhead_serve.checkpoint import sha256_of
+from dyhead_serve.errors import UserError
 
 __all__ = ["ModelSource", "ModelSourceError", "resolve_model"]
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(UserError, ValueError):
     """The model arguments do not name a model (the message says what to change)."""
 
 

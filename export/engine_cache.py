@@ -39,13 +39,13 @@ from typing import Literal
 
 from dyhead_serve import __version__, zoo
 from dyhead_serve.checkpoint import sha256_of
-from dyhead_serve.model_args import override_flags
+from dyhead_serve.errors import UserError
 from dyhead_serve.model_source import ModelSourceError, resolve_model
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.tensorrt_compat import check_engine_compatibility
 
-from .command import exporter_command
+from .command import exporter_command, override_flags
 
 __all__ = [
     "BuildSource",
@@ -69,7 +69,7 @@ BATCH_PROFILES = (("coco", 1), ("coco-batch4", 4), ("coco-batch8", 8))
 KEY_FILE = "engine_key.json"
 
 
-class EngineCacheError(RuntimeError):
+class EngineCacheError(UserError, RuntimeError):
     """The engine can be neither found nor built; the message says what to change."""
 
 

@@ -1,15 +1,11 @@
-"""The errors of ``dyhead-export``: a user-facing failure of a subcommand, and of an export."""
+"""The error of an export: the model cannot be exported, or the exported graph fails its checks."""
 
 from __future__ import annotations
 
-from dyhead_serve.cli import CliError
+from dyhead_serve.errors import UserError
 
-__all__ = ["ExportCliError", "ExportError"]
-
-
-class ExportCliError(CliError):
-    """A user-facing error: one line, exit status 2."""
+__all__ = ["ExportError"]
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The model cannot be exported, or the exported graph fails its checks."""

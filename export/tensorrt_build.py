@@ -34,6 +34,7 @@ from typing import Any
 
 import onnx
 
+from dyhead_serve.errors import UserError
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
@@ -65,7 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(UserError, RuntimeError):
     """The engine cannot be built (TensorRT missing, a parser error, a failed build, bad options)."""
 
 

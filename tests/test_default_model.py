@@ -18,6 +18,7 @@ from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.data.synthetic import SHAPE_CLASSES
 from dyhead_serve.export.verify import compare_backends
 from dyhead_serve.runtime.loader import load_backend
+from dyhead_serve.runtime.options import ModelOptions
 
 SHIPPED = Path(zoo.__file__).parent / "zoo_files" / "default"
 
@@ -63,7 +64,7 @@ def test_the_weights_are_stored_once():
 
 def test_default_runs_in_onnxruntime_and_matches_torch():
     ort_backend = load_backend()  # no model named: the embedded default
-    torch_backend = load_backend("default", backend="torch", device="cpu")
+    torch_backend = load_backend(ModelOptions("default", backend="torch", device="cpu"))
     assert ort_backend.name == "onnxruntime" and torch_backend.name == "torch"
     assert ort_backend.class_names == torch_backend.class_names == list(SHAPE_CLASSES)
     report = compare_backends(torch_backend, ort_backend, synthetic_photo(256, 384, seed=5))

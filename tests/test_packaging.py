@@ -41,7 +41,7 @@ def test_console_scripts_point_into_the_namespace():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {
         "dyhead-serve": "dyhead_serve.cli:main",
-        "dyhead-export": "dyhead_serve.export.cli:main",
+        "dyhead-export": "dyhead_serve.cli.export:main",
     }
 
 

@@ -26,6 +26,8 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from dyhead_serve.errors import UserError
+
 __all__ = [
     "Annotation",
     "DatasetDict",
@@ -38,7 +40,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset that cannot be used: unknown name, missing file or malformed annotations."""
 
 

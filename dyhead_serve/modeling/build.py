@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dyhead_serve.config.errors import ConfigError
 from dyhead_serve.modeling.anchors import broadcast_per_level
 from dyhead_serve.modeling.backbone.base import Backbone
 from dyhead_serve.modeling.backbone.resnet import build_resnet
@@ -105,14 +106,14 @@ def build_backbone(cfg: Cfg) -> Backbone:
     """The backbone named by ``MODEL.BACKBONE.NAME``."""
     name = cfg.MODEL.BACKBONE.NAME
     if name not in BACKBONES:
-        raise ValueError(f"MODEL.BACKBONE.NAME {name!r} is not supported; choose one of {sorted(BACKBONES)}")
+        raise ConfigError(f"MODEL.BACKBONE.NAME {name!r} is not supported; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name](cfg)
 
 
 def _anchor_params(cfg: Cfg, num_levels: int) -> tuple[list[list[float]], list[list[float]]]:
     a = cfg.MODEL.ANCHOR_GENERATOR
     if a.NAME != "DefaultAnchorGenerator":
-        raise ValueError(f"MODEL.ANCHOR_GENERATOR.NAME {a.NAME!r} is not supported")
+        raise ConfigError(f"MODEL.ANCHOR_GENERATOR.NAME {a.NAME!r} is not supported")
     return (
         broadcast_per_level(a.SIZES, num_levels, "SIZES"),
         broadcast_per_level(a.ASPECT_RATIOS, num_levels, "ASPECT_RATIOS"),
@@ -123,14 +124,14 @@ def _strides(backbone: Backbone, in_features: list[str]) -> list[int]:
     shapes = backbone.output_shape()
     missing = [f for f in in_features if f not in shapes]
     if missing:
-        raise ValueError(f"head input(s) {missing} are not backbone outputs {list(shapes)}")
+        raise ConfigError(f"head input(s) {missing} are not backbone outputs {list(shapes)}")
     return [shapes[f].stride for f in in_features]
 
 
 def _in_channels(backbone: Backbone, in_features: list[str]) -> int:
     channels = {backbone.output_shape()[f].channels for f in in_features}
     if len(channels) != 1:
-        raise ValueError(f"every head input must have the same channels, got {channels}")
+        raise ConfigError(f"every head input must have the same channels, got {channels}")
     return channels.pop()
 
 
@@ -153,7 +154,7 @@ def _dense_parts(cfg: Cfg, in_features: list[str]) -> _DenseParts:
     sizes, ratios = _anchor_params(cfg, len(in_features))
     num_anchors = {len(s) * len(r) for s, r in zip(sizes, ratios, strict=True)}
     if len(num_anchors) != 1:
-        raise ValueError("every level needs the same number of anchors per location")
+        raise ConfigError("every level needs the same number of anchors per location")
     return _DenseParts(
         backbone, in_features, strides, sizes, ratios, _in_channels(backbone, in_features), num_anchors.pop()
     )
@@ -234,7 +235,7 @@ def build_model(cfg: Cfg) -> DenseDetector | GeneralizedRCNN:
     get_dcn_kernel()  # a deformable-conv kernel that cannot run fails here, not in a forward pass
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in META_ARCHITECTURES:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.META_ARCHITECTURE {name!r} is not supported; choose one of {sorted(META_ARCHITECTURES)}"
         )
     model = META_ARCHITECTURES[name](cfg)

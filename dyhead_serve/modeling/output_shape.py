@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from dyhead_serve.errors import UserError
+
 __all__ = ["OutputShapeError", "check_output_dim"]
 
 
-class OutputShapeError(ValueError):
+class OutputShapeError(UserError, ValueError):
     """The network's outputs do not have the shapes the decoder spec (model.json) describes."""
 
 

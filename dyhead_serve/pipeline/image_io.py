@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dyhead_serve.errors import UserError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAX_JPEG_SCANS",
@@ -69,7 +71,7 @@ _TRANSPOSE_FOR_ORIENTATION = {
 }
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError, ValueError):
     """The bytes are not an image we can decode (or the image is too large)."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dyhead_serve.errors import UserError
 from dyhead_serve.modeling.dense_decoder import RawDetections
 from dyhead_serve.pipeline.postprocess import Detections, to_original_image
 from dyhead_serve.pipeline.preprocess import Batch, InputSpec, preprocess
@@ -46,7 +47,7 @@ class Decoder(Protocol):
     ) -> list[RawDetections]: ...
 
 
-class UnsupportedImageSizeError(ValueError):
+class UnsupportedImageSizeError(UserError, ValueError):
     """The image cannot be resized for this model (so elongated that an edge would become 0)."""
 
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from dyhead_serve.errors import UserError
+
 __all__ = [
     "RESIZE_BACKENDS",
     "RESIZE_RULES",
@@ -33,7 +35,7 @@ RESIZE_RULES = ("detectron2", "mmdet")
 RESIZE_BACKENDS = ("pillow", "cv2")
 
 
-class MissingExtraError(ValueError):
+class MissingExtraError(UserError, ValueError):
     """An optional dependency the model needs is not installed; the message names the extra to
     install. A ValueError, as the other "this model cannot be loaded" errors, so every command
     reports it in one line."""

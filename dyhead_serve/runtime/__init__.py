@@ -1,6 +1,6 @@
-"""Runtime backends: one ``Backend`` interface over torch, ONNX Runtime and TensorRT."""
+"""Runtime backends: one ``Backend`` interface over torch, ONNX Runtime and TensorRT, the model
+options and the one loader.
 
-from dyhead_serve.runtime.artifact import ModelArtifact, decoder_from_dict, decoder_to_dict
-from dyhead_serve.runtime.base import Backend, BackendError
-
-__all__ = ["Backend", "BackendError", "ModelArtifact", "decoder_from_dict", "decoder_to_dict"]
+Importing this package imports none of its modules: the command line reads the backend list
+(:mod:`dyhead_serve.runtime.options`) without loading torch and the detectors.
+"""

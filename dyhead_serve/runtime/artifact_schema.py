@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dyhead_serve.errors import UserError
 from dyhead_serve.modeling.dense_decoder import (
     DECODER_RULES,
     DENSE_DECODER_KINDS,
@@ -47,7 +48,7 @@ __all__ = [
 MAX_IMAGE_SIDE = 4096
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError, ValueError):
     """A ``model.json`` that cannot be used; the message names the field and what is wrong."""
 
 

@@ -8,13 +8,14 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from dyhead_serve.errors import UserError
 from dyhead_serve.pipeline.predictor import Decoder, Predictor
 from dyhead_serve.pipeline.preprocess import InputSpec
 
 __all__ = ["Backend", "BackendError", "infer_in_chunks", "make_predictor"]
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A model cannot be loaded or run by the requested backend."""
 
 

@@ -12,10 +12,10 @@ import torch
 
 from dyhead_serve.model_source import ModelSource, resolve_model
 from dyhead_serve.runtime.base import Backend, BackendError
+from dyhead_serve.runtime.options import BACKENDS, ModelOptions
 from dyhead_serve.runtime.torch_backend import TorchBackend, build_torch_backend
 
 __all__ = [
-    "BACKENDS",
     "load_backend",
     "load_torch_backend",
     "load_torch_backend_from",
@@ -23,8 +23,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
 def resolve_torch_device(device: str) -> str:
@@ -100,35 +98,22 @@ def load_torch_backend_from(source: ModelSource, device: str = "auto") -> TorchB
     )
 
 
-def load_backend(
-    model: str | Path | None = None,
-    *,
-    config: str | Path | None = None,
-    weights: str | Path | None = None,
-    backend: str = "auto",
-    device: str = "auto",
-    overrides: Sequence[str] = (),
-    threads: int = 0,
-) -> Backend:
-    """Load a model for inference.
+def load_backend(options: ModelOptions | None = None) -> Backend:
+    """Load the model ``options`` name for inference (None: the embedded default).
 
-    Args:
-        model: a folder with ``model.json`` (+ ``model.onnx`` / ``model.plan``), or a zoo name
-            (None: the embedded default). Exclusive with ``config``.
-        config, weights: a Detectron2 DyHead config (file or shipped name) and its checkpoint
-            (torch backend). With a zoo name, ``weights`` replaces the download.
-        backend: ``auto`` (TensorRT for an engine on a GPU host, ONNX Runtime for ``model.onnx``,
-            torch for configs and zoo names), or one of ``torch``, ``onnxruntime``, ``tensorrt``.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        overrides: ``KEY VALUE`` config overrides (torch backend).
-        threads: ONNX Runtime intra-op threads (0: its default).
+    ``options.backend`` ``auto`` picks TensorRT for an engine on a GPU host, ONNX Runtime for
+    ``model.onnx``, torch for configs and zoo names; see :class:`ModelOptions` for the rest.
 
     Raises:
         BackendError, ModelSourceError, ZooError, ConfigError, CheckpointError.
     """
+    options = options if options is not None else ModelOptions()
+    backend, device, threads = options.backend, options.device, options.threads
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    source = resolve_model(model, config=config, weights=weights, overrides=overrides)
+    source = resolve_model(
+        options.model, config=options.config, weights=options.weights, overrides=options.overrides
+    )
     if source.kind == "exported":
         assert source.folder is not None
         return _load_exported(source.folder, backend, device, threads)

@@ -78,15 +78,7 @@ def load_backend_from_settings(settings: ServerSettings) -> Backend:
     """The model the settings name, through the one runtime loader."""
     from dyhead_serve.runtime.loader import load_backend
 
-    return load_backend(
-        settings.model,
-        config=settings.config,
-        weights=settings.weights,
-        backend=settings.backend,
-        device=settings.device,
-        overrides=settings.overrides,
-        threads=settings.threads,
-    )
+    return load_backend(settings.model_options)
 
 
 class DetectionService:

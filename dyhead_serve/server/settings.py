@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dyhead_serve.runtime.options import BACKEND_HELP, DEVICE_HELP, BackendName, ModelOptions
+
 __all__ = ["ENV_PREFIX", "ServerSettings"]
 
 ENV_PREFIX = "DYHEAD_SERVE_"
+_MODEL_DEFAULTS = ModelOptions()
 
 
 class ServerSettings(BaseSettings):
@@ -27,7 +30,7 @@ class ServerSettings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, hide_input_in_errors=True
     )
 
-    # The model (as `dyhead-serve predict` names it).
+    # The model (as `dyhead-serve predict` names it): model_options gathers them.
     model: str | None = Field(
         default=None, description="zoo name or exported folder; None: the embedded default"
     )
@@ -37,16 +40,21 @@ class ServerSettings(BaseSettings):
     weights: str | None = Field(
         default=None, description="checkpoint for `config`, or a local copy of a zoo model's"
     )
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
-    device: str = Field(default="auto", description="cpu, cuda or auto")
-    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    backend: BackendName = Field(default=_MODEL_DEFAULTS.backend, description=BACKEND_HELP)
+    device: str = Field(default=_MODEL_DEFAULTS.device, description=DEVICE_HELP)
+    threads: int = Field(
+        default=_MODEL_DEFAULTS.threads, ge=0, description="ONNX Runtime intra-op threads (0: its default)"
+    )
     overrides: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="config overrides KEY VALUE KEY VALUE ... (torch backend)"
     )
 
     # The HTTP server.
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(
+        default="127.0.0.1",
+        description="address to listen on; a loopback address is reachable from this machine only",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
     workers: int = Field(default=1, ge=1, le=64, description="server processes, each with its own model copy")
 
     # Batching and admission.
@@ -104,10 +112,14 @@ class ServerSettings(BaseSettings):
 
     # Access.
     api_key: SecretStr | None = Field(
-        default=None, description="when set, /v1 and /v2 model routes need X-API-Key"
+        default=None,
+        description="when set, /v1 and /v2 model routes need this X-API-Key header (prefer the "
+        "environment variable: command lines are visible to other users)",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="origins allowed by CORS (e.g. https://app.example.com)"
+        default_factory=list,
+        description="origins allowed to call the API from a browser (CORS), comma-separated "
+        "(e.g. https://app.example.com)",
     )
 
     @field_validator("api_key", mode="before")
@@ -153,6 +165,19 @@ class ServerSettings(BaseSettings):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else shlex.split(text)
         return value
+
+    @property
+    def model_options(self) -> ModelOptions:
+        """The model these settings name and where it runs, as the runtime loader takes them."""
+        return ModelOptions(
+            model=self.model,
+            config=self.config,
+            weights=self.weights,
+            overrides=tuple(self.overrides),
+            backend=self.backend,
+            device=self.device,
+            threads=self.threads,
+        )
 
     @property
     def max_upload_bytes(self) -> int:

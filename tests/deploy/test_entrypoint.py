@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from dyhead_serve.cli import build_parser as serve_parser
-from dyhead_serve.export.cli import build_parser as export_parser
+from dyhead_serve.cli.export import build_parser as export_parser
+from dyhead_serve.cli.export_engine import server_batch_size
+from dyhead_serve.server.settings import ServerSettings
 from tests.deploy.conftest import DOCKER, find_tool
 
 ENTRYPOINT = DOCKER / "entrypoint.sh"
@@ -59,13 +61,25 @@ def test_defaults_build_then_serve_the_engine(stand_ins):
     engine_args, _ = _recorded(stand_ins, "dyhead-export")
     parsed = export_parser().parse_args(engine_args)
     assert parsed.command == "engine"
-    assert (parsed.model, parsed.config, parsed.precision, parsed.max_batch) == (None, None, "fp16", 8)
+    # No batch size is restated here: the engine and the server both take the server's default.
+    assert (parsed.model, parsed.config, parsed.precision, parsed.max_batch) == (None, None, "fp16", None)
+    assert server_batch_size() == ServerSettings().max_batch_size
 
     serve_args, serve_env = _recorded(stand_ins, "dyhead-serve")
     args = serve_parser().parse_args(serve_args)
     assert args.command == "serve"
     assert (args.model, args.backend, args.host) == (ENGINE_DIR, "tensorrt", "0.0.0.0")
-    assert serve_env["DYHEAD_SERVE_MAX_BATCH_SIZE"] == "8"  # what the engine's profile was chosen for
+    assert args.max_batch_size is None and "DYHEAD_SERVE_MAX_BATCH_SIZE" not in serve_env
+
+
+def test_the_batch_size_variable_reaches_the_build_and_the_server(stand_ins, monkeypatch):
+    result = _run(stand_ins, DYHEAD_SERVE_MAX_BATCH_SIZE="4")
+    assert result.returncode == 0, result.stderr
+    engine_args, engine_env = _recorded(stand_ins, "dyhead-export")
+    assert export_parser().parse_args(engine_args).max_batch is None
+    monkeypatch.setenv("DYHEAD_SERVE_MAX_BATCH_SIZE", engine_env["DYHEAD_SERVE_MAX_BATCH_SIZE"])
+    assert server_batch_size() == 4  # what `dyhead-export engine` builds the profile for
+    assert _recorded(stand_ins, "dyhead-serve")[1]["DYHEAD_SERVE_MAX_BATCH_SIZE"] == "4"
 
 
 def test_model_settings_go_to_the_build_and_flags_to_the_server(stand_ins):

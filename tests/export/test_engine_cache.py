@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dyhead_serve.export.command import exporter_command
+from dyhead_serve.export.command import exporter_command, override_flags
 from dyhead_serve.export.engine_cache import (
     BuildSource,
     BuildTarget,
@@ -28,7 +28,6 @@ from dyhead_serve.export.engine_cache import (
     profile_for_batch,
     resolve_source,
 )
-from dyhead_serve.model_args import override_flags
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
@@ -207,13 +206,13 @@ def test_a_mounted_fixed_batch_engine_serves_any_server_batch(tmp_path):
 
 
 def test_engine_command_without_tensorrt_is_a_one_line_error(monkeypatch, capsys):
-    """Run as `python -m dyhead_serve.export`: errors raised by subcommand modules must still be
+    """Run as `python -m dyhead_serve.cli.export`: errors raised by subcommand modules must still be
     one line, not a traceback."""
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     monkeypatch.setattr(sys, "argv", ["dyhead-export", "engine", "--model", "dyhead_r50_atss_fpn_1x"])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module("dyhead_serve.export", run_name="__main__")
+        runpy.run_module("dyhead_serve.cli.export", run_name="__main__")
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: TensorRT is not installed") and captured.err.count("\n") == 1

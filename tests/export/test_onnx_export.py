@@ -9,16 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from dyhead_serve.cli.export import main as export_main
 from dyhead_serve.data.sample_image import synthetic_photo
-from dyhead_serve.export.cli import main as export_main
+from dyhead_serve.export.command import override_flags
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
 from dyhead_serve.export.tensorrt_build import graph_input_dims
 from dyhead_serve.export.verify import compare_backends
-from dyhead_serve.model_args import override_flags
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from dyhead_serve.runtime.options import ModelOptions
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -123,7 +124,7 @@ def test_export_cli_writes_and_verifies(tiny_weights, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "ok: wrote" in out and "logits" in out
-    backend = load_backend(tmp_path)
+    backend = load_backend(ModelOptions(tmp_path))
     assert backend.name == "onnxruntime" and backend.class_names == [f"class_{i}" for i in range(5)]
     code = export_main(["onnx", "--config", "dyhead_r50_atss_fpn_1x", "--out", str(tmp_path)])
     assert code == 2
@@ -142,12 +143,14 @@ def test_external_weights_are_one_copy_for_onnxruntime_and_torch(tiny_weights, t
     assert ModelArtifact.load(out / "model.json").provenance["weights_file"] == "model.safetensors"
     image = synthetic_photo(256, 384, seed=4)
     torch_backend = load_backend(
-        config="dyhead_r50_atss_fpn_1x",
-        weights=out / "model.safetensors",
-        device="cpu",
-        overrides=TINY_OVERRIDES,
+        ModelOptions(
+            config="dyhead_r50_atss_fpn_1x",
+            weights=out / "model.safetensors",
+            device="cpu",
+            overrides=tuple(TINY_OVERRIDES),
+        )
     )
-    report = compare_backends(torch_backend, load_backend(out), image)
+    report = compare_backends(torch_backend, load_backend(ModelOptions(out)), image)
     assert report.ok, report.format()
 
 

@@ -14,9 +14,9 @@ import onnx
 import pytest
 import torch
 
+from dyhead_serve.cli.export import main as export_main
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export import onnx_export, torch_export
-from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
 from dyhead_serve.export.torch_export import SizePoint, name_symbolic_dims, sizes_to_check, write_torch_export
 from dyhead_serve.export.verify import compare_backends

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from dyhead_serve import zoo
+from dyhead_serve.cli.export import main as export_main
+from dyhead_serve.cli.export_tensorrt import profile_from_args
 from dyhead_serve.config import load_config
-from dyhead_serve.export.cli import main as export_main
+from dyhead_serve.export.command import override_flags
 from dyhead_serve.export.onnx_export import input_dims
 from dyhead_serve.export.tensorrt_build import (
     PROFILES,
@@ -31,8 +33,6 @@ from dyhead_serve.export.tensorrt_build import (
     set_plugin_impl,
     timing_cache_name,
 )
-from dyhead_serve.export.tensorrt_cli import profile_from_args
-from dyhead_serve.model_args import override_flags
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
@@ -224,6 +224,7 @@ def test_without_tensorrt_the_build_says_so(tmp_path, capsys):
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_build_verify_and_serve_the_tiny_model(tiny_weights, tmp_path, capsys, dcn, fp16):
     from dyhead_serve.runtime.loader import load_backend
+    from dyhead_serve.runtime.options import ModelOptions
 
     overrides = override_flags(TINY_OVERRIDES)
     argv = ["tensorrt", "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(tiny_weights),
@@ -235,7 +236,7 @@ def test_build_verify_and_serve_the_tiny_model(tiny_weights, tmp_path, capsys, d
     assert "lost" in out and "gained" in out
     meta = ModelArtifact.load(tmp_path / "model.json").provenance["tensorrt_engine"]
     assert meta["precision"] == ("fp16" if fp16 else "fp32") and meta["compute_capability"]
-    backend = load_backend(tmp_path, backend="tensorrt")
+    backend = load_backend(ModelOptions(tmp_path, backend="tensorrt"))
     for shape in [(1, 3, 128, 128), (2, 3, 256, 384), (1, 3, 640, 640)]:
         outputs = backend.infer(torch.randn(*shape), torch.tensor([list(shape[2:])] * shape[0]))
         assert set(outputs) == {"logits", "deltas", "centerness"}

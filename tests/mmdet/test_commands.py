@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dyhead_serve.cli import main
+from dyhead_serve.cli.export import main as export_main
 from dyhead_serve.config.mmdet import mmdet_config_path
 from dyhead_serve.data.coco_classes import COCO_CLASS_NAMES
-from dyhead_serve.export.cli import main as export_main
 from dyhead_serve.server import ServerSettings, create_app
 from tests.config.test_mmdet_translate import DUMP
 from tests.mmdet.conftest import (

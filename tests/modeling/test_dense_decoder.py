@@ -94,8 +94,9 @@ def test_outputs_that_do_not_fit_the_spec_are_refused():
     from dyhead_serve.modeling.dense_decoder import DenseDecoder
     from dyhead_serve.modeling.output_shape import OutputShapeError
     from dyhead_serve.runtime.loader import load_backend
+    from dyhead_serve.runtime.options import ModelOptions
 
-    backend = load_backend("default", backend="torch", device="cpu")
+    backend = load_backend(ModelOptions("default", backend="torch", device="cpu"))
     spec = backend.decoder.spec
     outputs = backend.infer(torch.zeros(1, 3, 256, 256), torch.tensor([[256, 256]]))
     assert backend.decoder(outputs, (256, 256), [(256, 256)])  # the spec that fits decodes

@@ -9,25 +9,26 @@ from dyhead_serve.checkpoint import DownloadError, download, sha256_of
 from dyhead_serve.model_source import ModelSourceError
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.loader import load_backend
+from dyhead_serve.runtime.options import ModelOptions
 
 
 def test_unknown_backend_and_conflicting_arguments(tmp_path):
     with pytest.raises(BackendError, match="unknown backend"):
-        load_backend(tmp_path, backend="tflite")
+        load_backend(ModelOptions(tmp_path, backend="tflite"))
     with pytest.raises(ModelSourceError, match="not both"):
-        load_backend("x", config="dyhead_r50_atss_fpn_1x")
+        load_backend(ModelOptions("x", config="dyhead_r50_atss_fpn_1x"))
 
 
 def test_folder_without_onnx(tmp_path):
     with pytest.raises(BackendError, match=r"no model\.onnx"):
-        load_backend(tmp_path, backend="onnxruntime")
+        load_backend(ModelOptions(tmp_path, backend="onnxruntime"))
     with pytest.raises(BackendError, match="torch backend needs"):
-        load_backend(tmp_path, backend="torch")
+        load_backend(ModelOptions(tmp_path, backend="torch"))
 
 
 def test_unknown_zoo_name_lists_known_ones():
     with pytest.raises(zoo.ZooError, match="dyhead_r50_atss_fpn_1x"):
-        load_backend("no_such_model")
+        load_backend(ModelOptions("no_such_model"))
 
 
 def test_zoo_without_network_fails_at_once_and_says_how(tmp_path, monkeypatch):
@@ -40,7 +41,7 @@ def test_zoo_without_network_fails_at_once_and_says_how(tmp_path, monkeypatch):
         {entry.name: zoo.ZooModel(entry.name, entry.config, "https://invalid.invalid/w.pth", "", "")},
     )
     with pytest.raises(zoo.ZooError) as info:
-        load_backend(entry.name)
+        load_backend(ModelOptions(entry.name))
     message = str(info.value)
     assert "--weights" in message and "https://invalid.invalid/w.pth" in message
     assert not list((tmp_path / "weights").glob("*"))  # nothing half-written is left

@@ -13,6 +13,7 @@ import torch
 
 from dyhead_serve.runtime.base import BackendError
 from dyhead_serve.runtime.loader import load_backend
+from dyhead_serve.runtime.options import ModelOptions
 from dyhead_serve.runtime.tensorrt_compat import (
     ENGINE_KEY,
     check_engine_compatibility,
@@ -65,7 +66,7 @@ def _exported_dir(tmp_path):
 
 def test_tensorrt_backend_without_a_plan_says_how_to_build_one(tmp_path):
     with pytest.raises(BackendError, match=r"no model.plan; build one with `dyhead-export tensorrt --onnx"):
-        load_backend(_exported_dir(tmp_path), backend="tensorrt")
+        load_backend(ModelOptions(_exported_dir(tmp_path), backend="tensorrt"))
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
@@ -73,7 +74,7 @@ def test_tensorrt_backend_without_tensorrt_says_so(tmp_path):
     model_dir = _exported_dir(tmp_path)
     (model_dir / "model.plan").write_bytes(b"not an engine")
     with pytest.raises(BackendError, match="TensorRT is not installed"):
-        load_backend(model_dir, backend="tensorrt")
+        load_backend(ModelOptions(model_dir, backend="tensorrt"))
 
 
 def test_inputs_must_be_multiples_of_the_size_divisibility_and_inside_the_profile():
@@ -117,8 +118,8 @@ assert not loaded, f"serving imported {loaded}"
 @pytest.fixture(scope="module")
 def aot_engine(tiny_weights, tmp_path_factory):
     """The tiny ATSS model's fp32 engine with the plugin's AOT kernels ("small" profile)."""
-    from dyhead_serve.export.cli import main as export_main
-    from dyhead_serve.model_args import override_flags
+    from dyhead_serve.cli.export import main as export_main
+    from dyhead_serve.export.command import override_flags
     from tests.conftest import TINY_OVERRIDES
 
     out = tmp_path_factory.mktemp("aot-engine")
@@ -164,7 +165,7 @@ def test_an_aot_engine_serves_in_a_process_that_never_imports_the_plugin(aot_eng
 def test_changing_input_shapes_does_not_grow_device_memory(aot_engine):
     """AOT plugins have leaked a CUDA module per shape change (NVIDIA/TensorRT#4849): after a
     warm-up cycle, five more cycles through 20 shapes must leave the GPU's free memory as it was."""
-    backend = load_backend(aot_engine, backend="tensorrt")
+    backend = load_backend(ModelOptions(aot_engine, backend="tensorrt"))
     sizes = (128, 256, 384, 512, 640)
     shapes = [(n, h, w) for n in (1, 2) for h in sizes for w in sizes][::2][:20]
     assert len(set(shapes)) == 20

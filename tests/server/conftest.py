@@ -122,8 +122,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path)
 def served_backend(tiny_model_dir: Path):
     """The exported tiny detector in ONNX Runtime, shared by the apps that do not load their own."""
     from dyhead_serve.runtime.loader import load_backend
+    from dyhead_serve.runtime.options import ModelOptions
 
-    return load_backend(tiny_model_dir, device="cpu")
+    return load_backend(ModelOptions(tiny_model_dir, device="cpu"))
 
 
 @pytest.fixture(scope="module")

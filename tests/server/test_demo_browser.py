@@ -36,9 +36,10 @@ def base_url() -> Iterator[str]:
     """A real HTTP server (uvicorn on a thread, as `dyhead-serve serve` runs it) on loopback, with
     the embedded demo model."""
     from dyhead_serve.runtime.loader import load_backend
+    from dyhead_serve.runtime.options import ModelOptions
 
     settings = ServerSettings(warmup=False)
-    with live_server(create_app(settings, backend=load_backend(device="cpu")), settings) as url:
+    with live_server(create_app(settings, backend=load_backend(ModelOptions(device="cpu"))), settings) as url:
         yield url
 
 

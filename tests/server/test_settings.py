@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from dyhead_serve.cli import build_parser
-from dyhead_serve.server.serve_cli import _SETTINGS_FLAGS
+from dyhead_serve.cli.serve import settings_values
 from dyhead_serve.server.settings import ServerSettings
 
 
@@ -44,7 +44,7 @@ def test_unset_flags_defer_to_the_environment():
     args = build_parser().parse_args(
         ["serve", "--max-batch-size", "4", "--cors-origins", "https://a.example"]
     )
-    given = {name: getattr(args, name) for name in _SETTINGS_FLAGS if getattr(args, name) is not None}
+    given = settings_values(args)
     assert given == {"max_batch_size": 4, "cors_origins": "https://a.example"}
     assert ServerSettings(**given).cors_origins == ["https://a.example"]
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dyhead_serve.cli.main import build_parser
+from dyhead_serve.cli.run import run_command
 from dyhead_serve.data.catalog import DatasetCatalog
 from dyhead_serve.data.coco_json import DatasetError
 from dyhead_serve.data.synthetic import SHAPE_CLASSES, generate_synthetic_dataset
 from dyhead_serve.pipeline.image_io import read_image
 from dyhead_serve.pipeline.postprocess import Detections
-from dyhead_serve.training.eval_cli import add_eval_arguments, run_eval
 from dyhead_serve.training.evaluation import (
     COCO_METRICS,
     detections_to_coco_results,
@@ -128,9 +130,12 @@ def test_format_metrics_table() -> None:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_eval_arguments(parser)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(["eval", *argv])
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run parsed ``eval`` arguments as ``dyhead-serve`` does (user errors: exit status 2)."""
+    return run_command(args, logging.INFO)
 
 
 def test_eval_command_evaluates_the_config_test_set(

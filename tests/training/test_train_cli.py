@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dyhead_serve.training.train_cli import run_train
-from tests.training.tiny_training import parse_train_args, train_command_args
+from tests.training.tiny_training import parse_train_args, run_train, train_command_args
 
 _parse = parse_train_args
 _tiny_args = partial(train_command_args, "dyhead_r50_atss_fpn_1x")
@@ -100,7 +99,7 @@ def test_two_processes_under_torchrun_on_the_cpu(shapes, tmp_path):
     script = tmp_path / "train_entry.py"
     script.write_text(
         "import argparse, logging, sys\n"
-        "from dyhead_serve.training.train_cli import add_train_arguments, run_train\n"
+        "from dyhead_serve.cli.train import add_train_arguments, run_train\n"
         "logging.basicConfig(level=logging.INFO)\n"
         "parser = argparse.ArgumentParser()\n"
         "add_train_arguments(parser)\n"

@@ -14,11 +14,11 @@ import torch
 
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.training.train import Trainer
-from dyhead_serve.training.train_cli import run_train
 from tests.modeling.test_rcnn_losses import TINY_RCNN, tiny_rcnn_config
 from tests.training.tiny_training import (
     cycle_batches,
     parse_train_args,
+    run_train,
     synthetic_samples,
     train_command_args,
 )
@@ -75,7 +75,7 @@ def test_faster_rcnn_under_torchrun_keeps_the_processes_in_sync(shapes, tmp_path
         "import argparse, sys\n"
         "import torch, torch.distributed as dist\n"
         "from dyhead_serve.training import train\n"
-        "from dyhead_serve.training.train_cli import add_train_arguments, run_train\n"
+        "from dyhead_serve.cli.train import add_train_arguments, run_train\n"
         "def train_and_dump(self, _train=train.Trainer.train):\n"
         "    _train(self)\n"
         "    weights = torch.cat([p.detach().flatten() for p in self.model.parameters()])\n"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dyhead_serve.cli.main import build_parser
+from dyhead_serve.cli.run import run_command
 from dyhead_serve.config import CfgNode, load_config
 from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.data.synthetic import render_image
-from dyhead_serve.training.train_cli import add_train_arguments
 
 IMAGE_SIZE = 128
 NUM_CLASSES = 6
@@ -98,6 +100,10 @@ def train_command_args(config: str, shapes: Path, output_dir: Path, *extra: str)
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:
     """``argv`` parsed as ``dyhead-serve train`` parses it."""
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(["train", *argv])
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run parsed ``train`` arguments as ``dyhead-serve`` does: a user's mistake is ``error: ...``
+    on stderr and exit status 2 (the one mapping every command goes through)."""
+    return run_command(args, logging.INFO)

@@ -1,21 +1,27 @@
 """The model arguments every command shares: ``--model``, ``--config``, ``--weights``,
 ``--set KEY VALUE`` and (for ``train`` and ``eval``) trailing Detectron2-style ``KEY VALUE``
-overrides. Defined once here for ``dyhead-serve`` and ``dyhead-export``."""
+overrides; the runtime's ``--backend``, ``--device`` and ``--threads``; and the one function that
+turns them into :class:`~dyhead_serve.runtime.options.ModelOptions`. Defined once here for
+``dyhead-serve`` and ``dyhead-export``."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 
-from dyhead_serve.model_source import ModelSource, ModelSourceError, resolve_model
+from dyhead_serve.model_source import ModelSource, resolve_model
+from dyhead_serve.runtime.options import BACKEND_HELP, BACKENDS, DEVICE_HELP, ModelOptions
 
 __all__ = [
+    "add_device_argument",
     "add_model_arguments",
     "add_override_arguments",
+    "add_runtime_arguments",
+    "model_options_from_args",
     "model_source_from_args",
-    "override_flags",
     "overrides_from_args",
 ]
+
+_DEFAULTS = ModelOptions()
 
 CONFIG_HELP = (
     "a config: a Detectron2 DyHead YAML file, an mmdetection DyHead config (.py, read without executing "
@@ -96,13 +102,6 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return flat + [str(item) for item in getattr(args, "opts", None) or []]
 
 
-def override_flags(overrides: Sequence[str]) -> list[str]:
-    """Flattened ``KEY VALUE`` overrides as ``--set KEY VALUE`` flags (for a command line)."""
-    if len(overrides) % 2:
-        raise ModelSourceError(f"config overrides come in KEY VALUE pairs, got {list(overrides)}")
-    return [arg for i in range(0, len(overrides), 2) for arg in ("--set", overrides[i], overrides[i + 1])]
-
-
 def model_source_from_args(
     args: argparse.Namespace, *, exported: bool = True, default: bool = True
 ) -> ModelSource:
@@ -115,4 +114,46 @@ def model_source_from_args(
         overrides=overrides_from_args(args),
         exported_ok=exported,
         default_ok=default,
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser, *, default: str | None = _DEFAULTS.device) -> None:
+    """``--device`` (``default`` None: unset, so that another source, the server's settings, decides;
+    its default is the same)."""
+    parser.add_argument("--device", default=default, help=f"{DEVICE_HELP}; default {_DEFAULTS.device}")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """``--backend``, ``--device`` and ``--threads``: where the model runs.
+
+    Args:
+        defaults: the defaults of :class:`ModelOptions`; False leaves unset flags None (the
+            server's settings then read the environment).
+    """
+    parser.add_argument(
+        "--backend",
+        default=_DEFAULTS.backend if defaults else None,
+        choices=BACKENDS,
+        help=f"{BACKEND_HELP} (default {_DEFAULTS.backend})",
+    )
+    add_device_argument(parser, default=_DEFAULTS.device if defaults else None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=_DEFAULTS.threads if defaults else None,
+        help=f"ONNX Runtime intra-op threads (0: its default; default {_DEFAULTS.threads})",
+    )
+
+
+def model_options_from_args(args: argparse.Namespace) -> ModelOptions:
+    """The :class:`ModelOptions` of the arguments added by :func:`add_model_arguments` and
+    :func:`add_runtime_arguments`."""
+    return ModelOptions(
+        model=args.model,
+        config=args.config,
+        weights=args.weights,
+        overrides=tuple(overrides_from_args(args)),
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
     )

@@ -8,16 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from dyhead_serve.model_args import add_model_arguments, overrides_from_args
+from dyhead_serve.cli.model_options import add_model_arguments, overrides_from_args
+from dyhead_serve.errors import UserError
+from dyhead_serve.export.tensorrt_build import PROFILES
 
-from .errors import ExportCliError
-from .tensorrt_build import PROFILES
-
-__all__ = ["add_engine_parser"]
+__all__ = ["add_engine_parser", "server_batch_size"]
 
 EPILOG = """\
 examples:
-  dyhead-export engine --model dyhead_r50_atss_fpn_1x                 # fp16, batches of up to 8 images
+  dyhead-export engine --model dyhead_r50_atss_fpn_1x                 # fp16, the server's batch size
   dyhead-export engine --config cfg.yaml --weights w.pth --precision fp32 --max-batch 1
   dyhead-export engine --model exported/atss --cache /var/lib/dyhead-serve/engines
   dyhead-serve serve --backend tensorrt --model "$(dyhead-export engine --model dyhead_r50_atss_fpn_1x)"
@@ -53,9 +52,9 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-batch",
         type=int,
-        default=8,
-        help="most images the server puts in one batch (its --max-batch-size; default 8): the engine's "
-        "profile must take them",
+        default=None,
+        help="most images the server puts in one batch (its --max-batch-size; default: the server's, "
+        "DYHEAD_SERVE_MAX_BATCH_SIZE or its default): the engine's profile must take them",
     )
     p.add_argument(
         "--profile",
@@ -67,11 +66,34 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_engine)
 
 
+def server_batch_size() -> int:
+    """The batch size ``dyhead-serve serve`` would use here: ``DYHEAD_SERVE_MAX_BATCH_SIZE``, else
+    the server's default."""
+    import importlib.util
+
+    if importlib.util.find_spec("pydantic_settings") is None:
+        from dyhead_serve.pipeline.preprocess import MissingExtraError
+
+        raise MissingExtraError(
+            "the server's batch size needs its settings: pass --max-batch, or "
+            "pip install 'dyhead-serve[serve]'"
+        )
+    from pydantic import ValidationError
+
+    from dyhead_serve.cli.serve import describe_validation_error
+    from dyhead_serve.server.settings import ServerSettings
+
+    try:
+        return ServerSettings().max_batch_size
+    except ValidationError as exc:
+        raise UserError(
+            f"invalid server settings in the environment: {describe_validation_error(exc)}"
+        ) from None
+
+
 def _run_engine(args: argparse.Namespace) -> int:
     from dyhead_serve.checkpoint import cache_dir
-
-    from .engine_cache import (
-        EngineCacheError,
+    from dyhead_serve.export.engine_cache import (
         current_target,
         find_or_build,
         mounted_engine,
@@ -79,14 +101,15 @@ def _run_engine(args: argparse.Namespace) -> int:
         resolve_source,
     )
 
-    if args.max_batch < 1:
-        raise ExportCliError(f"--max-batch must be at least 1, got {args.max_batch}")
+    max_batch = args.max_batch if args.max_batch is not None else server_batch_size()
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {max_batch}")
     overrides = overrides_from_args(args)
     try:
-        target = current_target(args.precision, profile_for_batch(args.max_batch, args.profile))
+        target = current_target(args.precision, profile_for_batch(max_batch, args.profile))
         mounted = None
         if args.model is not None and Path(args.model).is_dir():
-            mounted = mounted_engine(Path(args.model), target, args.max_batch)
+            mounted = mounted_engine(Path(args.model), target, max_batch)
         if mounted is not None:
             result, precision = mounted
             summary = result.describe(args.model, target, precision)
@@ -96,10 +119,8 @@ def _run_engine(args: argparse.Namespace) -> int:
             root = args.cache if args.cache is not None else cache_dir() / "engines"
             result = find_or_build(source, target, root, extra_build_args=extra)
             summary = result.describe(f"{source.label} (id {source.model_id[:16]})", target)
-    except EngineCacheError as exc:
-        raise ExportCliError(str(exc).strip()) from exc
     except PermissionError as exc:
-        raise ExportCliError(
+        raise UserError(
             f"cannot write the engine cache ({exc}); make it writable for this user (uid {os.getuid()}; "
             "the images run as 10001)"
         ) from exc

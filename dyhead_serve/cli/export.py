@@ -8,14 +8,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dyhead_serve.cli import run_command
-from dyhead_serve.model_args import add_model_arguments, model_source_from_args
-from dyhead_serve.runtime.loader import load_torch_backend_from
-
-from .engine_cli import add_engine_parser
-from .errors import ExportCliError
-from .onnx_export import DEFAULT_EXPORTER, EXPORTERS
-from .tensorrt_cli import add_tensorrt_parser
+from dyhead_serve.cli.export_engine import add_engine_parser
+from dyhead_serve.cli.export_tensorrt import add_tensorrt_parser
+from dyhead_serve.cli.model_options import add_model_arguments, model_source_from_args
+from dyhead_serve.cli.run import run_command
+from dyhead_serve.export.onnx_export import DEFAULT_EXPORTER, EXPORTERS
 
 __all__ = ["build_parser", "main"]
 
@@ -107,15 +104,11 @@ def _run_onnx(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from dyhead_serve.checkpoint import CheckpointError
-    from dyhead_serve.config import ConfigError
     from dyhead_serve.data.sample_image import synthetic_photo
-    from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
-    from dyhead_serve.runtime.base import BackendError
-    from dyhead_serve.zoo import ZooError
-
-    from .onnx_export import ExportError, export_onnx
-    from .verify import compare_backends
+    from dyhead_serve.export.onnx_export import export_onnx
+    from dyhead_serve.export.verify import compare_backends
+    from dyhead_serve.pipeline.image_io import read_image
+    from dyhead_serve.runtime.loader import load_torch_backend_from
 
     total = (3 if args.no_verify else 4) + (1 if args.external_weights else 0)
     steps = tqdm(total=total, desc="export", unit="step", file=sys.stderr)
@@ -143,7 +136,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
             external_weights=args.external_weights,
         )
         if args.no_verify:
-            steps.close()
+            steps.close()  # before the line below, so that the bar does not overwrite it
             print(f"wrote {args.out / 'model.onnx'} (not verified: --no-verify)")
             return 0
         steps.set_postfix_str("verifying in ONNX Runtime")
@@ -159,13 +152,8 @@ def _run_onnx(args: argparse.Namespace) -> int:
         else:
             report = compare_backends(backend, OnnxRuntimeBackend(args.out, device="cpu"), image)
         steps.update()
+    finally:
         steps.close()
-    except (ConfigError, CheckpointError, BackendError, ZooError, ExportError, ImageDecodeError) as exc:
-        steps.close()
-        raise ExportCliError(str(exc).strip()) from exc
-    except (FileNotFoundError, ValueError) as exc:
-        steps.close()
-        raise ExportCliError(str(exc).strip()) from exc
     what = "DeformConv twin of the plugin graph" if args.dcn == "plugin" else "model.onnx"
     print(f"verification ({what} in ONNX Runtime vs PyTorch, one image):")
     print(report.format())
@@ -194,3 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dyhead-export`` console script."""
     args = build_parser().parse_args(argv)
     return run_command(args, logging.DEBUG if args.verbose else logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

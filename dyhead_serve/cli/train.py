@@ -1,11 +1,5 @@
 """``dyhead-serve train``: train a detector from a Detectron2 DyHead config.
 
-Wired into :mod:`dyhead_serve.cli` with::
-
-    p = subparsers.add_parser("train", help=..., description=...)
-    add_train_arguments(p)
-    p.set_defaults(func=run_train)
-
 Several GPUs (or machines) train through ``torchrun``, which starts one process per GPU and
 sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; ``--num-gpus N`` outside ``torchrun`` prints
 the command to use.
@@ -18,14 +12,16 @@ import logging
 import os
 import random
 import shlex
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from dyhead_serve.model_args import add_override_arguments, overrides_from_args
+from dyhead_serve.cli.dataset_args import add_register_coco_argument
+from dyhead_serve.cli.model_options import add_device_argument, add_override_arguments, overrides_from_args
+from dyhead_serve.config import ConfigError
+from dyhead_serve.errors import UserError
 
-__all__ = ["add_train_arguments", "run_train", "torchrun_command"]
+__all__ = ["add_train_arguments", "add_train_parser", "run_train", "torchrun_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +29,24 @@ logger = logging.getLogger(__name__)
 _PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config``, ``--num-gpus``, ``--resume``, ``--device``, ``--register-coco`` and the
-    config overrides (``--set KEY VALUE`` and trailing ``KEY VALUE``) to ``parser``."""
-    from dyhead_serve.training.dataset_args import add_register_coco_argument
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a detector from a Detectron2 DyHead config (one process, or torchrun for DDP)",
+        description="Train the detector a config describes on DATASETS.TRAIN: Detectron2's optimizer "
+        "groups and warmup multi-step schedule, checkpoints in OUTPUT_DIR (--resume continues), one "
+        "JSON line per iteration in OUTPUT_DIR/metrics.jsonl, evaluation every TEST.EVAL_PERIOD. "
+        "Several GPUs: torchrun --standalone --nproc_per_node=N -m dyhead_serve.cli train ... --num-gpus N",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
 
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--num-gpus``, ``--resume``, ``--device`` (sets MODEL.DEVICE),
+    ``--register-coco`` and the config overrides (``--set KEY VALUE`` and trailing ``KEY VALUE``)
+    to ``parser``."""
     parser.add_argument(
         "--config",
         required=True,
@@ -57,9 +66,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from OUTPUT_DIR/last_checkpoint (weights, optimizer, schedule, iteration) when "
         "it exists; otherwise start from MODEL.WEIGHTS",
     )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda or auto (cuda when available; default); sets MODEL.DEVICE"
-    )
+    add_device_argument(parser)
     add_register_coco_argument(parser)
     add_override_arguments(parser, trailing=True)
 
@@ -151,31 +158,26 @@ def run_train(args: argparse.Namespace) -> int:
     """Train as the config says; return the exit status.
 
     0 when training finished; 1 when a loss became NaN or infinite (the message names the
-    last good checkpoint); 2 after ``error: ...`` on stderr for a bad config, dataset, weights
-    file or device, or ``--num-gpus`` > 1 outside ``torchrun`` (then the command to use is
-    printed).
+    last good checkpoint).
+
+    Raises:
+        UserError: a bad config, dataset, weights file or device, or ``--num-gpus`` > 1 outside
+            ``torchrun`` (the message gives the command to use); a config value the training
+            components refuse (they check plain values with ``ValueError``) as a ConfigError.
     """
-    from dyhead_serve.checkpoint import CheckpointError
-    from dyhead_serve.checkpoint.model_weights import WeightsError
-    from dyhead_serve.config import ConfigError
-    from dyhead_serve.data.coco_json import DatasetError
-    from dyhead_serve.runtime.base import BackendError
     from dyhead_serve.runtime.loader import resolve_torch_device
 
     in_torchrun = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.num_gpus < 1:
-        print(f"error: --num-gpus must be at least 1, got {args.num_gpus}", file=sys.stderr)
-        return 2
+        raise UserError(f"--num-gpus must be at least 1, got {args.num_gpus}")
     if args.num_gpus > 1 and not in_torchrun:
-        print(
-            f"error: --num-gpus {args.num_gpus} trains with one process per GPU, started by "
+        raise UserError(
+            f"--num-gpus {args.num_gpus} trains with one process per GPU, started by "
             "torchrun; run:\n\n"
             f"  {torchrun_command(args)}\n\n"
             "(on several machines, replace --standalone by --nnodes=M --node_rank=R "
-            "--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT, the same on every machine but --node_rank)",
-            file=sys.stderr,
+            "--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT, the same on every machine but --node_rank)"
         )
-        return 2
 
     import torch.distributed as dist
 
@@ -191,22 +193,23 @@ def run_train(args: argparse.Namespace) -> int:
     except FloatingPointError as exc:
         logger.error("%s", exc)
         return 1
-    except (ConfigError, CheckpointError, WeightsError, DatasetError, BackendError, ValueError) as exc:
-        print(f"error: {str(exc).strip()}", file=sys.stderr)
-        return 2
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc).strip()) from exc
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(args: argparse.Namespace, device: str) -> int:
+    from dyhead_serve.cli.dataset_args import catalog_from_args
     from dyhead_serve.config import load_config
     from dyhead_serve.data.coco_json import DatasetError
     from dyhead_serve.data.loader import build_train_loader
     from dyhead_serve.distributed import get_rank, get_world_size, is_main_process
     from dyhead_serve.modeling.build import build_model
     from dyhead_serve.training.auto_scale import auto_scale_workers
-    from dyhead_serve.training.dataset_args import catalog_from_args
     from dyhead_serve.training.train import Trainer
 
     catalog = catalog_from_args(args)
@@ -217,7 +220,7 @@ def _train(args: argparse.Namespace, device: str) -> int:
     if cfg.MODEL.LAYOUT == "mmdet":
         # Our losses, assigner and schedule are the official DyHead code's, not mmdetection's:
         # such a run would reproduce neither.
-        raise ValueError(
+        raise ConfigError(
             f"{args.config} is an mmdetection model: train it in mmdetection, then run, export or "
             "serve its checkpoint here (--config with --weights)"
         )

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dyhead_serve.model_args import add_model_arguments, model_source_from_args, overrides_from_args
-
-from .errors import ExportCliError
-from .tensorrt_build import PROFILES, parse_shape
+from dyhead_serve.cli.model_options import add_model_arguments, model_source_from_args, overrides_from_args
+from dyhead_serve.errors import UserError
+from dyhead_serve.export.tensorrt_build import PROFILES, parse_shape
 
 __all__ = ["FP16_TOLERANCES", "add_tensorrt_parser", "profile_from_args"]
 
@@ -31,7 +30,7 @@ TensorRT version and GPU model it was built with: rebuild it on the serving mach
 
 
 def _tolerances(fp16: bool) -> Any:
-    from .verify import Tolerances
+    from dyhead_serve.export.verify import Tolerances
 
     # fp16 engines: raw outputs within 5% of their scale, boxes within 2 px, scores within 0.01
     return Tolerances(raw=5e-2, box_px=2.0, score=1e-2) if fp16 else Tolerances()
@@ -108,81 +107,69 @@ def profile_from_args(args: argparse.Namespace) -> Any:
 
 
 def _run_tensorrt(args: argparse.Namespace) -> int:
-    from dyhead_serve.checkpoint import CheckpointError
-    from dyhead_serve.config import ConfigError
     from dyhead_serve.data.sample_image import synthetic_photo
-    from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
-    from dyhead_serve.runtime.base import BackendError
-    from dyhead_serve.zoo import ZooError
-
-    from .onnx_export import ExportError
-    from .tensorrt_build import BuildOptions, EngineBuildError, build_engine, graph_dcn_flavour
+    from dyhead_serve.export.tensorrt_build import BuildOptions, build_engine, graph_dcn_flavour
+    from dyhead_serve.pipeline.image_io import read_image
 
     def step(text: str) -> None:
         print(f"[tensorrt] {text}", file=sys.stderr)
 
     if args.onnx is not None and (args.weights is not None or overrides_from_args(args)):
-        raise ExportCliError(
+        raise UserError(
             f"{args.onnx} is an exported network: --weights and config overrides no longer apply "
             "(export again with `dyhead-export onnx` to change them)"
         )
-    try:
-        image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
-        reference = None
-        if args.onnx is not None:
-            import onnx
+    image = read_image(args.verify_image) if args.verify_image else synthetic_photo(480, 640)
+    reference = None
+    if args.onnx is not None:
+        import onnx
 
-            onnx_dir = args.onnx
-            flavour = graph_dcn_flavour(onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False))
-            if flavour is not None and args.dcn not in (None, flavour):
-                found = "plugin" if flavour == "plugin" else "DeformConv"
-                raise ExportCliError(
-                    f"{onnx_dir}/model.onnx has {found} nodes but --dcn {args.dcn} was asked; "
-                    f"re-export with `dyhead-export onnx --dcn {args.dcn}`"
-                )
-        else:
-            reference = _export_first(args, step)
-            onnx_dir = args.out
-            flavour = args.dcn or "plugin"
-        options = BuildOptions(
-            profile=profile_from_args(args),
-            fp16=args.fp16,
-            workspace_gb=args.workspace,
-            plugin_impl=args.plugin_impl,
-            timing_cache=args.timing_cache,
-            timing_cache_dir=args.out,
-        )
-        plan = build_engine(onnx_dir, args.out, options, on_step=step)
-        if args.out.resolve() != onnx_dir.resolve():
-            import shutil
-
-            shutil.copy2(onnx_dir / "model.onnx", args.out / "model.onnx")
-        print(f"wrote {plan}")
-        if args.no_verify:
-            print("not verified (--no-verify)")
-            return 0
-        if reference is None and flavour != "plugin":
-            from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-            reference = OnnxRuntimeBackend(onnx_dir, device="cpu")
-        if reference is None:
-            print(
-                "not verified: ONNX Runtime cannot run the plugin graph; build with --config/--weights "
-                "to verify against PyTorch"
+        onnx_dir = args.onnx
+        flavour = graph_dcn_flavour(onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False))
+        if flavour is not None and args.dcn not in (None, flavour):
+            found = "plugin" if flavour == "plugin" else "DeformConv"
+            raise UserError(
+                f"{onnx_dir}/model.onnx has {found} nodes but --dcn {args.dcn} was asked; "
+                f"re-export with `dyhead-export onnx --dcn {args.dcn}`"
             )
-            return 0
-        return _verify(reference, args.out, image, args.fp16, step)
-    except (ConfigError, CheckpointError, BackendError, ZooError, ExportError, EngineBuildError) as exc:
-        raise ExportCliError(str(exc).strip()) from exc
-    except (ImageDecodeError, FileNotFoundError, ValueError) as exc:
-        raise ExportCliError(str(exc).strip()) from exc
+    else:
+        reference = _export_first(args, step)
+        onnx_dir = args.out
+        flavour = args.dcn or "plugin"
+    options = BuildOptions(
+        profile=profile_from_args(args),
+        fp16=args.fp16,
+        workspace_gb=args.workspace,
+        plugin_impl=args.plugin_impl,
+        timing_cache=args.timing_cache,
+        timing_cache_dir=args.out,
+    )
+    plan = build_engine(onnx_dir, args.out, options, on_step=step)
+    if args.out.resolve() != onnx_dir.resolve():
+        import shutil
+
+        shutil.copy2(onnx_dir / "model.onnx", args.out / "model.onnx")
+    print(f"wrote {plan}")
+    if args.no_verify:
+        print("not verified (--no-verify)")
+        return 0
+    if reference is None and flavour != "plugin":
+        from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        reference = OnnxRuntimeBackend(onnx_dir, device="cpu")
+    if reference is None:
+        print(
+            "not verified: ONNX Runtime cannot run the plugin graph; build with --config/--weights "
+            "to verify against PyTorch"
+        )
+        return 0
+    return _verify(reference, args.out, image, args.fp16, step)
 
 
 def _export_first(args: argparse.Namespace, step: Any) -> Any:
     """Export --config/--weights (or --model) to ONNX in --out; return the torch backend."""
+    from dyhead_serve.export.onnx_export import export_onnx
     from dyhead_serve.runtime.loader import load_torch_backend_from
-
-    from .onnx_export import export_onnx
 
     source = model_source_from_args(args, exported=False, default=False)
     step("loading weights")
@@ -192,9 +179,8 @@ def _export_first(args: argparse.Namespace, step: Any) -> Any:
 
 
 def _verify(reference: Any, out: Path, image: Any, fp16: bool, step: Any) -> int:
+    from dyhead_serve.export.verify import compare_backends
     from dyhead_serve.runtime.tensorrt_backend import TensorRTBackend
-
-    from .verify import compare_backends
 
     step(f"verifying the engine against {reference.name}")
     report = compare_backends(reference, TensorRTBackend(out), image, _tolerances(fp16))
