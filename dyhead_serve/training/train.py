@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.distributed import all_reduce_mean, get_world_size, is_main_process
-from dyhead_serve.training.batching import collate_training_batch
 from dyhead_serve.training.checkpointing import TrainingCheckpointer, checkpoint_name
+from dyhead_serve.training.collate import collate_training_batch
 from dyhead_serve.training.grad_clip import GradientClipper
 from dyhead_serve.training.lr_schedule import build_lr_scheduler
 from dyhead_serve.training.metrics import MetricsWriter, ProgressLogger
