@@ -99,7 +99,7 @@ def bench_step(iters: int) -> None:
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        losses = model.losses(model(batch.images, sizes), batch.gt_boxes, batch.gt_classes, batch.padded_hw)
+        losses = model.forward_train(batch.images, sizes, batch.gt_boxes, batch.gt_classes)
         sum(losses.values()).backward()
 
     with use_dcn_kernel("torchvision"):
