@@ -8,7 +8,7 @@ meet it; :func:`~dyhead_serve.modeling.build.build_model` returns one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from torch import Tensor
 
@@ -58,7 +58,7 @@ class Detector(Protocol):
         """
         ...
 
-    def __call__(self, images: Tensor, image_sizes: Tensor) -> Any:
+    def __call__(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         """:meth:`forward` through ``nn.Module``'s hooks."""
         ...
 

@@ -6,7 +6,6 @@ be built and tested without a config.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,20 +157,13 @@ def coco_evaluator(cfg: Cfg, catalog: DatasetCatalog) -> EvaluateFn:
     return evaluate
 
 
-def build_trainer(
-    cfg: Cfg,
-    model: Detector,
-    catalog: DatasetCatalog | None = None,
-    *,
-    data_loader: Iterable[Sequence[TrainingSample]] | None = None,
-) -> Trainer:
-    """The Trainer of ``cfg`` for ``model``: batches from ``data_loader`` (default: the config's
-    :func:`train_loader`), evaluation on ``DATASETS.TEST`` when it names datasets.
+def build_trainer(cfg: Cfg, model: Detector, catalog: DatasetCatalog | None = None) -> Trainer:
+    """The Trainer of ``cfg`` for ``model``: batches from the config's :func:`train_loader`,
+    evaluation on ``DATASETS.TEST`` when it names datasets (:func:`coco_evaluator`).
 
     Raises:
         DatasetError: unknown or unusable datasets.
         ValueError: an unsupported config value.
     """
     evaluate = coco_evaluator(cfg, catalog or DatasetCatalog()) if cfg.DATASETS.TEST else None
-    loader = data_loader if data_loader is not None else train_loader(cfg, catalog)
-    return Trainer(model, loader, trainer_settings(cfg), evaluate=evaluate)
+    return Trainer(model, train_loader(cfg, catalog), trainer_settings(cfg), evaluate=evaluate)
