@@ -21,13 +21,10 @@ import numpy as np
 import torch
 from environment import describe
 
-from dyhead_serve.checkpoint import load_state_dict
 from dyhead_serve.config import OFFICIAL_CONFIGS, load_config
 from dyhead_serve.data.sample_image import synthetic_photo
-from dyhead_serve.modeling.build import build_model
-from dyhead_serve.pipeline.postprocess import to_original_image
-from dyhead_serve.pipeline.preprocess import preprocess
-from dyhead_serve.predict import class_names_for, input_spec_from_config
+from dyhead_serve.pipeline.predictor import detections_from_outputs, prepare_image
+from dyhead_serve.runtime.torch_backend import TorchBackend, build_torch_backend
 
 STAGES = ("preprocess", "backbone+fpn", "dyhead", "head", "postprocess", "total")
 
@@ -50,14 +47,14 @@ class StageClock:
 
 
 @torch.inference_mode()
-def run_once(model, clock: StageClock, spec, image, class_names) -> dict[str, float]:
+def run_once(backend: TorchBackend, clock: StageClock, image: np.ndarray) -> dict[str, float]:
+    """The Predictor's steps (pipeline.predictor), timed one by one."""
     t0 = time.perf_counter()
-    batch = preprocess([image], spec)
+    batch = prepare_image(image, backend.input_spec, backend.device)
     t1 = time.perf_counter()
-    outputs = model(batch.images, batch.image_sizes_tensor())
+    outputs = backend.infer(batch.images, batch.image_sizes_tensor())
     t2 = time.perf_counter()
-    raw = model.decoder(outputs, batch.padded_hw, batch.image_sizes, original_sizes=batch.original_sizes)[0]
-    to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
+    detections_from_outputs(outputs, batch, backend.decoder, backend.class_names)
     t3 = time.perf_counter()
     fpn_end, dyhead_end = clock.marks["fpn"], clock.marks["dyhead"]
     return {
@@ -95,15 +92,11 @@ def main() -> None:
     for name in models:
         torch.manual_seed(0)
         cfg = load_config(name, overrides=["MODEL.DEVICE", "cpu"])
-        model = build_model(cfg)
-        if args.weights:
-            load_state_dict(model, args.weights)
-        spec = input_spec_from_config(cfg, model.size_divisibility)
-        names = class_names_for(model.num_classes)
-        clock = StageClock(model)
+        backend = build_torch_backend(cfg, args.weights, name)
+        clock = StageClock(backend.model)
         for _ in range(args.warmup):
-            run_once(model, clock, spec, image, names)
-        runs = [run_once(model, clock, spec, image, names) for _ in range(args.iters)]
+            run_once(backend, clock, image)
+        runs = [run_once(backend, clock, image) for _ in range(args.iters)]
         total_median = statistics.median(r["total"] for r in runs)
         for stage in STAGES:
             values = [r[stage] * 1000 for r in runs]

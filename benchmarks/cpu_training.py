@@ -77,7 +77,7 @@ def bench_step(iters: int) -> None:
     from dyhead_serve.config import load_config
     from dyhead_serve.data.sample_image import synthetic_photo
     from dyhead_serve.modeling.build import build_model
-    from dyhead_serve.training.batching import collate_training_batch
+    from dyhead_serve.training.collate import collate_training_batch
     from dyhead_serve.zoo import get_model
 
     cfg = load_config(get_model("default").config_path, overrides=["MODEL.DEVICE", "cpu"])
@@ -99,7 +99,7 @@ def bench_step(iters: int) -> None:
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        losses = model.losses(model(batch.images, sizes), batch.gt_boxes, batch.gt_classes, batch.padded_hw)
+        losses = model.forward_train(batch.images, sizes, batch.gt_boxes, batch.gt_classes)
         sum(losses.values()).backward()
 
     with use_dcn_kernel("torchvision"):

@@ -11,15 +11,9 @@ from dyhead_serve.pipeline.draw import draw_detections
 from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
 from dyhead_serve.pipeline.predictor import Predictor, UnsupportedImageSizeError
 from dyhead_serve.runtime.base import make_predictor
-from dyhead_serve.runtime.torch_backend import build_torch_backend, class_names_for, input_spec_from_config
+from dyhead_serve.runtime.torch_backend import build_torch_backend
 
-__all__ = [
-    "PredictResult",
-    "build_torch_predictor",
-    "class_names_for",
-    "input_spec_from_config",
-    "predict_files",
-]
+__all__ = ["PredictResult", "build_torch_predictor", "predict_files"]
 
 logger = logging.getLogger(__name__)
 

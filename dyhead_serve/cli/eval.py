@@ -62,7 +62,14 @@ def run_eval(args: argparse.Namespace) -> int:
         for name in cfg.DATASETS.TEST:
             catalog.get(name)  # an unknown name fails before the model is built
         predictor = build_torch_predictor(cfg, weights)
-        results = evaluate_test_datasets(predictor, cfg, catalog, progress=not args.no_progress)
+        results = evaluate_test_datasets(
+            predictor,
+            cfg.DATASETS.TEST,
+            catalog,
+            cfg.OUTPUT_DIR,
+            num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+            progress=not args.no_progress,
+        )
     except UserError:
         raise
     except ValueError as exc:  # a value the model or evaluation refuses, named in the config

@@ -14,7 +14,6 @@ import random
 import shlex
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from dyhead_serve.cli.dataset_args import add_register_coco_argument
 from dyhead_serve.cli.model_options import add_device_argument, add_override_arguments, overrides_from_args
@@ -122,38 +121,6 @@ def _seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed + rank)
 
 
-def _coco_evaluator(cfg: Any, catalog: Any) -> Any:
-    """Evaluation of the training model on ``DATASETS.TEST``, through the same predictor
-    ``dyhead-serve eval`` uses; metrics flattened as Detectron2 logs them (``bbox/AP``, or
-    ``<dataset>/bbox/AP`` with several test sets)."""
-    from torch import nn
-
-    from dyhead_serve.runtime.base import make_predictor
-    from dyhead_serve.runtime.torch_backend import TorchBackend, class_names_for, input_spec_from_config
-    from dyhead_serve.training.evaluation import evaluate_test_datasets
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
-        spec = input_spec_from_config(cfg, model.size_divisibility)  # type: ignore[arg-type]
-        names = class_names_for(model.num_classes)  # type: ignore[arg-type]
-        backend = TorchBackend(model, model.decoder, spec, names, "training", device)  # type: ignore[arg-type]
-        results = evaluate_test_datasets(
-            make_predictor(backend),
-            cfg,
-            catalog,
-            output_dir=Path(cfg.OUTPUT_DIR) / "inference",
-            progress=False,
-        )
-        prefix = (lambda name: "") if len(results) == 1 else (lambda name: f"{name}/")
-        return {
-            f"{prefix(name)}bbox/{metric}": value
-            for name, result in results.items()
-            for metric, value in result.metrics.items()
-        }
-
-    return evaluate
-
-
 def run_train(args: argparse.Namespace) -> int:
     """Train as the config says; return the exit status.
 
@@ -206,11 +173,10 @@ def _train(args: argparse.Namespace, device: str) -> int:
     from dyhead_serve.cli.dataset_args import catalog_from_args
     from dyhead_serve.config import load_config
     from dyhead_serve.data.coco_json import DatasetError
-    from dyhead_serve.data.loader import build_train_loader
     from dyhead_serve.distributed import get_rank, get_world_size, is_main_process
     from dyhead_serve.modeling.build import build_model
     from dyhead_serve.training.auto_scale import auto_scale_workers
-    from dyhead_serve.training.train import Trainer
+    from dyhead_serve.training.from_config import build_trainer
 
     catalog = catalog_from_args(args)
     cfg = auto_scale_workers(
@@ -249,11 +215,7 @@ def _train(args: argparse.Namespace, device: str) -> int:
         import torch
 
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
-    model = build_model(cfg)
-    if not hasattr(model, "losses") and not hasattr(model, "forward_train"):
-        raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} cannot be trained yet")
-    evaluate = _coco_evaluator(cfg, catalog) if cfg.DATASETS.TEST else None
-    trainer = Trainer(cfg, model, build_train_loader(cfg, catalog), evaluate=evaluate)
+    trainer = build_trainer(cfg, build_model(cfg), catalog)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     return 0

@@ -1,9 +1,9 @@
-"""Data loaders: the infinite training loader of a config, and a sequential test loader.
+"""Data loaders: the infinite training loader, and a sequential test loader.
 
 The training loader yields lists of :class:`~dyhead_serve.data.mapper.TrainingSample` (no
 collation: images of a batch differ in size; the model pads them). Each process of a DDP run
-gets ``SOLVER.IMS_PER_BATCH / world_size`` images per batch from its share of one seeded
-index stream.
+gets ``images_per_batch / world_size`` images per batch from its share of one seeded index
+stream.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import pickle
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypedDict, TypeVar
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Sequent
 
 from dyhead_serve.data.catalog import DatasetCatalog, get_detection_dataset_dicts
 from dyhead_serve.data.coco_json import DatasetDict
-from dyhead_serve.data.mapper import DatasetMapper, TrainingSample
+from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.data.samplers import GroupedBatchSampler, TrainingSampler, aspect_ratio_group_ids
 from dyhead_serve.pipeline.image_io import read_image
 
@@ -29,6 +30,7 @@ __all__ = [
     "MappedDataset",
     "SerializedList",
     "TestSample",
+    "TrainLoaderSettings",
     "build_batch_data_loader",
     "build_test_loader",
     "build_train_loader",
@@ -122,25 +124,41 @@ def build_batch_data_loader(
     )
 
 
-def build_train_loader(
-    cfg: Any,
-    catalog: DatasetCatalog | None = None,
-    *,
-    mapper: Callable[[DatasetDict], TrainingSample] | None = None,
-    seed: int | None = None,
-) -> DataLoader[TrainingSample]:
-    """The endless training loader of a Detectron2 config.
+@dataclass(frozen=True)
+class TrainLoaderSettings:
+    """What the training loader reads (Detectron2's config keys in parentheses).
 
-    Reads ``DATASETS.TRAIN``, ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``,
-    ``DATALOADER.ASPECT_RATIO_GROUPING``, ``DATALOADER.NUM_WORKERS``,
-    ``DATALOADER.SAMPLER_TRAIN`` (only ``TrainingSampler``), ``SOLVER.IMS_PER_BATCH``, ``SEED``
-    and, through :meth:`DatasetMapper.from_config`, ``INPUT.*``.
+    Attributes:
+        datasets: names of the training datasets (``DATASETS.TRAIN``).
+        images_per_batch: images per batch over all processes (``SOLVER.IMS_PER_BATCH``).
+        seed: seed of the index stream (``SEED``).
+        filter_empty: drop images without objects (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``).
+        aspect_ratio_grouping: batches hold images of one aspect-ratio group
+            (``DATALOADER.ASPECT_RATIO_GROUPING``).
+        num_workers: loader worker processes (``DATALOADER.NUM_WORKERS``).
+        sampler: ``DATALOADER.SAMPLER_TRAIN``; only ``TrainingSampler`` is supported.
+    """
+
+    datasets: tuple[str, ...]
+    images_per_batch: int
+    seed: int
+    filter_empty: bool = True
+    aspect_ratio_grouping: bool = True
+    num_workers: int = 0
+    sampler: str = "TrainingSampler"
+
+
+def build_train_loader(
+    settings: TrainLoaderSettings,
+    mapper: Callable[[DatasetDict], TrainingSample],
+    catalog: DatasetCatalog | None = None,
+) -> DataLoader[TrainingSample]:
+    """The endless training loader.
 
     Args:
-        cfg: the config.
+        settings: datasets, batch size, seed, filtering, grouping, workers.
+        mapper: dataset dict -> sample (e.g. a :class:`~dyhead_serve.data.mapper.DatasetMapper`).
         catalog: resolves dataset names (default: builtin names only).
-        mapper: dataset dict -> sample (default: ``DatasetMapper.from_config(cfg)``).
-        seed: seed of the index stream (default: ``cfg.SEED``, as Detectron2).
 
     Returns:
         A DataLoader over lists of samples; iterate it, do not ask its length.
@@ -149,40 +167,39 @@ def build_train_loader(
         DatasetError: unknown or unusable datasets.
         ValueError: an unsupported sampler, or a batch size the world size does not divide.
     """
-    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+    if settings.sampler != "TrainingSampler":
         raise ValueError(
-            f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported; "
-            "use 'TrainingSampler'"
+            f"DATALOADER.SAMPLER_TRAIN {settings.sampler!r} is not supported; use 'TrainingSampler'"
         )
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    total = int(cfg.SOLVER.IMS_PER_BATCH)
+    total = settings.images_per_batch
     if total <= 0 or total % world_size:
         raise ValueError(
             f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of "
             f"processes ({world_size})"
         )
     dicts, metadata = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, catalog or DatasetCatalog(), filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        settings.datasets, catalog or DatasetCatalog(), filter_empty=settings.filter_empty
     )
     logger.info(
         "training on %d images of %s (%d classes)",
         len(dicts),
-        ", ".join(cfg.DATASETS.TRAIN),
+        ", ".join(settings.datasets),
         metadata.num_classes,
     )
     group_ids = (
         aspect_ratio_group_ids([(d["height"], d["width"]) for d in dicts])
-        if cfg.DATALOADER.ASPECT_RATIO_GROUPING
+        if settings.aspect_ratio_grouping
         else None
     )
-    dataset = MappedDataset(SerializedList(dicts), mapper or DatasetMapper.from_config(cfg))
-    sampler = TrainingSampler(len(dicts), seed=cfg.SEED if seed is None else seed)
+    dataset = MappedDataset(SerializedList(dicts), mapper)
+    sampler = TrainingSampler(len(dicts), seed=settings.seed)
     return build_batch_data_loader(
         dataset,
         sampler,
         total // world_size,
         group_ids=group_ids,
-        num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+        num_workers=settings.num_workers,
     )
 
 

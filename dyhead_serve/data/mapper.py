@@ -13,7 +13,7 @@ float64. The iteration-0 losses match Detectron2's only if that truncation is ke
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from dyhead_serve.data.transforms import (
     Transform,
     apply_augmentations,
     apply_transforms_to_boxes,
-    build_train_augmentations,
 )
 from dyhead_serve.pipeline.image_io import read_image
 
@@ -106,24 +105,6 @@ class DatasetMapper:
         self.augmentations = list(augmentations)
         self.image_format = image_format
         self.rng = rng
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> DatasetMapper:
-        """The training mapper of a Detectron2 config (``INPUT.*``).
-
-        Raises:
-            ValueError: ``INPUT.CROP.ENABLED`` (random crops are not implemented), or an
-                invalid ``INPUT`` value.
-        """
-        if cfg.INPUT.CROP.ENABLED:
-            raise ValueError("INPUT.CROP.ENABLED is not supported; set it to False")
-        augmentations = build_train_augmentations(
-            cfg.INPUT.MIN_SIZE_TRAIN,
-            cfg.INPUT.MAX_SIZE_TRAIN,
-            cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
-            cfg.INPUT.RANDOM_FLIP,
-        )
-        return cls(augmentations, cfg.INPUT.FORMAT)
 
     def __call__(self, dataset_dict: DatasetDict) -> TrainingSample:
         """Read, augment and convert one image and its objects.

@@ -1,14 +1,20 @@
 """Build detectors from a Detectron2-style config: the one table of named builders.
 
 Each builder reads the few config keys its module needs and passes them as plain arguments.
+:func:`build_model` is the one way to build a detector (the runtime's torch backend, eval,
+training and the benchmarks use it); :func:`load_model` also loads its weights.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from dyhead_serve.checkpoint import load_state_dict
+from dyhead_serve.checkpoint.mmdet_keys import mmdet_key_map
 from dyhead_serve.config.errors import ConfigError
 from dyhead_serve.modeling.anchors import broadcast_per_level
 from dyhead_serve.modeling.backbone.base import Backbone
@@ -16,6 +22,7 @@ from dyhead_serve.modeling.backbone.resnet import build_resnet
 from dyhead_serve.modeling.backbone.swin import build_swin
 from dyhead_serve.modeling.dense_decoder import DenseDecoderSpec
 from dyhead_serve.modeling.detector import DenseDetector
+from dyhead_serve.modeling.detector_protocol import Detector
 from dyhead_serve.modeling.dyhead import DyHeadBackbone
 from dyhead_serve.modeling.dyrelu import check_layout
 from dyhead_serve.modeling.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
@@ -24,7 +31,9 @@ from dyhead_serve.modeling.losses import build_atss_loss, build_retinanet_loss
 from dyhead_serve.modeling.rcnn import GeneralizedRCNN, build_rcnn
 from dyhead_serve.ops.dcn_kernel import get_dcn_kernel
 
-__all__ = ["BACKBONES", "META_ARCHITECTURES", "build_backbone", "build_model"]
+__all__ = ["BACKBONES", "META_ARCHITECTURES", "build_backbone", "build_model", "load_model"]
+
+logger = logging.getLogger(__name__)
 
 Cfg = Any  # dyhead_serve.config.CfgNode; attribute access to Detectron2-style keys
 
@@ -230,8 +239,7 @@ META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector | GeneralizedRCNN]] 
 }
 
 
-def build_model(cfg: Cfg) -> DenseDetector | GeneralizedRCNN:
-    """The detector named by ``MODEL.META_ARCHITECTURE``, in eval mode, on ``MODEL.DEVICE``."""
+def _build(cfg: Cfg) -> DenseDetector | GeneralizedRCNN:
     get_dcn_kernel()  # a deformable-conv kernel that cannot run fails here, not in a forward pass
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in META_ARCHITECTURES:
@@ -240,3 +248,26 @@ def build_model(cfg: Cfg) -> DenseDetector | GeneralizedRCNN:
         )
     model = META_ARCHITECTURES[name](cfg)
     return model.eval().to(cfg.MODEL.DEVICE)
+
+
+def build_model(cfg: Cfg) -> Detector:
+    """The detector named by ``MODEL.META_ARCHITECTURE``, in eval mode, on ``MODEL.DEVICE``, with
+    random weights (an ``nn.Module``)."""
+    return _build(cfg)
+
+
+def load_model(cfg: Cfg, weights: str | Path | None) -> Detector:
+    """:func:`build_model`, then ``weights`` loaded strictly (random weights, with a warning, when
+    None); an mmdetection-layout model (``MODEL.LAYOUT = "mmdet"``) reads the checkpoint's
+    mmdetection names.
+
+    Raises:
+        CheckpointError: the weights cannot be read or do not fit the model.
+    """
+    model = _build(cfg)
+    if weights is not None:
+        key_map = mmdet_key_map(model.state_dict()) if cfg.MODEL.LAYOUT == "mmdet" else None
+        load_state_dict(model, str(weights), strict=True, key_map=key_map)
+    else:
+        logger.warning("no weights given: the detector has random weights")
+    return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from dyhead_serve.modeling.backbone.base import Backbone
@@ -23,7 +24,8 @@ class DenseDetector(nn.Module):
 
     Training computes the losses from the same outputs with :meth:`losses` (``loss``, the
     :class:`DenseLoss` given at construction), also outside ``forward``, so that ``forward``
-    stays the tensor-in, tensor-out network in training and inference alike.
+    stays the tensor-in, tensor-out network in training and inference alike;
+    :meth:`forward_train` runs both. A :class:`~dyhead_serve.modeling.detector_protocol.Detector`.
     """
 
     def __init__(
@@ -59,6 +61,36 @@ class DenseDetector(nn.Module):
         interface with two-stage detectors; dense detectors do not need it."""
         features = self.backbone(images)
         return self.head([features[f] for f in self.head_in_features])
+
+    def forward_train(
+        self,
+        images: Tensor,
+        image_sizes: Tensor,
+        gt_boxes: Sequence[Tensor],
+        gt_classes: Sequence[Tensor],
+    ) -> dict[str, Tensor]:
+        """Training losses of a batch: :meth:`forward`, then :meth:`losses` on its outputs.
+
+        The losses run outside autocast (in float32, see :meth:`losses`) even when the network
+        runs under it.
+
+        Args:
+            images: Tensor[N, 3, H, W], normalised and padded to :attr:`size_divisibility`.
+            image_sizes: Tensor[N, 2] int64, (h, w) of each image before padding.
+            gt_boxes, gt_classes: as for :meth:`losses`.
+        """
+        outputs = self(images, image_sizes)
+        with torch.autocast(images.device.type, enabled=False):
+            return self.losses(outputs, gt_boxes, gt_classes, (int(images.shape[-2]), int(images.shape[-1])))
+
+    def loss_state_dict(self) -> dict[str, float] | None:
+        """The loss's state between iterations (None when built without a loss)."""
+        return None if self.loss is None else self.loss.state_dict()
+
+    def load_loss_state_dict(self, state: dict[str, float]) -> None:
+        """Restore what :meth:`loss_state_dict` returned."""
+        if self.loss is not None:
+            self.loss.load_state_dict(state)
 
     def losses(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,16 @@ from dyhead_serve.data.coco_classes import COCO_CLASS_NAMES
 from dyhead_serve.pipeline.predictor import Decoder
 from dyhead_serve.pipeline.preprocess import InputSpec
 
-__all__ = ["TorchBackend", "build_torch_backend", "class_names_for", "input_spec_from_config"]
+if TYPE_CHECKING:
+    from dyhead_serve.modeling.detector_protocol import Detector
+
+__all__ = [
+    "TorchBackend",
+    "build_torch_backend",
+    "class_names_for",
+    "detector_backend",
+    "input_spec_from_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,24 +77,34 @@ class TorchBackend:
         return outputs
 
 
+def detector_backend(
+    cfg: Any,
+    model: Detector,
+    model_name: str,
+    class_names: list[str] | None = None,
+    device: str | torch.device | None = None,
+) -> TorchBackend:
+    """A backend running ``model`` with the test-time preprocessing ``cfg`` describes, on
+    ``device`` (default ``cfg.MODEL.DEVICE``); class names default to ``MODEL.CLASS_NAMES``, else
+    :func:`class_names_for` the model's classes.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"a detector must be an nn.Module, got {type(model).__name__}")
+    spec = input_spec_from_config(cfg, model.size_divisibility)
+    if class_names is None:
+        class_names = list(cfg.MODEL.CLASS_NAMES) or class_names_for(model.num_classes)
+    return TorchBackend(model, model.decoder, spec, class_names, model_name, device or cfg.MODEL.DEVICE)
+
+
 def build_torch_backend(
     cfg: Any, weights: str | Path | None, model_name: str, class_names: list[str] | None = None
 ) -> TorchBackend:
     """Build the detector ``cfg`` describes on ``cfg.MODEL.DEVICE`` and load ``weights`` strictly
-    (random weights, with a warning, when None); an mmdetection-layout model
-    (``MODEL.LAYOUT = "mmdet"``) reads the checkpoint's mmdetection names."""
-    from dyhead_serve.checkpoint import load_state_dict
-    from dyhead_serve.checkpoint.mmdet_keys import mmdet_key_map
-    from dyhead_serve.modeling.build import build_model
+    (random weights, with a warning, when None; see :func:`~dyhead_serve.modeling.build.load_model`),
+    then :func:`detector_backend`."""
+    from dyhead_serve.modeling.build import load_model
 
-    model = build_model(cfg)
-    if weights is not None:
-        key_map = mmdet_key_map(model.state_dict()) if cfg.MODEL.LAYOUT == "mmdet" else None
-        load_state_dict(model, str(weights), strict=True, key_map=key_map)
-    else:
-        logger.warning("no weights given: the detector has random weights")
-    spec = input_spec_from_config(cfg, model.size_divisibility)
-    if class_names is None:
-        class_names = list(cfg.MODEL.CLASS_NAMES) or class_names_for(model.num_classes)
-    names = class_names
-    return TorchBackend(model, model.decoder, spec, names, model_name, cfg.MODEL.DEVICE)
+    return detector_backend(cfg, load_model(cfg, weights), model_name, class_names)

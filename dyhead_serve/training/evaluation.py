@@ -213,32 +213,33 @@ def evaluate_on_dataset(
 
 def evaluate_test_datasets(
     predictor: ImagePredictor,
-    cfg: Any,
+    dataset_names: Sequence[str],
     catalog: DatasetCatalog,
+    output_dir: str | os.PathLike[str],
     *,
-    output_dir: str | os.PathLike[str] | None = None,
+    num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, CocoEvalResult]:
-    """Evaluate on each dataset of ``DATASETS.TEST``, as Detectron2 evaluates each separately.
+    """Evaluate on each of ``dataset_names`` (``DATASETS.TEST``), as Detectron2 evaluates each
+    separately.
 
-    Files go to ``output_dir`` (default ``OUTPUT_DIR``) for a single test dataset, and to
-    ``output_dir/<dataset name>/`` for several. Images are decoded by
-    ``DATALOADER.NUM_WORKERS`` workers.
+    Files go to ``output_dir`` for a single test dataset, and to ``output_dir/<dataset name>/``
+    for several. Images are decoded by ``num_workers`` workers (``DATALOADER.NUM_WORKERS``).
 
     Raises:
-        DatasetError: ``DATASETS.TEST`` is empty, or one of its datasets cannot be evaluated.
+        DatasetError: ``dataset_names`` is empty, or one of its datasets cannot be evaluated.
     """
-    names = list(cfg.DATASETS.TEST)
+    names = list(dataset_names)
     if not names:
         raise DatasetError("DATASETS.TEST is empty: name the dataset(s) to evaluate on")
-    root = Path(output_dir if output_dir is not None else cfg.OUTPUT_DIR)
+    root = Path(output_dir)
     return {
         name: evaluate_on_dataset(
             predictor,
             name,
             catalog,
             root if len(names) == 1 else root / name,
-            num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+            num_workers=num_workers,
             progress=progress,
         )
         for name in names

@@ -9,7 +9,6 @@ norm of at most ``CLIP_VALUE`` (an option the official DyHead ``train_net.py`` a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
@@ -53,11 +52,3 @@ class GradientClipper:
                 torch.nn.utils.clip_grad_norm_(p, self.clip_value, self.norm_type)
         else:
             torch.nn.utils.clip_grad_norm_(with_grad, self.clip_value)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> GradientClipper | None:
-        """The clipper of ``SOLVER.CLIP_GRADIENTS``, or None when it is disabled."""
-        c = cfg.SOLVER.CLIP_GRADIENTS
-        if not c.ENABLED:
-            return None
-        return cls(str(c.CLIP_TYPE), float(c.CLIP_VALUE), float(c.NORM_TYPE))

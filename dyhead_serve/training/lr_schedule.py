@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["SCHEDULER_NAMES", "LRMultiplier", "WarmupSchedule", "build_lr_scheduler"]
+__all__ = ["SCHEDULER_NAMES", "LRMultiplier", "WarmupSchedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,23 +116,6 @@ class WarmupSchedule:
             where = (where - self.warmup_length) / (1 - self.warmup_length)
         return self._main(where)
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> WarmupSchedule:
-        """The schedule of ``SOLVER``."""
-        s = cfg.SOLVER
-        return cls(
-            s.LR_SCHEDULER_NAME,
-            int(s.MAX_ITER),
-            steps=list(s.STEPS),
-            gamma=float(s.GAMMA),
-            warmup_factor=float(s.WARMUP_FACTOR),
-            warmup_iters=int(s.WARMUP_ITERS),
-            warmup_method=s.WARMUP_METHOD,
-            end_factor=float(s.BASE_LR_END) / float(s.BASE_LR) if s.BASE_LR else 0.0,
-            num_decays=int(s.NUM_DECAYS),
-            rescale_interval=bool(s.RESCALE_INTERVAL),
-        )
-
 
 class LRMultiplier(LRScheduler):
     """Sets every parameter group's learning rate to its initial value times ``schedule``.
@@ -155,8 +138,3 @@ class LRMultiplier(LRScheduler):
     def get_lr(self) -> list[float]:  # type: ignore[override]
         multiplier = self.schedule(self.last_epoch)
         return [float(base_lr) * multiplier for base_lr in self.base_lrs]
-
-
-def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultiplier:
-    """The scheduler of ``SOLVER`` for ``optimizer`` (Detectron2's ``build_lr_scheduler``)."""
-    return LRMultiplier(optimizer, WarmupSchedule.from_config(cfg))

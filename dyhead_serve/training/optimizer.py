@@ -16,12 +16,13 @@ reproduce that recipe.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["NORM_LAYERS", "OPTIMIZERS", "build_optimizer", "build_param_groups"]
+__all__ = ["NORM_LAYERS", "OPTIMIZERS", "OptimizerSettings", "build_optimizer", "build_param_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,32 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
 )
 OPTIMIZERS = ("SGD", "ADAMW")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer of a run (Detectron2's ``SOLVER`` keys in parentheses).
+
+    Attributes:
+        name: one of :data:`OPTIMIZERS`, any case (``OPTIMIZER``).
+        base_lr: ``BASE_LR``.
+        weight_decay: ``WEIGHT_DECAY``.
+        weight_decay_norm: ``WEIGHT_DECAY_NORM``, for parameters of normalisation layers.
+        bias_lr_factor: ``BIAS_LR_FACTOR``, for parameters named ``bias``.
+        weight_decay_bias: ``WEIGHT_DECAY_BIAS`` for parameters named ``bias``; None keeps the
+            decay they would otherwise get.
+        momentum: ``MOMENTUM`` (SGD).
+        nesterov: ``NESTEROV`` (SGD).
+    """
+
+    name: str
+    base_lr: float
+    weight_decay: float
+    weight_decay_norm: float = 0.0
+    bias_lr_factor: float = 1.0
+    weight_decay_bias: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
 
 
 def build_param_groups(
@@ -81,32 +108,31 @@ def build_param_groups(
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
 
 
-def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """``SOLVER.OPTIMIZER`` (``SGD`` with ``MOMENTUM`` and ``NESTEROV``, or ``ADAMW`` with
-    PyTorch's default betas and eps) over :func:`build_param_groups`.
+def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
+    """``settings.name`` (``SGD`` with ``momentum`` and ``nesterov``, or ``ADAMW`` with PyTorch's
+    default betas and eps) over :func:`build_param_groups`.
 
     Raises:
         ValueError: an unknown optimizer name, or a model without trainable parameters.
     """
-    s = cfg.SOLVER
+    s = settings
     groups = build_param_groups(
         model,
-        base_lr=float(s.BASE_LR),
-        weight_decay=float(s.WEIGHT_DECAY),
-        weight_decay_norm=float(s.WEIGHT_DECAY_NORM),
-        bias_lr_factor=float(s.BIAS_LR_FACTOR),
-        weight_decay_bias=None if s.WEIGHT_DECAY_BIAS is None else float(s.WEIGHT_DECAY_BIAS),
+        base_lr=s.base_lr,
+        weight_decay=s.weight_decay,
+        weight_decay_norm=s.weight_decay_norm,
+        bias_lr_factor=s.bias_lr_factor,
+        weight_decay_bias=s.weight_decay_bias,
     )
     if not groups:
         raise ValueError(
             "the model has no trainable parameters (is MODEL.BACKBONE.FREEZE_AT freezing everything?)"
         )
-    name = str(s.OPTIMIZER).upper()
+    name = s.name.upper()
     if name == "SGD":
         return torch.optim.SGD(
-            groups, lr=float(s.BASE_LR), momentum=float(s.MOMENTUM), nesterov=bool(s.NESTEROV),
-            weight_decay=float(s.WEIGHT_DECAY),
-        )  # fmt: skip
+            groups, lr=s.base_lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        )
     if name == "ADAMW":
-        return torch.optim.AdamW(groups, lr=float(s.BASE_LR), weight_decay=float(s.WEIGHT_DECAY))
-    raise ValueError(f"SOLVER.OPTIMIZER {s.OPTIMIZER!r} is not supported; choose one of {list(OPTIMIZERS)}")
+        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay)
+    raise ValueError(f"SOLVER.OPTIMIZER {s.name!r} is not supported; choose one of {list(OPTIMIZERS)}")

@@ -2,13 +2,15 @@
 (LR schedule, periodic checkpoints, evaluation, metrics), in one process or one of several
 started by ``torchrun``.
 
-Each iteration: take a batch, run the network (under autocast with ``SOLVER.AMP.ENABLED`` on
-CUDA), compute the losses from its outputs (:meth:`DenseDetector.losses`; a model with a
-``forward_train``, such as :class:`GeneralizedRCNN`, returns them itself), average them over
-processes for the record, stop with :class:`FloatingPointError` if one is not finite (or if the
-network raised it, e.g. on non-finite deformable-convolution offsets), else back-propagate, clip
+Each iteration: take a batch, compute its losses with the detector's ``forward_train`` (the
+network under autocast with ``SOLVER.AMP.ENABLED`` on CUDA), average them over processes for the
+record, stop with :class:`FloatingPointError` if one is not finite (or if the network raised it,
+e.g. on non-finite deformable-convolution offsets), else back-propagate, clip
 (``SOLVER.CLIP_GRADIENTS``), step the optimizer, then the scheduler.
 Iteration ``i`` uses the learning rate of iteration ``i`` and is logged under ``iteration: i``.
+
+The Trainer takes the values it needs (:class:`TrainerSettings`), not a config: the training
+command's setup (:mod:`dyhead_serve.training.from_config`) reads them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import torch
@@ -26,19 +29,51 @@ from torch.nn.parallel import DistributedDataParallel
 from dyhead_serve.checkpoint.model_weights import initialize_from_weights
 from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.distributed import all_reduce_mean, get_world_size, is_main_process
-from dyhead_serve.training.batching import collate_training_batch
+from dyhead_serve.modeling.detector_protocol import Detector
 from dyhead_serve.training.checkpointing import TrainingCheckpointer, checkpoint_name
+from dyhead_serve.training.collate import collate_training_batch
 from dyhead_serve.training.grad_clip import GradientClipper
-from dyhead_serve.training.lr_schedule import build_lr_scheduler
+from dyhead_serve.training.lr_schedule import LRMultiplier, WarmupSchedule
 from dyhead_serve.training.metrics import MetricsWriter, ProgressLogger
-from dyhead_serve.training.optimizer import build_optimizer
+from dyhead_serve.training.optimizer import OptimizerSettings, build_optimizer
 
-__all__ = ["EvaluateFn", "Trainer"]
+__all__ = ["EvaluateFn", "Trainer", "TrainerSettings"]
 
 logger = logging.getLogger(__name__)
 
 # Evaluates the (unwrapped) model and returns flat metrics, e.g. {"bbox/AP": 41.2}.
-EvaluateFn = Callable[[nn.Module], dict[str, float]]
+EvaluateFn = Callable[[Detector], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What a training run needs besides the model and its data.
+
+    Attributes:
+        output_dir: where checkpoints and ``metrics.jsonl`` go (``OUTPUT_DIR``).
+        optimizer: the optimizer and its parameter groups (``SOLVER.*``).
+        schedule: the learning-rate multiplier of each iteration; its ``max_iter`` is the
+            length of the run (``SOLVER.MAX_ITER``).
+        pixel_mean, pixel_std: input normalisation (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``).
+        clipper: gradient clipping (``SOLVER.CLIP_GRADIENTS``), None for none.
+        amp: mixed precision on CUDA (``SOLVER.AMP.ENABLED``).
+        checkpoint_period: iterations between checkpoints (``SOLVER.CHECKPOINT_PERIOD``; 0: the
+            last one only).
+        eval_period: iterations between evaluations (``TEST.EVAL_PERIOD``; 0: after the last
+            one only).
+        weights: the initial weights of a new run (``MODEL.WEIGHTS``; empty: random).
+    """
+
+    output_dir: str
+    optimizer: OptimizerSettings
+    schedule: WarmupSchedule
+    pixel_mean: tuple[float, ...]
+    pixel_std: tuple[float, ...]
+    clipper: GradientClipper | None = None
+    amp: bool = False
+    checkpoint_period: int = 0
+    eval_period: int = 0
+    weights: str = ""
 
 
 def _busiest_group(optimizer: torch.optim.Optimizer) -> int:
@@ -52,9 +87,9 @@ class _ForwardTrain(nn.Module):
     """Makes ``model.forward_train`` a module's ``forward``, so that DistributedDataParallel, which
     prepares its gradient reduction in ``forward``, wraps the call that builds the graph."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Detector) -> None:
         super().__init__()
-        self.model = model
+        self.model = model  # registered as a submodule: the Trainer checked it is an nn.Module
 
     def forward(
         self,
@@ -63,57 +98,56 @@ class _ForwardTrain(nn.Module):
         gt_boxes: list[torch.Tensor],
         gt_classes: list[torch.Tensor],
     ) -> dict[str, torch.Tensor]:
-        return self.model.forward_train(images, image_sizes, gt_boxes, gt_classes)  # type: ignore[operator]
+        return self.model.forward_train(images, image_sizes, gt_boxes, gt_classes)
 
 
 class Trainer:
-    """Trains ``model`` for ``SOLVER.MAX_ITER`` iterations on batches from ``data_loader``.
+    """Trains ``model`` for ``settings.schedule.max_iter`` iterations on batches from ``data_loader``.
 
     Args:
-        cfg: the config (``SOLVER``, ``TEST.EVAL_PERIOD``, ``MODEL.PIXEL_*``, ``OUTPUT_DIR``).
         model: the detector on its device (unwrapped; it is wrapped in DistributedDataParallel
-            here when several processes train): ``forward_train(images, image_sizes, gt_boxes,
-            gt_classes)`` returns the named losses where the model has it
-            (:class:`~dyhead_serve.modeling.rcnn.GeneralizedRCNN`); otherwise
-            ``forward(images, image_sizes)`` gives the outputs from which ``losses(outputs,
-            gt_boxes, gt_classes, padded_hw)`` computes them
-            (:class:`~dyhead_serve.modeling.detector.DenseDetector`).
+            here when several processes train); its ``forward_train`` gives the losses.
         data_loader: yields lists of :class:`TrainingSample` forever (this process's share).
-        evaluate: called every ``TEST.EVAL_PERIOD`` iterations and after the last one, on the
-            main process only, with the unwrapped model; its metrics go to ``metrics.jsonl``.
+        settings: the optimizer, schedule, periods and the rest (see :class:`TrainerSettings`).
+        evaluate: called every ``settings.eval_period`` iterations and after the last one, on
+            the main process only, with the unwrapped model; its metrics go to ``metrics.jsonl``.
         log_period: iterations between progress lines.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
     """
 
     def __init__(
         self,
-        cfg: Any,
-        model: nn.Module,
+        model: Detector,
         data_loader: Iterable[Sequence[TrainingSample]],
+        settings: TrainerSettings,
         *,
         evaluate: EvaluateFn | None = None,
         log_period: int = 20,
     ) -> None:
-        self.cfg = cfg
-        self.model = model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"a detector must be an nn.Module, got {type(model).__name__}")
+        self.settings = settings
+        self.model = model  # typed as a Detector that is an nn.Module (the isinstance above)
         self.device = next(model.parameters()).device
         self.data_loader = data_loader
         self.evaluate = evaluate
-        self.max_iter = int(cfg.SOLVER.MAX_ITER)
-        self.checkpoint_period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
-        self.eval_period = int(cfg.TEST.EVAL_PERIOD)
+        self.max_iter = settings.schedule.max_iter
+        self.checkpoint_period = settings.checkpoint_period
+        self.eval_period = settings.eval_period
         self.log_period = log_period
         self.start_iter = 0
 
-        self.optimizer = build_optimizer(cfg, model)
-        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
-        self.clipper = GradientClipper.from_config(cfg)
-        self.amp = bool(cfg.SOLVER.AMP.ENABLED) and self.device.type == "cuda"
-        if cfg.SOLVER.AMP.ENABLED and not self.amp:
+        self.optimizer = build_optimizer(model, settings.optimizer)
+        self.scheduler = LRMultiplier(self.optimizer, settings.schedule)
+        self.clipper = settings.clipper
+        self.amp = settings.amp and self.device.type == "cuda"
+        if settings.amp and not self.amp:
             logger.warning("SOLVER.AMP.ENABLED needs a CUDA device; training in float32 on %s", self.device)
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        self.checkpointer = TrainingCheckpointer(cfg.OUTPUT_DIR, save_to_disk=is_main_process())
-        self.uses_forward_train = callable(getattr(model, "forward_train", None))
-        self.network: nn.Module = _ForwardTrain(model) if self.uses_forward_train else model
+        self.checkpointer = TrainingCheckpointer(settings.output_dir, save_to_disk=is_main_process())
+        self.network: nn.Module = _ForwardTrain(model)
         if get_world_size() > 1:
             # find_unused_parameters as the official train_net.py sets it.
             self.network = DistributedDataParallel(
@@ -134,15 +168,15 @@ class Trainer:
         }
         if self.grad_scaler is not None:
             state["grad_scaler"] = self.grad_scaler.state_dict()
-        loss = getattr(self.model, "loss", None)
-        if loss is not None and hasattr(loss, "state_dict"):
-            state["loss_state"] = loss.state_dict()
+        loss_state = self.model.loss_state_dict()
+        if loss_state is not None:
+            state["loss_state"] = loss_state
         return state
 
     def resume_or_load(self, resume: bool) -> None:
-        """With ``resume`` and a checkpoint in ``OUTPUT_DIR``, continue from it (weights,
+        """With ``resume`` and a checkpoint in ``settings.output_dir``, continue from it (weights,
         optimizer, schedule, iteration); otherwise start at iteration 0 from
-        ``MODEL.WEIGHTS`` (random initialisation when empty), as Detectron2's
+        ``settings.weights`` (random initialisation when empty), as Detectron2's
         ``resume_or_load``.
 
         Raises:
@@ -151,8 +185,8 @@ class Trainer:
         state = self.checkpointer.load_last() if resume else None
         if state is None:
             if resume:
-                logger.info("no checkpoint in %s: starting a new run", self.cfg.OUTPUT_DIR)
-            weights = str(self.cfg.MODEL.WEIGHTS)
+                logger.info("no checkpoint in %s: starting a new run", self.settings.output_dir)
+            weights = self.settings.weights
             if weights:
                 initialize_from_weights(self.model, weights)
             else:
@@ -164,14 +198,13 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.grad_scaler is not None and "grad_scaler" in state:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
-        loss = getattr(self.model, "loss", None)
-        if loss is not None and hasattr(loss, "load_state_dict") and "loss_state" in state:
-            loss.load_state_dict(state["loss_state"])
+        if "loss_state" in state:
+            self.model.load_loss_state_dict(state["loss_state"])
         self.start_iter = int(state["iteration"]) + 1
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> None:
-        """Run iterations ``start_iter`` .. ``MAX_ITER - 1``.
+        """Run iterations ``start_iter`` .. ``max_iter - 1``.
 
         Raises:
             FloatingPointError: a loss became NaN or infinite, or the network's forward raised
@@ -181,7 +214,7 @@ class Trainer:
         if self.start_iter >= self.max_iter:
             logger.info("training already finished (iteration %d of %d)", self.start_iter, self.max_iter)
             return
-        metrics = MetricsWriter(self.cfg.OUTPUT_DIR, self.start_iter, enabled=is_main_process())
+        metrics = MetricsWriter(self.settings.output_dir, self.start_iter, enabled=is_main_process())
         progress = ProgressLogger(self.max_iter, self.log_period, enabled=is_main_process())
         logger.info("starting training from iteration %d of %d", self.start_iter, self.max_iter)
         self.network.train()
@@ -205,24 +238,19 @@ class Trainer:
         """One update; returns the losses averaged over processes, ``total_loss`` last."""
         batch = collate_training_batch(
             samples,
-            self.cfg.MODEL.PIXEL_MEAN,
-            self.cfg.MODEL.PIXEL_STD,
-            int(getattr(self.model, "size_divisibility", 0)),
+            self.settings.pixel_mean,
+            self.settings.pixel_std,
+            self.model.size_divisibility,
             self.device,
         )
         image_sizes = torch.tensor(batch.image_sizes, dtype=torch.int64, device=self.device)  # [N, 2]
         try:
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                if self.uses_forward_train:
-                    loss_dict = self.network(batch.images, image_sizes, batch.gt_boxes, batch.gt_classes)
-                else:
-                    outputs = self.network(batch.images, image_sizes)
+                loss_dict: dict[str, torch.Tensor] = self.network(
+                    batch.images, image_sizes, batch.gt_boxes, batch.gt_classes
+                )
         except FloatingPointError as exc:  # raised inside forward, e.g. by check_finite_offsets
             self._stop_on_non_finite(f"iteration {iteration} failed: {exc}", cause=exc)
-        if not self.uses_forward_train:
-            loss_dict = self.model.losses(  # type: ignore[operator]
-                outputs, batch.gt_boxes, batch.gt_classes, batch.padded_hw
-            )
         total = sum(loss_dict.values())
         if not isinstance(total, torch.Tensor):
             raise ValueError("the model returned no losses")

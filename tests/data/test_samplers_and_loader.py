@@ -11,7 +11,7 @@ from torch.utils.data import SequentialSampler
 from dyhead_serve.config import get_default_config
 from dyhead_serve.data.catalog import DatasetCatalog
 from dyhead_serve.data.coco_json import DatasetError
-from dyhead_serve.data.loader import SerializedList, build_test_loader, build_train_loader
+from dyhead_serve.data.loader import SerializedList, build_test_loader
 from dyhead_serve.data.samplers import (
     GroupedBatchSampler,
     InferenceSampler,
@@ -19,6 +19,7 @@ from dyhead_serve.data.samplers import (
     aspect_ratio_group_ids,
 )
 from dyhead_serve.data.synthetic import generate_synthetic_dataset
+from dyhead_serve.training.from_config import train_loader
 
 
 def test_grouped_batches_hold_one_aspect_group_in_sampler_order() -> None:
@@ -77,7 +78,7 @@ def _train_cfg(**overrides: str):  # type: ignore[no-untyped-def]
 
 
 def test_train_loader_yields_grouped_batches_of_mapped_samples(shapes: DatasetCatalog) -> None:
-    batches = list(itertools.islice(build_train_loader(_train_cfg(), shapes), 6))
+    batches = list(itertools.islice(train_loader(_train_cfg(), shapes), 6))
     for batch in batches:
         assert len(batch) == 3
         assert len({sample["width"] > sample["height"] for sample in batch}) == 1  # one aspect group
@@ -91,15 +92,15 @@ def test_train_loader_yields_grouped_batches_of_mapped_samples(shapes: DatasetCa
 
 def test_train_loader_with_workers_and_without_grouping(shapes: DatasetCatalog) -> None:
     cfg = _train_cfg(**{"DATALOADER.NUM_WORKERS": "1", "DATALOADER.ASPECT_RATIO_GROUPING": "False"})
-    batch = next(iter(build_train_loader(cfg, shapes)))
+    batch = next(iter(train_loader(cfg, shapes)))
     assert len(batch) == 3
 
 
 def test_train_loader_refuses_what_it_cannot_do(shapes: DatasetCatalog) -> None:
     with pytest.raises(ValueError, match="SAMPLER_TRAIN"):
-        build_train_loader(_train_cfg(**{"DATALOADER.SAMPLER_TRAIN": "RepeatFactorTrainingSampler"}), shapes)
+        train_loader(_train_cfg(**{"DATALOADER.SAMPLER_TRAIN": "RepeatFactorTrainingSampler"}), shapes)
     with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
-        build_train_loader(_train_cfg(**{"DATASETS.TRAIN": "('nope',)"}), shapes)
+        train_loader(_train_cfg(**{"DATASETS.TRAIN": "('nope',)"}), shapes)
 
 
 def test_test_loader_gives_every_image_once_in_order(shapes: DatasetCatalog) -> None:

@@ -12,7 +12,6 @@ from PIL import Image
 
 from dyhead_serve.config import get_default_config
 from dyhead_serve.data.coco_json import DatasetDict, DatasetError, load_coco_json
-from dyhead_serve.data.mapper import DatasetMapper
 from dyhead_serve.data.transforms import (
     HFlipTransform,
     RandomFlip,
@@ -22,6 +21,7 @@ from dyhead_serve.data.transforms import (
     apply_augmentations,
     apply_transforms_to_boxes,
 )
+from dyhead_serve.training.from_config import dataset_mapper
 
 BOX = np.array([[10.0, 5.0, 30.0, 25.0]])  # on a 100 (w) x 50 (h) image
 
@@ -114,7 +114,7 @@ def _dataset_dict(path: Path) -> DatasetDict:
 def test_mapper_resizes_flips_clips_and_drops_crowd_and_empty_boxes(tmp_path: Path) -> None:
     path = tmp_path / "img.png"
     _write_image(path, 50, 100)
-    mapper = DatasetMapper.from_config(_mapper_cfg(100, 1000, "horizontal"))
+    mapper = dataset_mapper(_mapper_cfg(100, 1000, "horizontal"))
     mapper.augmentations[1] = RandomFlip(1.0, horizontal=True)  # always flip
     sample = mapper(_dataset_dict(path))
     assert sample["image"].shape == (3, 100, 200) and sample["image"].dtype == torch.float32
@@ -140,7 +140,7 @@ def test_integer_json_boxes_are_truncated_by_each_transform_as_in_detectron2(tmp
     }
     (tmp_path / "instances.json").write_text(json.dumps(coco))
     (dataset_dict,), _ = load_coco_json(tmp_path / "instances.json", tmp_path, "integer_boxes")
-    mapper = DatasetMapper.from_config(_mapper_cfg(100, 1000, "horizontal"))
+    mapper = dataset_mapper(_mapper_cfg(100, 1000, "horizontal"))
     mapper.augmentations[1] = RandomFlip(1.0, horizontal=True)  # always flip
     sample = mapper(dataset_dict)
     # shorter edge 60 -> 100: scale 150/90 = 100/60 = 5/3, image 150 x 100
@@ -175,25 +175,25 @@ def test_mapper_puts_channels_in_the_configured_order(tmp_path: Path, image_form
     path = tmp_path / "img.png"
     rgb = _write_image(path, 50, 100)
     # shorter edge already 50: no resize; no flip
-    sample = DatasetMapper.from_config(_mapper_cfg(50, 1000, "none", image_format))(_dataset_dict(path))
+    sample = dataset_mapper(_mapper_cfg(50, 1000, "none", image_format))(_dataset_dict(path))
     expected = rgb[:, :, ::-1] if image_format == "BGR" else rgb
     torch.testing.assert_close(sample["image"], torch.from_numpy(expected.transpose(2, 0, 1).copy()).float())
 
 
 def test_mapper_from_config_follows_input_keys() -> None:
-    assert len(DatasetMapper.from_config(_mapper_cfg(50, 1000, "none")).augmentations) == 1
-    vertical = DatasetMapper.from_config(_mapper_cfg(50, 1000, "vertical")).augmentations[1]
+    assert len(dataset_mapper(_mapper_cfg(50, 1000, "none")).augmentations) == 1
+    vertical = dataset_mapper(_mapper_cfg(50, 1000, "vertical")).augmentations[1]
     assert isinstance(vertical, RandomFlip) and not vertical.horizontal
     with pytest.raises(ValueError, match="RANDOM_FLIP"):
-        DatasetMapper.from_config(_mapper_cfg(50, 1000, "diagonal"))
+        dataset_mapper(_mapper_cfg(50, 1000, "diagonal"))
     cfg = _mapper_cfg(50, 1000, "none")
     cfg.INPUT.CROP.ENABLED = True
     with pytest.raises(ValueError, match="CROP"):
-        DatasetMapper.from_config(cfg)
+        dataset_mapper(cfg)
 
 
 def test_mapper_refuses_an_image_whose_size_differs_from_the_json(tmp_path: Path) -> None:
     path = tmp_path / "img.png"
     _write_image(path, 40, 100)
     with pytest.raises(DatasetError, match="width/height"):
-        DatasetMapper.from_config(_mapper_cfg(50, 1000, "none"))(_dataset_dict(path))
+        dataset_mapper(_mapper_cfg(50, 1000, "none"))(_dataset_dict(path))

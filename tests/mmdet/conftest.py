@@ -31,7 +31,7 @@ from dyhead_serve.runtime.torch_backend import (
     TorchBackend,
     build_torch_backend,
     class_names_for,
-    input_spec_from_config,
+    detector_backend,
 )
 from tests.mmdet.random_weights import parse_key_list, random_state_dict, recommended_kwargs
 
@@ -89,8 +89,7 @@ def torch_backend(config: str, overrides: list[str], weights: Path | None = None
         return build_torch_backend(cfg, weights, config)
     model = build_model(cfg)
     load_state_dict(model, mmdet_state(config), key_map=mmdet_key_map(model.state_dict().keys()))
-    spec = input_spec_from_config(cfg, model.size_divisibility)
-    return TorchBackend(model, model.decoder, spec, class_names_for(model.num_classes), config)
+    return detector_backend(cfg, model, config, class_names_for(model.num_classes))
 
 
 @pytest.fixture(scope="session")

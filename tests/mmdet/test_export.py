@@ -16,7 +16,7 @@ from dyhead_serve.export.onnx_export import export_onnx
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.runtime.base import make_predictor
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from dyhead_serve.runtime.torch_backend import TorchBackend, class_names_for, input_spec_from_config
+from dyhead_serve.runtime.torch_backend import TorchBackend, class_names_for, detector_backend
 from tests.mmdet.conftest import CAFFE, SIMPLE, SMALL, SWIN, assert_matches, photo, reference, torch_backend
 
 _TINY = [
@@ -44,8 +44,7 @@ def _tiny_backend(kind: str) -> TorchBackend:
                 p.normal_(0, 1 / math.sqrt(p[0].numel()))
             elif name.endswith("cls_logits.bias"):
                 p.fill_(-2.0)
-    spec = input_spec_from_config(cfg, model.size_divisibility)
-    return TorchBackend(model, model.decoder, spec, class_names_for(5), f"tiny-{kind}")
+    return detector_backend(cfg, model, f"tiny-{kind}", class_names_for(5), device="cpu")
 
 
 def _assert_same_detections(backend: TorchBackend, ort: OnnxRuntimeBackend) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from dyhead_serve.modeling.box_coding import BoxCoder
 from dyhead_serve.modeling.build import build_model
-from dyhead_serve.modeling.losses import Matcher
+from dyhead_serve.modeling.matcher import Matcher
 from dyhead_serve.modeling.rcnn import GeneralizedRCNN
 from dyhead_serve.modeling.rcnn.fast_rcnn_loss import FastRCNNLoss
 from dyhead_serve.modeling.rcnn.proposal_sampling import ProposalSampler

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from dyhead_serve.config import get_default_config
+from dyhead_serve.training.from_config import gradient_clipper, optimizer_settings
 from dyhead_serve.training.grad_clip import GradientClipper
 from dyhead_serve.training.optimizer import build_optimizer, build_param_groups
 
@@ -48,17 +49,17 @@ def test_groups_norm_bias_frozen_and_shared():
 def test_build_optimizer_sgd_adamw_and_unknown():
     cfg = get_default_config()
     cfg.merge_from_list(["SOLVER.BASE_LR", "0.02", "SOLVER.MOMENTUM", "0.8", "SOLVER.NESTEROV", "True"])
-    sgd = build_optimizer(cfg, _Net())
+    sgd = build_optimizer(_Net(), optimizer_settings(cfg))
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.defaults["momentum"] == 0.8 and sgd.defaults["nesterov"] is True
     assert {g["lr"] for g in sgd.param_groups} == {0.02}
     cfg.merge_from_list(["SOLVER.OPTIMIZER", "ADAMW", "SOLVER.WEIGHT_DECAY", "0.05"])
-    adamw = build_optimizer(cfg, _Net())
+    adamw = build_optimizer(_Net(), optimizer_settings(cfg))
     assert isinstance(adamw, torch.optim.AdamW)
     assert {g["weight_decay"] for g in adamw.param_groups} == {0.05, 0.0}
     cfg.merge_from_list(["SOLVER.OPTIMIZER", "LAMB"])
     with pytest.raises(ValueError, match=r"SOLVER\.OPTIMIZER"):
-        build_optimizer(cfg, _Net())
+        build_optimizer(_Net(), optimizer_settings(cfg))
 
 
 def _params_with_grads(*grads: list[float]) -> list[nn.Parameter]:
@@ -86,7 +87,7 @@ def test_gradient_clipping_kinds():
     with pytest.raises(ValueError, match="CLIP_TYPE"):
         GradientClipper("agc", 1.0)
     cfg = get_default_config()
-    assert GradientClipper.from_config(cfg) is None
+    assert gradient_clipper(cfg) is None
     cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"])
-    clipper = GradientClipper.from_config(cfg)
+    clipper = gradient_clipper(cfg)
     assert clipper is not None and clipper.clip_type == "norm"

@@ -14,6 +14,7 @@ import torch
 from dyhead_serve.data.mapper import TrainingSample
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.training.checkpointing import LAST_CHECKPOINT_FILE
+from dyhead_serve.training.from_config import trainer_settings
 from dyhead_serve.training.train import Trainer
 from tests.training.tiny_training import cycle_batches, synthetic_samples, tiny_config
 
@@ -24,7 +25,7 @@ def _records(output_dir: Path) -> list[dict]:
 
 def _trainer(cfg, batches, **kwargs) -> Trainer:
     torch.manual_seed(0)
-    trainer = Trainer(cfg, build_model(cfg), batches, **kwargs)
+    trainer = Trainer(build_model(cfg), batches, trainer_settings(cfg), **kwargs)
     return trainer
 
 
@@ -126,7 +127,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     torch.manual_seed(0)
     model = build_model(cfg)
     data = _DivergingAt(model, synthetic_samples(2), bad=3)
-    trainer = Trainer(cfg, model, data)
+    trainer = Trainer(model, data, trainer_settings(cfg))
     trainer.resume_or_load(resume=False)
     with pytest.raises(FloatingPointError, match=r"iteration 3 .*model_0000001\.pth.*--resume"):
         trainer.train()
@@ -148,7 +149,7 @@ def test_nan_offsets_in_forward_stop_with_a_clear_error_instead_of_crashing(tmp_
     torch.manual_seed(0)
     model = build_model(cfg)
     data = _DivergingAt(model, synthetic_samples(2), bad=2, poison="backbone.dyhead_tower.0.offset.bias")
-    trainer = Trainer(cfg, model, data)
+    trainer = Trainer(model, data, trainer_settings(cfg))
     trainer.resume_or_load(resume=False)
     with pytest.raises(FloatingPointError) as info:
         trainer.train()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dyhead_serve.modeling.build import build_model
+from dyhead_serve.training.from_config import trainer_settings
 from dyhead_serve.training.train import Trainer
 from tests.modeling.test_rcnn_losses import TINY_RCNN, tiny_rcnn_config
 from tests.training.tiny_training import (
@@ -35,7 +36,7 @@ def test_rcnn_loss_falls(tmp_path):
         tmp_path, "SOLVER.MAX_ITER", "20", "SOLVER.BASE_LR", "0.05", "MODEL.BACKBONE.FREEZE_AT", "5"
     )
     torch.manual_seed(0)
-    trainer = Trainer(cfg, build_model(cfg), cycle_batches(synthetic_samples(2), 2))
+    trainer = Trainer(build_model(cfg), cycle_batches(synthetic_samples(2), 2), trainer_settings(cfg))
     trainer.resume_or_load(resume=False)
     trainer.train()
     records = _records(tmp_path)

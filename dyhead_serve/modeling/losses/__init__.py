@@ -10,14 +10,12 @@ from dyhead_serve.modeling.losses.build import build_atss_loss, build_retinanet_
 from dyhead_serve.modeling.losses.dense_loss import DenseLoss
 from dyhead_serve.modeling.losses.focal import sigmoid_focal_loss, sigmoid_focal_loss_from_labels
 from dyhead_serve.modeling.losses.giou import atss_giou_loss, giou_loss
-from dyhead_serve.modeling.losses.retinanet_assign import Matcher
 from dyhead_serve.modeling.losses.retinanet_loss import RetinaNetLoss
 from dyhead_serve.modeling.losses.smooth_l1 import smooth_l1_loss
 
 __all__ = [
     "ATSSLoss",
     "DenseLoss",
-    "Matcher",
     "RetinaNetLoss",
     "atss_assign",
     "atss_giou_loss",

@@ -6,8 +6,8 @@ from typing import Any
 
 from dyhead_serve.modeling.box_coding import BoxCoder
 from dyhead_serve.modeling.losses.atss_loss import ATSSLoss
-from dyhead_serve.modeling.losses.retinanet_assign import Matcher
 from dyhead_serve.modeling.losses.retinanet_loss import RetinaNetLoss
+from dyhead_serve.modeling.matcher import Matcher
 
 __all__ = ["build_atss_loss", "build_retinanet_loss"]
 

@@ -13,8 +13,8 @@ from dyhead_serve.modeling.box_coding import BoxCoder
 from dyhead_serve.modeling.box_iou import pairwise_iou
 from dyhead_serve.modeling.losses.focal import sigmoid_focal_loss
 from dyhead_serve.modeling.losses.giou import giou_loss
-from dyhead_serve.modeling.losses.retinanet_assign import Matcher
 from dyhead_serve.modeling.losses.smooth_l1 import smooth_l1_loss
+from dyhead_serve.modeling.matcher import Matcher
 
 __all__ = ["BOX_REG_LOSS_TYPES", "RetinaNetLoss"]
 

@@ -25,6 +25,7 @@ class GeneralizedRCNN(nn.Module):
     Training cannot reuse those outputs: the box head trains on proposals sampled against the
     ground truth (with the ground-truth boxes added), so :meth:`forward_train` runs the network
     in its training form and returns the losses; ``forward`` stays the same in every mode.
+    A :class:`~dyhead_serve.modeling.detector_protocol.Detector`.
 
     Args:
         backbone: image -> named feature maps.
@@ -140,3 +141,10 @@ class GeneralizedRCNN(nn.Module):
             [features[f] for f in self.roi_in_features], proposals, gt_boxes, gt_classes
         )
         return {**roi_losses, **rpn_losses}
+
+    def loss_state_dict(self) -> None:
+        """None: the RPN and box-head losses keep nothing between iterations."""
+        return None
+
+    def load_loss_state_dict(self, state: dict[str, float]) -> None:
+        """Nothing to restore (see :meth:`loss_state_dict`)."""

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from dyhead_serve.modeling.box_iou import pairwise_iou
-from dyhead_serve.modeling.losses.retinanet_assign import Matcher
+from dyhead_serve.modeling.matcher import Matcher
 from dyhead_serve.modeling.rcnn.sampling import subsample_labels
 
 __all__ = ["ProposalSampler", "SampledProposals"]

@@ -9,7 +9,8 @@ import torch
 
 from dyhead_serve.modeling.anchors import AnchorGenerator
 from dyhead_serve.modeling.box_coding import BoxCoder
-from dyhead_serve.modeling.losses import ATSSLoss, Matcher, RetinaNetLoss
+from dyhead_serve.modeling.losses import ATSSLoss, RetinaNetLoss
+from dyhead_serve.modeling.matcher import Matcher
 
 LN2 = math.log(2)
 

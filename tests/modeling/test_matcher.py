@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dyhead_serve.modeling.losses import Matcher
+from dyhead_serve.modeling.matcher import Matcher
 
 
 def test_thresholds_and_boundaries():
