@@ -92,7 +92,7 @@ def server_batch_size() -> int:
 
 
 def _run_engine(args: argparse.Namespace) -> int:
-    from dyhead_serve.checkpoint import cache_dir
+    from dyhead_serve.checkpoint.cache import cache_folder
     from dyhead_serve.export.engine_cache import (
         current_target,
         find_or_build,
@@ -116,7 +116,7 @@ def _run_engine(args: argparse.Namespace) -> int:
         else:
             source = resolve_source(args.model, config=args.config, weights=args.weights, overrides=overrides)
             extra = ["--workspace", str(args.workspace)] if args.workspace else []
-            root = args.cache if args.cache is not None else cache_dir() / "engines"
+            root = args.cache if args.cache is not None else cache_folder("engines")
             result = find_or_build(source, target, root, extra_build_args=extra)
             summary = result.describe(f"{source.label} (id {source.model_id[:16]})", target)
     except PermissionError as exc:

@@ -64,7 +64,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Print the detections of every image; 1 when some image could not be read."""
-    from dyhead_serve.predict import predict_files
+    from dyhead_serve.predict import check_out_dir, draw_files, predict_files
     from dyhead_serve.runtime.base import make_predictor
     from dyhead_serve.runtime.loader import load_backend
 
@@ -72,21 +72,21 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
     if not 0.0 <= args.draw_threshold <= 1.0:
         raise UserError(f"--draw-threshold must be in [0, 1], got {args.draw_threshold}")
+    if args.out_dir is not None:
+        check_out_dir(args.out_dir)
     if args.model is None and args.config is None:
         from dyhead_serve.zoo import demo_model_notice
 
         logger.info("no model named: %s", demo_model_notice())
     predictor = make_predictor(load_backend(model_options_from_args(args)))
     # An OutputShapeError (the model, not an image, is at fault) stops at the first image.
-    results, errors = predict_files(
-        predictor,
-        args.images,
-        score_threshold=args.score_threshold,
-        out_dir=args.out_dir,
-        draw_threshold=args.draw_threshold,
-    )
+    results, detections, errors = predict_files(predictor, args.images, score_threshold=args.score_threshold)
+    # The results first: drawing writes files, and a full disk must not lose them.
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if args.out_dir is not None:
+        errors += draw_files(results, detections, args.out_dir, args.draw_threshold)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     return 1 if errors else 0

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dyhead_serve.checkpoint.cache import cache_dir
+from dyhead_serve.checkpoint.cache import cache_dir, cache_folder
 
 __all__ = [
     "BUILTIN_SYNTHETIC",
@@ -335,6 +335,7 @@ def ensure_builtin_synthetic_dataset() -> SyntheticDatasetPaths:
     paths = builtin_synthetic_paths()
     if paths.exists():
         return paths
+    cache_folder("datasets")  # a clear error when the cache cannot be written
     spec = BUILTIN_SYNTHETIC
     scratch = paths.root.with_name(f".{paths.root.name}.partial-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)

@@ -26,8 +26,13 @@ class ServerSettings(BaseSettings):
     """
 
     # hide_input_in_errors: a refused API key must not appear in messages or logs.
+    # allow_inf_nan=False: a limit of "inf" or "nan" is refused, not turned into an overflow later.
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, hide_input_in_errors=True
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        validate_default=True,
+        hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
 
     # The model (as `dyhead-serve predict` names it): model_options gathers them.
@@ -98,7 +103,7 @@ class ServerSettings(BaseSettings):
 
     # Limits on what a client may send.
     max_upload_mb: float = Field(
-        default=20.0, gt=0.0, description="largest request body (all images together)"
+        default=20.0, gt=0.0, le=65536.0, description="largest request body (all images together)"
     )
     max_files: int = Field(default=16, ge=1, le=1024, description="most images in one request")
     max_image_pixels: int = Field(
