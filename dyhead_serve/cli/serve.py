@@ -154,6 +154,20 @@ def _exit_cleanly_after_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: logger.info("stopped by SIGTERM"))
 
 
+def _shut_down_gracefully_on_sighup(server: Any) -> None:
+    """SIGHUP (the terminal closed, a supervisor's hang-up) shuts the server down as SIGTERM does:
+    requests in flight are answered first. Its default action killed the process at once. (With
+    ``--workers``, uvicorn's supervisor handles SIGHUP itself: it restarts the workers, each
+    draining as on SIGTERM.)"""
+
+    def hang_up(signum: int, frame: Any) -> None:
+        logger.info("SIGHUP: shutting down gracefully, as on SIGTERM")
+        server.should_exit = True
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, hang_up)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Start the server; returns when it has shut down (0).
 
@@ -217,6 +231,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings, on_load_failure=stop_on_failure)
     server = uvicorn.Server(uvicorn.Config(app, **server_options))
+    _shut_down_gracefully_on_sighup(server)
     server.run()
     if failures:
         raise UserError(f"cannot serve the model: {str(failures[0]).strip()}") from failures[0]

@@ -35,7 +35,8 @@ def images_in_flight(url: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_real_server_answers_and_drains_on_sigterm(tiny_model_dir):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_real_server_answers_and_drains_on_sigterm(tiny_model_dir, stop_signal):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start_server("--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port))
@@ -44,7 +45,8 @@ def test_real_server_answers_and_drains_on_sigterm(tiny_model_dir):
         first = httpx.post(f"{url}/v1/detect", files={"file": ("a.png", photo_bytes())}, timeout=30)
         assert first.status_code == 200 and first.json()["results"][0]["detections"]
 
-        # A request of 8 images is in flight when SIGTERM arrives: it must still be answered.
+        # A request of 8 images is in flight when the signal arrives: it must still be answered
+        # (SIGHUP, a closed terminal, used to kill the process at once).
         files = [("files", (f"{i}.png", photo_bytes(seed=i))) for i in range(8)]
         answers: list[httpx.Response] = []
         sender = threading.Thread(
@@ -54,7 +56,7 @@ def test_real_server_answers_and_drains_on_sigterm(tiny_model_dir):
         deadline = time.monotonic() + 30
         while images_in_flight(url) == 0 and sender.is_alive() and time.monotonic() < deadline:
             time.sleep(0.005)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         sender.join(60)
         assert answers and answers[0].status_code == 200, answers
         assert len(answers[0].json()["results"]) == 8
