@@ -11,7 +11,9 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -210,15 +212,24 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         # Each worker process builds its own app (and model) from the environment.
         from dyhead_serve.server.app import LOG_LEVEL_VARIABLE
+        from dyhead_serve.server.metrics import MULTIPROCESS_VARIABLE
 
         os.environ.update(settings.to_environment())
         os.environ[LOG_LEVEL_VARIABLE] = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        uvicorn.run(
-            "dyhead_serve.server.app:create_app_from_environment",
-            factory=True,
-            workers=settings.workers,
-            **server_options,
-        )
+        # The workers' metrics in shared files, so /metrics counts every worker's requests.
+        own_metrics_dir = not os.environ.get(MULTIPROCESS_VARIABLE)
+        if own_metrics_dir:
+            os.environ[MULTIPROCESS_VARIABLE] = tempfile.mkdtemp(prefix="dyhead-serve-metrics-")
+        try:
+            uvicorn.run(
+                "dyhead_serve.server.app:create_app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                **server_options,
+            )
+        finally:
+            if own_metrics_dir:
+                shutil.rmtree(os.environ.pop(MULTIPROCESS_VARIABLE), ignore_errors=True)
         return 0
 
     failures: list[BaseException] = []

@@ -1,17 +1,26 @@
 """Prometheus metrics: requests by route and status, latencies, queue depth, batches, inference.
 
-Each app has its own registry, so several apps in one process (tests) do not collide.
+Each app has its own registry, so several apps in one process (tests) do not collide. Under
+``serve --workers N`` the command points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the
+workers start: prometheus_client then keeps every worker's values in files there, and /metrics,
+whichever worker answers it, reports counters and histograms summed over all workers and gauges
+summed over the live ones (``ready`` is the minimum: 1 once every worker is ready). Without it each
+worker would report only its own counters, which Prometheus reads as resets.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Metrics", "MetricsMiddleware"]
+__all__ = ["MULTIPROCESS_VARIABLE", "Metrics", "MetricsMiddleware"]
+
+# prometheus_client's own variable: set, its metric values live in files shared by the workers.
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -22,6 +31,8 @@ class Metrics:
     """The service's metrics, in their own registry."""
 
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_VARIABLE))
+        self._queue_depth: Callable[[], float] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "dyhead_http_requests_total",
@@ -46,12 +57,16 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "dyhead_queue_depth", "Images waiting for a backend call.", registry=self.registry
+            "dyhead_queue_depth",
+            "Images waiting for a backend call.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "dyhead_images_in_flight",
             "Images accepted and not yet answered (decoding, queued or running).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "dyhead_batch_size", "Images per backend call.", buckets=_BATCH_BUCKETS, registry=self.registry
@@ -74,18 +89,37 @@ class Metrics:
             registry=self.registry,
         )
         self.ready = Gauge(
-            "dyhead_ready", "1 once the model is loaded and warmed up.", registry=self.registry
+            "dyhead_ready",
+            "1 once the model is loaded and warmed up.",
+            registry=self.registry,
+            multiprocess_mode="livemin",
         )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.inference_seconds.observe(seconds)
+        self._refresh_queue_depth()
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
+        """Report ``depth()`` as the queue depth: read at each scrape in one process; across
+        workers (where a callback cannot be read by another process) stored at each batch and
+        scrape."""
+        if self.multiprocess:
+            self._queue_depth = depth
+        else:
+            self.queue_depth.set_function(depth)
+
+    def _refresh_queue_depth(self) -> None:
+        if self._queue_depth is not None:
+            self.queue_depth.set(self._queue_depth())
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self._refresh_queue_depth()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 class MetricsMiddleware:

@@ -96,3 +96,30 @@ def test_serve_exits_2_when_the_model_cannot_be_loaded(tmp_path):
 def test_serve_refuses_bad_settings_before_starting(args, message, capsys):
     assert cli_main(["serve", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two worker processes, each loading the model
+def test_metrics_count_every_worker(tiny_model_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(
+        "--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port), "--workers", "2"
+    )
+    try:
+        wait_url_ready(url, process=process)
+        for i in range(8):  # a new connection each: the two workers share them
+            response = httpx.post(
+                f"{url}/v1/detect", files={"file": ("a.png", photo_bytes(seed=i))}, timeout=60
+            )
+            assert response.status_code == 200
+        pattern = r'^dyhead_http_requests_total\{method="POST",route="/v1/detect",status="200"\} (\S+)$'
+        for _ in range(8):  # whichever worker answers, it reports both workers' requests
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+            assert [float(n) for n in re.findall(pattern, text, re.MULTILINE)] == [8.0], text
+            assert re.search(r"^dyhead_ready 1\.0$", text, re.MULTILINE), text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
