@@ -12,6 +12,7 @@ from dyhead_serve.config.defaults import get_default_config
 from dyhead_serve.config.errors import ConfigError
 from dyhead_serve.config.mmdet import MMDET_CONFIGS, load_mmdet_config, mmdet_config_path
 from dyhead_serve.config.node import CfgNode
+from dyhead_serve.config.normalisation import normalisation_problem
 from dyhead_serve.config.official import OFFICIAL_CONFIGS, official_config_path
 
 __all__ = ["load_config", "resolve_config_path"]
@@ -81,6 +82,11 @@ def load_config(
         cfg.merge_from_file(path)
     if overrides is not None:
         cfg.merge_from_list(overrides)
+    problem = normalisation_problem(
+        cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
+    )
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}")
     if freeze:
         cfg.freeze()
     return cfg

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from dyhead_serve.config.normalisation import normalisation_problem
 from dyhead_serve.errors import UserError
 
 __all__ = [
@@ -84,6 +85,9 @@ class InputSpec:
             raise ValueError(f"channel order must be 'BGR' or 'RGB', got {self.channel_order!r}")
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
             raise ValueError("pixel_mean and pixel_std need 3 values")
+        problem = normalisation_problem(self.pixel_mean, self.pixel_std)
+        if problem is not None:
+            raise ValueError(problem)
         if self.resize_rule not in RESIZE_RULES:
             raise ValueError(f"resize rule must be one of {RESIZE_RULES}, got {self.resize_rule!r}")
         if self.resize_backend not in RESIZE_BACKENDS:

@@ -163,3 +163,23 @@ def test_cli_answers_error_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ("PIXEL_STD: [0.0, 0.0, 0.0]", "MODEL.PIXEL_STD"),
+        ("PIXEL_STD: [.nan, 57.0, 57.0]", "MODEL.PIXEL_STD"),
+        ("PIXEL_STD: [-1.0, 57.0, 57.0]", "MODEL.PIXEL_STD"),
+        ("PIXEL_MEAN: [.inf, 116.0, 123.0]", "MODEL.PIXEL_MEAN"),
+    ],
+    ids=["std-zero", "std-nan", "std-negative", "mean-inf"],
+)
+def test_degenerate_normalisation_is_refused_at_load(tmp_path, capsys, values, key):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"MODEL:\n  {values}\n")
+    with pytest.raises(ConfigError, match=rf"{key} must be finite"):
+        load_config(config)
+    # Through the CLI (before this check, predict crashed in torchvision's kernel: signal 11).
+    assert cli_main(["-q", "predict", "--config", str(config), "--weights", "w.pth", "missing.jpg"]) == 2
+    assert f"{key} must be finite" in capsys.readouterr().err
