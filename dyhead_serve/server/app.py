@@ -32,6 +32,7 @@ from dyhead_serve.server.routes_v2 import router as v2_router
 from dyhead_serve.server.service import BackendLoader, DetectionService, load_backend_from_settings
 from dyhead_serve.server.settings import ServerSettings
 from dyhead_serve.server.uploads import BodySizeLimitMiddleware
+from dyhead_serve.server.v2_schemas import V2InferRequest
 
 __all__ = ["LOG_LEVEL_VARIABLE", "create_app", "create_app_from_environment"]
 
@@ -43,7 +44,8 @@ DyHead object detection over HTTP.
 - `POST /v1/detect`: upload images (multipart `file` / `files`, or JSON base64 `images`), get
   boxes in original pixels, scores, class ids and labels.
 - `POST /v1/detect/annotated`: the image with its boxes drawn (JPEG or PNG).
-- `/v2/...`: the Open Inference Protocol (KServe / Triton clients).
+- `/v2/...`: the Open Inference Protocol (KServe / Triton clients); the same protocol over gRPC
+  on `grpc_port` (default 8001).
 - `/healthz`, `/readyz`, `/metrics`: for orchestrators and Prometheus. `/`: a demo page.
 
 Requests from many clients are batched together (images of the same padded size only, so
@@ -80,6 +82,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         service.start()  # loads and warms up on its own thread: /healthz answers meanwhile
+        grpc_server = None
+        if settings.grpc_port:
+            from dyhead_serve.server.grpc.server import start_grpc_server
+
+            try:
+                grpc_server = await start_grpc_server(settings, service, metrics)
+            except BaseException:
+                service.stop(timeout=settings.request_timeout_s)
+                raise
+        app.state.grpc_server = grpc_server
         # The lifespan state reaches the connection protocol: its limits, and where it counts the
         # connections it closes itself.
         yield {
@@ -89,6 +101,8 @@ def create_app(
             CONNECTION_EVENTS: lambda reason: metrics.connections_closed.labels(reason).inc(),
         }
         logger.info("shutting down: finishing queued work")
+        if grpc_server is not None:
+            await grpc_server.stop(grace_s=settings.request_timeout_s)
         service.stop(timeout=settings.request_timeout_s)
 
     app = FastAPI(
@@ -110,7 +124,7 @@ def create_app(
     install_error_handlers(app)
     for router in (ops_router, v1_router, v2_router, v2_model_router):
         app.include_router(router)
-    install_openapi(app)
+    install_openapi(app, extra_models=(V2InferRequest,))
     install_docs(app)
     # Added last = outermost: metrics see every response, the 413s of the size limit included,
     # and CORS headers go on every answer, 500s included.
