@@ -63,7 +63,11 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
 }
 # The protocol's datatypes as Triton's model configuration names them.
 TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64"}
-_NUMPY_TYPES = {"FP32": np.dtype("<f4"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
+_NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+}
 # Options a request's parameters may carry; other parameters (binary_data_output, ...) are the
 # protocol's own.
 _OPTION_NAMES = ("score_threshold", "max_detections", "classes")

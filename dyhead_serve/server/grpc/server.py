@@ -99,7 +99,7 @@ def _unary_handler(
     )
 
 
-class _ReadinessHealth(health.aio.HealthServicer):  # type: ignore[misc]
+class _ReadinessHealth(health.aio.HealthServicer):
     """The health service, SERVING exactly when the model is ready (for the whole server and for
     the inference service by name)."""
 
