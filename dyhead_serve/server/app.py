@@ -67,7 +67,8 @@ def create_app(
         settings: default: read from ``DYHEAD_SERVE_*`` environment variables.
         load: how to get the backend (default: the runtime loader on the settings' model).
         backend: an already loaded backend to serve instead.
-        on_load_failure: called when loading or warm-up fails (the CLI stops the server).
+        on_load_failure: called when loading or warm-up fails, or the gRPC port cannot be bound
+            (the CLI stops the server).
     """
     settings = settings if settings is not None else ServerSettings()
     metrics = Metrics()
@@ -88,9 +89,12 @@ def create_app(
 
             try:
                 grpc_server = await start_grpc_server(settings, service, metrics)
-            except BaseException:
-                service.stop(timeout=settings.request_timeout_s)
-                raise
+            except RuntimeError as exc:  # the port cannot be bound
+                if on_load_failure is None:
+                    service.stop(timeout=settings.request_timeout_s)
+                    raise
+                # As for a model that cannot load: the CLI reports it in one line, exits 2.
+                on_load_failure(exc)
         app.state.grpc_server = grpc_server
         # The lifespan state reaches the connection protocol: its limits, and where it counts the
         # connections it closes itself.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -301,3 +302,33 @@ def test_serve_process_speaks_grpc_and_stops_on_sigterm(tiny_model_dir):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serve_exits_2_when_the_grpc_port_is_taken(tiny_model_dir):
+    """A gRPC port in use stops the server at start-up with an error, not a silent exit 0."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        env = {**os.environ, "DYHEAD_SERVE_GRPC_PORT": str(grpc_port)}
+        command = ["serve", "--model", str(tiny_model_dir), "--device", "cpu", "--port", str(free_port())]
+        done = subprocess.run(
+            [sys.executable, "-m", "dyhead_serve.cli", *command],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve gRPC on 127.0.0.1:{grpc_port}" in done.stderr
+
+
+def test_grpc_settings(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.delenv("DYHEAD_SERVE_GRPC_PORT", raising=False)  # the test suite turns it off
+    settings = ServerSettings()
+    assert settings.grpc_port == 8001 and settings.grpc_max_message_bytes == 20 * 2**20
+    monkeypatch.setenv("DYHEAD_SERVE_GRPC_PORT", "0")
+    assert ServerSettings().grpc_port == 0
+    with pytest.raises(ValidationError):
+        ServerSettings(grpc_port=70000)
+    with pytest.raises(ValidationError):
+        ServerSettings(grpc_max_message_mb=0)
