@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
@@ -100,6 +100,21 @@ model_router = APIRouter(
 _VERSIONED = "/versions/{version}"
 
 
+def _declare_version(
+    version: Annotated[str, Path(description=f"the model version ({MODEL_VERSION!r})")],
+) -> None:
+    """Declares the ``{version}`` of the versioned routes (for validation and OpenAPI); the handlers
+    read it from the path with :func:`_version`, so that the unversioned routes take none."""
+
+
+def _version(request: Request) -> str | None:
+    version: str | None = request.path_params.get("version")
+    return version
+
+
+_WITH_VERSION = [Depends(_declare_version)]
+
+
 @router.get("", summary="Server metadata", response_model=V2ServerMetadata)
 async def server_metadata() -> V2ServerMetadata:
     return V2ServerMetadata(name="dyhead-serve", version=__version__, extensions=EXTENSIONS)
@@ -140,9 +155,15 @@ async def statistics_not_served(request: Request) -> JSONResponse:
 
 
 @model_router.get("", summary="Model metadata", response_model=V2ModelMetadata, responses=_ERRORS)
-@model_router.get(_VERSIONED, summary="Model metadata", response_model=V2ModelMetadata, responses=_ERRORS)
-async def model_metadata(name: str, service: Service, version: str | None = None) -> V2ModelMetadata:
-    backend = model_named(service, name, version)
+@model_router.get(
+    _VERSIONED,
+    summary="Model metadata",
+    response_model=V2ModelMetadata,
+    responses=_ERRORS,
+    dependencies=_WITH_VERSION,
+)
+async def model_metadata(name: str, request: Request, service: Service) -> V2ModelMetadata:
+    backend = model_named(service, name, _version(request))
     return V2ModelMetadata(
         name=backend.model_name,
         versions=[MODEL_VERSION],
@@ -159,12 +180,13 @@ async def model_metadata(name: str, service: Service, version: str | None = None
 )
 @model_router.get(
     _VERSIONED + "/config",
+    dependencies=_WITH_VERSION,
     summary="Model configuration (Triton)",
     response_model=V2ModelConfig,
     responses=_ERRORS,
 )
-async def get_model_config(name: str, service: Service, version: str | None = None) -> V2ModelConfig:
-    return model_config(model_named(service, name, version))
+async def get_model_config(name: str, request: Request, service: Service) -> V2ModelConfig:
+    return model_config(model_named(service, name, _version(request)))
 
 
 _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -181,13 +203,14 @@ _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 @model_router.get(
     _VERSIONED + "/ready",
+    dependencies=_WITH_VERSION,
     summary="Model ready (400 until loaded and warmed up)",
     response_model=V2ModelReady,
     responses=_READY_RESPONSES,
 )
-async def model_ready(name: str, service: Service, version: str | None = None) -> JSONResponse:
+async def model_ready(name: str, request: Request, service: Service) -> JSONResponse:
     if service.backend is not None:
-        model_named(service, name, version)
+        model_named(service, name, _version(request))
     return JSONResponse({"name": name, "ready": service.ready}, status_code=200 if service.ready else 400)
 
 
@@ -307,16 +330,15 @@ def _infer_response(
 )
 @model_router.post(
     _VERSIONED + "/infer",
+    dependencies=_WITH_VERSION,
     summary="Inference (image bytes in, detection tensors out)",
     response_model=V2InferResponse,
     response_model_exclude_none=True,
     responses=_ERRORS,
     openapi_extra=_INFER_BODY,
 )
-async def infer(
-    name: str, request: Request, service: Service, settings: Settings, version: str | None = None
-) -> Response:
-    backend = model_named(service, name, version)
+async def infer(name: str, request: Request, service: Service, settings: Settings) -> Response:
+    backend = model_named(service, name, _version(request))
     service.require_capacity()
     infer_request, images = await _read_infer_request(request, settings.max_files, settings.max_upload_bytes)
     wanted = _wants_binary(infer_request)

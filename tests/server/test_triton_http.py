@@ -202,6 +202,13 @@ def test_openapi_documents_the_infer_body(url):
             "$ref": "#/components/schemas/V2InferRequest"
         }
     assert "inputs" in document["components"]["schemas"]["V2InferRequest"]["properties"]
+    # {version} is a path parameter of the versioned routes only.
+    for path, operations in document["paths"].items():
+        if path.startswith("/v2/models/{name}"):
+            names = {(p["name"], p["in"]) for op in operations.values() for p in op.get("parameters", [])}
+            assert names == (
+                {("name", "path"), ("version", "path")} if "{version}" in path else {("name", "path")}
+            )
     assert "/v2/models/{name}/config" in document["paths"]
 
 
