@@ -4,6 +4,7 @@ health service, status codes, metrics and a graceful stop."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -73,7 +74,7 @@ def v1_detections(url: str, images: list[bytes], **params) -> list[list[dict]]:
 
 
 def assert_same_as_v1(result, expected: list[list[dict]]) -> None:
-    """Every output of a Triton result equals the v1 JSON detections exactly."""
+    """Every output of a Triton result equals JSON detections (of /v1 or predict) exactly."""
     counts = [len(d) for d in expected]
     assert result.as_numpy("num_detections").tolist() == counts
     scores, boxes = result.as_numpy("scores"), result.as_numpy("boxes")
@@ -332,3 +333,27 @@ def test_grpc_settings(monkeypatch):
         ServerSettings(grpc_port=70000)
     with pytest.raises(ValidationError):
         ServerSettings(grpc_max_message_mb=0)
+
+
+def test_both_transports_answer_what_predict_prints(served, tiny_model_dir, tmp_path, capsys):
+    """tritonclient over gRPC and over HTTP against ``dyhead-serve predict`` on the same files."""
+    import tritonclient.http as tritonclient_http
+
+    from dyhead_serve.cli import main as cli_main
+
+    paths = []
+    for i, (height, width) in enumerate([(120, 160), (150, 110)]):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(photo_bytes(height, width, seed=30 + i))
+        paths.append(path)
+    assert cli_main(["predict", "--model", str(tiny_model_dir), "--device", "cpu", *map(str, paths)]) == 0
+    printed = {entry["file"]: entry["detections"] for entry in json.loads(capsys.readouterr().out)}
+    expected = [printed[str(path)] for path in paths]
+    assert all(expected)
+    images = [path.read_bytes() for path in paths]
+    over_grpc = tritonclient_grpc.InferenceServerClient(served.grpc).infer(MODEL, [image_input(*images)])
+    assert_same_as_v1(over_grpc, expected)
+    tensor = tritonclient_http.InferInput("image", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=object), binary_data=True)
+    http_client = tritonclient_http.InferenceServerClient(served.http.removeprefix("http://"))
+    assert_same_as_v1(http_client.infer(MODEL, [tensor]), expected)
