@@ -357,3 +357,38 @@ def test_both_transports_answer_what_predict_prints(served, tiny_model_dir, tmp_
     tensor.set_data_from_numpy(np.array(images, dtype=object), binary_data=True)
     http_client = tritonclient_http.InferenceServerClient(served.http.removeprefix("http://"))
     assert_same_as_v1(http_client.infer(MODEL, [tensor]), expected)
+
+
+def test_one_admission_queue_for_both_transports(served_backend):
+    """An HTTP request holding the only queue slot: a gRPC call is refused RESOURCE_EXHAUSTED with
+    a retry-after trailer, then answered once the slot is free."""
+    gated = GatedBackend(served_backend)
+    settings = ServerSettings(grpc_port=free_port(), warmup=False, max_batch_size=1, max_queue=1)
+    image = photo_bytes(seed=16)
+    try:
+        with running_server(create_app(settings, backend=gated), settings) as live:
+            answers: list = []
+            holder = threading.Thread(
+                target=lambda: answers.append(
+                    httpx.post(f"{live.url}/v1/detect", files={"file": ("a.png", image)}, timeout=60)
+                )
+            )
+            holder.start()
+            assert gated.entered.wait(30)
+            request = service_pb2.ModelInferRequest(model_name=MODEL)
+            request.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+                image
+            )
+            with grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ModelInfer(request, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "max_queue" in refused.value.details()
+                assert dict(refused.value.trailing_metadata())["retry-after"] == "1"
+                gated.gate.set()
+                holder.join(30)
+                assert answers[0].status_code == 200
+                assert stub.ModelInfer(request, timeout=30).outputs[0].name == "num_detections"
+    finally:
+        gated.gate.set()
