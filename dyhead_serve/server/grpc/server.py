@@ -2,9 +2,9 @@
 
 It serves ``inference.GRPCInferenceService`` (the Open Inference Protocol v2 over gRPC, as KServe
 and Triton define it) and the standard health-checking service (``grpc.health.v1.Health``,
-SERVING once the model is ready). The app's lifespan starts it after the HTTP side and stops it
-first on shutdown: health turns NOT_SERVING, new calls are refused, calls in progress get up to
-``request_timeout_s`` to finish.
+SERVING once the model is ready). The app's lifespan starts it, and on shutdown (after uvicorn has
+finished the HTTP requests) stops it before the service: health turns NOT_SERVING, new calls are
+refused, calls in progress get up to ``request_timeout_s`` to finish.
 """
 
 from __future__ import annotations

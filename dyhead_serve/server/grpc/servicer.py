@@ -73,8 +73,8 @@ def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
 
 
 class InferenceServicer:
-    """One coroutine per call of the service; each takes the request message and the call's
-    context and returns the response message, or raises :class:`ApiError`."""
+    """One coroutine per call of the service: request message in, response message out, or an
+    :class:`ApiError` (the API key is checked by the caller, from the call's metadata)."""
 
     def __init__(self, service: DetectionService, settings: ServerSettings) -> None:
         self.service = service
