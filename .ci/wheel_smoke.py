@@ -5,12 +5,14 @@ empty folder, with no source tree on the path (see .ci/run).
    fail, ``dyhead_serve.export`` / ``dyhead_serve.plugins`` import);
 2. ``dyhead-serve predict`` with the embedded model finds the shapes of a generated image;
 3. ``dyhead-export onnx`` of the embedded model writes and verifies an export;
-4. ``dyhead-serve serve`` of that export answers one ``/v1/detect`` request.
+4. ``dyhead-serve serve`` of that export answers one ``/v1/detect`` request, and its KServe v2
+   gRPC side (the committed protobuf module, with the ``serve`` extra's grpcio) says ready.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -73,12 +75,29 @@ def multipart(path: Path) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+def check_grpc_ready(port: int) -> None:
+    import grpc
+
+    from dyhead_serve.server.grpc import open_inference_pb2 as pb
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        server_ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerReady",
+            request_serializer=pb.ServerReadyRequest.SerializeToString,
+            response_deserializer=pb.ServerReadyResponse.FromString,
+        )
+        if not server_ready(pb.ServerReadyRequest(), timeout=30).ready:
+            fail("the gRPC side says not ready while /readyz says ready")
+    print("   gRPC ServerReady: ready")
+
+
 def serve_one_request(model: Path, image: Path) -> None:
-    step("dyhead-serve serve + one /v1/detect request")
-    port = free_port()
+    step("dyhead-serve serve + one /v1/detect request + gRPC ServerReady")
+    port, grpc_port = free_port(), free_port()
     server = subprocess.Popen(
         [str(BIN / "dyhead-serve"), "-q", "serve", "--model", str(model), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "DYHEAD_SERVE_GRPC_PORT": str(grpc_port)},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -105,6 +124,7 @@ def serve_one_request(model: Path, image: Path) -> None:
         if not result["detections"]:
             fail(f"the server found nothing: {answer}")
         print(f"   {len(result['detections'])} detections, best {result['detections'][0]}")
+        check_grpc_ready(grpc_port)
     finally:
         server.terminate()
         try:

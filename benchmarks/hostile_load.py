@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import socket
 import statistics
@@ -49,7 +50,10 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
                "--device", "cpu", "--read-timeout-s", str(args.read_timeout_s), "--threads", "1"]  # fmt: skip
     if args.model:
         command += ["--model", args.model]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "DYHEAD_SERVE_GRPC_PORT": "0"}  # HTTP is measured; 8001 may be taken
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def jpeg(height: int = 480, width: int = 640) -> bytes:

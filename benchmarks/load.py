@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import io
 import ipaddress
+import os
 import re
 import signal
 import socket
@@ -133,7 +134,9 @@ def start_server(model: str, port: int, batch_size: int, args: argparse.Namespac
         "--max-batch-delay-ms", str(args.max_batch_delay_ms), "--max-queue", str(4 * MAX_CLIENTS),
         "--threads", str(args.threads),
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # HTTP is measured: no gRPC listener (whose default port may be taken on a shared machine).
+    env = {**os.environ, "DYHEAD_SERVE_GRPC_PORT": "0"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_ready(process, f"http://127.0.0.1:{port}", timeout=300)
     except RuntimeError:

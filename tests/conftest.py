@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -11,6 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# Servers the tests start serve gRPC only where a test asks for it, on a free port: the default
+# port (8001) may be taken on a shared machine, and most tests speak HTTP only.
+os.environ.setdefault("DYHEAD_SERVE_GRPC_PORT", "0")
 
 DATA = Path(__file__).parent / "data"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

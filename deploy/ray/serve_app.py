@@ -15,6 +15,12 @@ Arguments (``key=value``; all optional): ``model``, ``config``, ``weights``, ``b
 the GPU and TensorRT it was built for: build it once per kind of GPU with ``dyhead-export engine``
 onto storage the replicas share, with a profile that takes the server's batch size.
 
+KServe v2 over gRPC is off in the replicas (``grpc_port`` 0 unless given): Ray Serve routes
+requests through its own proxy, whose gRPC side calls Ray-specific servicer functions, and
+several replicas on one node could not each listen on the same port. Clients of this deployment
+speak the REST API (``/v1`` and ``/v2``); run ``dyhead-serve serve`` (Docker, compose, Kubernetes)
+where gRPC is wanted.
+
 Ray is imported only when the application is built, so this file imports (and is tested) where Ray
 is not installed.
 """
@@ -38,6 +44,7 @@ DEPLOYMENT_ARGS = ("num_gpus", "min_replicas", "max_replicas", "target_ongoing_r
 def server_settings(args: dict[str, Any]) -> ServerSettings:
     """The server settings named in ``args`` (the rest from ``DYHEAD_SERVE_*`` and defaults)."""
     values = {key: value for key, value in args.items() if key not in DEPLOYMENT_ARGS}
+    values.setdefault("grpc_port", 0)  # see the module's docstring
     unknown = sorted(set(values) - set(ServerSettings.model_fields))
     if unknown:
         raise ValueError(

@@ -32,6 +32,7 @@ from dyhead_serve.server.routes_v2 import router as v2_router
 from dyhead_serve.server.service import BackendLoader, DetectionService, load_backend_from_settings
 from dyhead_serve.server.settings import ServerSettings
 from dyhead_serve.server.uploads import BodySizeLimitMiddleware
+from dyhead_serve.server.v2_schemas import V2InferRequest
 
 __all__ = ["LOG_LEVEL_VARIABLE", "create_app", "create_app_from_environment"]
 
@@ -43,7 +44,8 @@ DyHead object detection over HTTP.
 - `POST /v1/detect`: upload images (multipart `file` / `files`, or JSON base64 `images`), get
   boxes in original pixels, scores, class ids and labels.
 - `POST /v1/detect/annotated`: the image with its boxes drawn (JPEG or PNG).
-- `/v2/...`: the Open Inference Protocol (KServe / Triton clients).
+- `/v2/...`: the Open Inference Protocol (KServe / Triton clients); the same protocol over gRPC
+  on `grpc_port` (default 8001).
 - `/healthz`, `/readyz`, `/metrics`: for orchestrators and Prometheus. `/`: a demo page.
 
 Requests from many clients are batched together (images of the same padded size only, so
@@ -65,7 +67,8 @@ def create_app(
         settings: default: read from ``DYHEAD_SERVE_*`` environment variables.
         load: how to get the backend (default: the runtime loader on the settings' model).
         backend: an already loaded backend to serve instead.
-        on_load_failure: called when loading or warm-up fails (the CLI stops the server).
+        on_load_failure: called when loading or warm-up fails, or the gRPC port cannot be bound
+            (the CLI stops the server).
     """
     settings = settings if settings is not None else ServerSettings()
     metrics = Metrics()
@@ -80,6 +83,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         service.start()  # loads and warms up on its own thread: /healthz answers meanwhile
+        grpc_server = None
+        if settings.grpc_port:
+            from dyhead_serve.server.grpc.server import start_grpc_server
+
+            try:
+                grpc_server = await start_grpc_server(settings, service, metrics)
+            except RuntimeError as exc:  # the port cannot be bound
+                if on_load_failure is None:
+                    service.stop(timeout=settings.request_timeout_s)
+                    raise
+                # As for a model that cannot load: the CLI reports it in one line, exits 2.
+                on_load_failure(exc)
+        app.state.grpc_server = grpc_server
         # The lifespan state reaches the connection protocol: its limits, and where it counts the
         # connections it closes itself.
         yield {
@@ -89,6 +105,8 @@ def create_app(
             CONNECTION_EVENTS: lambda reason: metrics.connections_closed.labels(reason).inc(),
         }
         logger.info("shutting down: finishing queued work")
+        if grpc_server is not None:
+            await grpc_server.stop(grace_s=settings.request_timeout_s)
         service.stop(timeout=settings.request_timeout_s)
 
     app = FastAPI(
@@ -110,7 +128,7 @@ def create_app(
     install_error_handlers(app)
     for router in (ops_router, v1_router, v2_router, v2_model_router):
         app.include_router(router)
-    install_openapi(app)
+    install_openapi(app, extra_models=(V2InferRequest,))
     install_docs(app)
     # Added last = outermost: metrics see every response, the 413s of the size limit included,
     # and CORS headers go on every answer, 500s included.

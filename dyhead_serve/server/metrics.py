@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by route and status, latencies, queue depth, batches, inference.
+"""Prometheus metrics: HTTP requests by route and status, gRPC calls by method and code,
+latencies, queue depth, batches, inference.
 
 Each app has its own registry, so several apps in one process (tests) do not collide. Under
 ``serve --workers N`` the command points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the
@@ -44,6 +45,19 @@ class Metrics:
             "dyhead_http_request_duration_seconds",
             "Time from request start to the end of the response, by route template.",
             ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.grpc_requests = Counter(
+            "dyhead_grpc_requests_total",
+            "gRPC calls by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.grpc_latency = Histogram(
+            "dyhead_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer, by method.",
+            ["method"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

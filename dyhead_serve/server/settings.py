@@ -118,13 +118,27 @@ class ServerSettings(BaseSettings):
     # Access.
     api_key: SecretStr | None = Field(
         default=None,
-        description="when set, /v1 and /v2 model routes need this X-API-Key header (prefer the "
-        "environment variable: command lines are visible to other users)",
+        description="when set, /v1 and /v2 model routes need this X-API-Key header (gRPC: x-api-key "
+        "metadata; prefer the environment variable: command lines are visible to other users)",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins allowed to call the API from a browser (CORS), comma-separated "
         "(e.g. https://app.example.com)",
+    )
+
+    # KServe v2 over gRPC, on the HTTP server's host, in the same process (and model).
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="port of the KServe v2 gRPC service (inference.GRPCInferenceService); 0: no gRPC",
+    )
+    grpc_max_message_mb: float = Field(
+        default=20.0,
+        gt=0.0,
+        le=2047.0,  # gRPC's limits are 32-bit signed byte counts
+        description="largest gRPC request message (all images together); larger: RESOURCE_EXHAUSTED",
     )
 
     @field_validator("api_key", mode="before")
@@ -187,6 +201,10 @@ class ServerSettings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        return int(self.grpc_max_message_mb * 1024 * 1024)
 
     def to_environment(self) -> dict[str, str]:
         """These settings as ``DYHEAD_SERVE_*`` variables (how worker processes receive them)."""

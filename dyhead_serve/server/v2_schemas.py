@@ -11,9 +11,12 @@ __all__ = [
     "V2InferRequest",
     "V2InferResponse",
     "V2Live",
+    "V2ModelConfig",
+    "V2ModelConfigTensor",
     "V2ModelMetadata",
     "V2ModelReady",
     "V2Ready",
+    "V2RepositoryModel",
     "V2RequestInput",
     "V2RequestOutput",
     "V2ResponseOutput",
@@ -75,12 +78,15 @@ class V2RequestInput(BaseModel):
 
 
 class V2RequestOutput(BaseModel):
+    """A requested output; ``parameters.binary_data: true`` asks for it in the binary part."""
+
     name: str
     parameters: dict[str, Any] | None = None
 
 
 class V2InferRequest(BaseModel):
-    """``parameters`` may hold ``score_threshold``, ``max_detections`` and ``classes``."""
+    """``parameters`` may hold ``score_threshold``, ``max_detections`` and ``classes``, and
+    ``binary_data_output: true`` (every output not asked for otherwise in the binary part)."""
 
     id: str | None = None
     parameters: dict[str, Any] | None = None
@@ -103,11 +109,39 @@ class V2InferRequest(BaseModel):
 
 
 class V2ResponseOutput(BaseModel):
+    """An output tensor: ``data`` in JSON, or ``parameters.binary_data_size`` bytes of the binary
+    part of the response when the request asked for binary outputs."""
+
     name: str
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None
+
+
+class V2ModelConfigTensor(BaseModel):
+    name: str
+    data_type: str = Field(..., examples=["TYPE_STRING"])
+    dims: list[int]
+
+
+class V2ModelConfig(BaseModel):
+    """Triton's model configuration, the fields that describe this server's model (``max_batch_size``
+    0: the dims are whole shapes, the leading -1 being the number of images)."""
+
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    input: list[V2ModelConfigTensor]
+    output: list[V2ModelConfigTensor]
+
+
+class V2RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: str = Field(..., examples=["READY"])
+    reason: str = ""
 
 
 class V2InferResponse(BaseModel):

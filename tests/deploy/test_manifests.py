@@ -90,9 +90,11 @@ def test_compose_ports_reach_the_port_the_images_listen_on():
     for name, dockerfile in (("gpu", "Dockerfile"), ("cpu", "Dockerfile.cpu")):
         env = " ".join(i.args for i in parse_dockerfile(DOCKER / dockerfile) if i.keyword == "ENV")
         port = re.search(r"DYHEAD_SERVE_PORT=(\d+)", env)
-        assert port is not None
-        (mapping,) = _compose()["services"][name]["ports"]
-        assert mapping.rsplit(":", 1)[1] == port.group(1)
+        grpc_port = re.search(r"DYHEAD_SERVE_GRPC_PORT=(\d+)", env)
+        assert port is not None and grpc_port is not None
+        http, grpc = _compose()["services"][name]["ports"]
+        assert http.rsplit(":", 1)[1] == port.group(1)
+        assert grpc.rsplit(":", 1)[1] == grpc_port.group(1)
 
 
 def test_kubernetes_manifests_follow_the_kubernetes_schemas():
@@ -115,8 +117,9 @@ def test_deployment_requests_a_gpu_and_probes_our_endpoints():
     probes = {kind: container[kind]["httpGet"]["path"] for kind in kinds}
     assert probes["readinessProbe"] == "/readyz" and probes["livenessProbe"] == "/healthz"
     assert set(probes.values()) <= routes
-    (port,) = container["ports"]
+    port, grpc_port = container["ports"]
     assert port["containerPort"] == 8000
+    assert grpc_port == {"name": "grpc", "containerPort": 8001, "protocol": "TCP"}
     assert all(container[kind]["httpGet"]["port"] == port["name"] for kind in kinds)
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
     _check_variables([e["name"] for e in container["env"]], "deployment")

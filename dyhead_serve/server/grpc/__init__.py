@@ -1,0 +1,1 @@
+"""KServe v2 over gRPC (``inference.GRPCInferenceService``), served beside the HTTP API."""
