@@ -35,6 +35,7 @@ __all__ = [
     "DECODER_KINDS",
     "INPUT_SPEC_RULES",
     "MAX_IMAGE_SIDE",
+    "PRECISIONS",
     "ArtifactError",
     "DecoderKind",
     "Rule",
@@ -45,6 +46,10 @@ __all__ = [
 # Largest min_size / max_size (pixels): 4096 is three times Detectron2's 1333 and more than any
 # multi-scale test setting; 100000 made one image need 20 GB.
 MAX_IMAGE_SIDE = 4096
+
+# provenance.precision: the network's precision (fp16: a mixed-precision graph or a float16
+# engine); files written before it was recorded are fp32.
+PRECISIONS = ("fp32", "fp16")
 
 
 class ArtifactError(ValueError):
@@ -288,6 +293,9 @@ _REQUIRED = ("format", "name", "input_spec", "class_names", "decoder")
 
 
 def _check_agreement(artifact: dict[str, Any]) -> None:
+    provenance = artifact.get("provenance", {})
+    if "precision" in provenance:
+        one_of(*PRECISIONS)(provenance["precision"], "provenance.precision")
     spec = artifact["input_spec"]
     if spec["min_size"] > spec["max_size"]:
         raise ArtifactError(
