@@ -32,6 +32,7 @@ from dyhead_serve.export.fp16 import KEEP_FLOAT32, convert_to_float16
 from dyhead_serve.export.onnx_export import export_onnx
 from dyhead_serve.export.verify import FP16_TOLERANCES, VerifyReport, compare_backends
 from dyhead_serve.pipeline.image_io import read_image
+from dyhead_serve.pipeline.preprocess import InputSpec, preprocess
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -78,13 +79,11 @@ def measure(
 RANGE_OPS = (*sorted(KEEP_FLOAT32), *EXTRA, "Conv", "DeformConv", "Add", "Mul")
 
 
-def value_ranges(graph: onnx.ModelProto, folder: Path, images: list[np.ndarray], spec: object) -> None:
+def value_ranges(graph: onnx.ModelProto, folder: Path, images: list[np.ndarray], spec: InputSpec) -> None:
     """Largest |input| and |output| per op type in the float32 graph (every float value made an
     output). Float16 overflows above 65504: a normalisation squares its centred inputs, so inputs
     beyond 256 overflow its variance when computed in float16; Exp overflows above 11.09."""
     import onnxruntime as ort
-
-    from dyhead_serve.pipeline.preprocess import preprocess
 
     inferred = onnx.shape_inference.infer_shapes(graph)
     floats = {
@@ -101,7 +100,7 @@ def value_ranges(graph: onnx.ModelProto, folder: Path, images: list[np.ndarray],
     names = [o.name for o in session.get_outputs()]
     largest: dict[str, float] = {}
     for image in images:
-        batch = preprocess([image], spec)  # type: ignore[arg-type]
+        batch = preprocess([image], spec)
         values = dict(zip(names, session.run(None, {"images": batch.images.numpy()}), strict=True))
         values["images"] = batch.images.numpy()
         for name, value in values.items():

@@ -35,6 +35,7 @@ __all__ = [
     "ImagePredictor",
     "coco_evaluate",
     "detections_to_coco_results",
+    "evaluate_datasets",
     "evaluate_on_dataset",
     "evaluate_test_datasets",
     "format_metrics_table",
@@ -232,13 +233,36 @@ def evaluate_test_datasets(
     if not names:
         raise DatasetError("DATASETS.TEST is empty: name the dataset(s) to evaluate on")
     root = Path(output_dir if output_dir is not None else cfg.OUTPUT_DIR)
+    return evaluate_datasets(
+        predictor, names, catalog, root, num_workers=int(cfg.DATALOADER.NUM_WORKERS), progress=progress
+    )
+
+
+def evaluate_datasets(
+    predictor: ImagePredictor,
+    names: Sequence[str],
+    catalog: DatasetCatalog,
+    output_dir: str | os.PathLike[str],
+    *,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, CocoEvalResult]:
+    """Evaluate on each named dataset separately; files go to ``output_dir`` for one dataset and
+    to ``output_dir/<dataset name>/`` for several.
+
+    Raises:
+        DatasetError: no dataset named, or one of them cannot be evaluated.
+    """
+    if not names:
+        raise DatasetError("no dataset to evaluate on")
+    root = Path(output_dir)
     return {
         name: evaluate_on_dataset(
             predictor,
             name,
             catalog,
             root if len(names) == 1 else root / name,
-            num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+            num_workers=num_workers,
             progress=progress,
         )
         for name in names

@@ -178,3 +178,30 @@ def test_eval_command_reports_an_unknown_dataset(tmp_path: Path, capsys: pytest.
     assert run_eval(args) == 2
     err = capsys.readouterr().err
     assert "unknown dataset 'nope'" in err and "--register-coco" in err
+
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "dyhead_serve" / "zoo_files" / "default"
+
+
+def test_an_exported_folder_is_evaluated_in_fp32_and_fp16(tmp_path: Path) -> None:
+    """`dyhead-serve eval --model DIR`'s library half: the embedded model's exported folder and its
+    float16 twin, each a predictor for the evaluation, on a small generated split."""
+    from dyhead_serve.config import load_config
+    from dyhead_serve.export.fp16 import convert_folder_to_float16
+    from dyhead_serve.runtime.loader import exported_config, load_exported_predictor
+    from dyhead_serve.training.evaluation import evaluate_datasets
+
+    convert_folder_to_float16(DEFAULT_DIR, tmp_path / "fp16")
+    paths = generate_synthetic_dataset(tmp_path / "data", 0, 6, image_size=320, seed=5)
+    catalog = DatasetCatalog()
+    catalog.register_coco("tiny_val", paths.json_file("val"), paths.image_root("val"))
+    config, overrides = exported_config(DEFAULT_DIR)
+    assert list(load_config(config, overrides=overrides).DATASETS.TEST) == ["synthetic_shapes_val"]
+    ap50 = {}
+    for precision, folder in (("fp32", DEFAULT_DIR), ("fp16", tmp_path / "fp16")):
+        predictor = load_exported_predictor(folder, backend="onnxruntime", device="cpu")
+        results = evaluate_datasets(predictor, ["tiny_val"], catalog, tmp_path / precision, progress=False)
+        ap50[precision] = results["tiny_val"].metrics["AP50"]
+        assert (tmp_path / precision / "coco_eval.json").is_file()
+    assert ap50["fp32"] > 50
+    assert abs(ap50["fp16"] - ap50["fp32"]) <= 2.0, ap50
