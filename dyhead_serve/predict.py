@@ -13,23 +13,12 @@ from dyhead_serve.pipeline.draw import draw_detections
 from dyhead_serve.pipeline.image_io import ImageDecodeError, read_image
 from dyhead_serve.pipeline.postprocess import Detections
 from dyhead_serve.pipeline.predictor import Predictor, UnsupportedImageSizeError
-from dyhead_serve.runtime.base import make_predictor
-from dyhead_serve.runtime.torch_backend import build_torch_backend
 
-__all__ = ["PredictResult", "build_torch_predictor", "check_out_dir", "draw_files", "predict_files"]
+__all__ = ["PredictResult", "check_out_dir", "draw_files", "predict_files"]
 
 logger = logging.getLogger(__name__)
 
 PredictResult = dict[str, Any]
-
-
-def build_torch_predictor(cfg: Any, weights: str | Path | None, device: str | None = None) -> Predictor:
-    """A Predictor running the detector ``cfg`` describes with ``weights`` (loaded strictly)."""
-    if device is not None:
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.merge_from_list(["MODEL.DEVICE", device])
-    return make_predictor(build_torch_backend(cfg, weights, Path(str(weights or "random")).stem))
 
 
 def predict_files(

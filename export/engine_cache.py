@@ -14,9 +14,10 @@ config and overrides, and the version of this package. A folder appears only com
 built beside its final name and renamed), and one lock per folder keeps replicas that share the
 volume from building the same engine twice.
 
-From TensorRT 10.12 on engines are strongly typed: an fp16 engine of an exported folder needs that
-folder's ONNX graph in float16 (``dyhead-export onnx --precision fp16``), which is checked before
-anything is built (:func:`check_source_precision`).
+From TensorRT 10.12 on engines are strongly typed: an fp16 engine comes from a float16 ONNX graph.
+The tensorrt command writes the float16 twin of a float32 folder into its build folder first; a
+float16 folder cannot give an fp32 engine, which is checked before anything is built
+(:func:`check_source_precision`).
 """
 
 from __future__ import annotations
@@ -274,9 +275,11 @@ def mounted_engine(folder: Path, target: BuildTarget, max_batch: int) -> tuple[E
 
 def check_source_precision(source: BuildSource, target: BuildTarget) -> None:
     """Raise EngineCacheError when an exported folder's ONNX graph cannot give an engine of the
-    target's precision on its TensorRT (a strongly typed build computes in the graph's own types).
+    target's precision: a float16 graph for an fp32 engine. (A float32 graph gives fp16 engines
+    everywhere: ``dyhead-export tensorrt --fp16`` converts it first where the build is strongly
+    typed.)
 
-    Sources built from weights are exported by the build itself and not checked here.
+    Sources built from weights are exported by the build itself, at the target's precision.
     """
     if source.build_args[:1] != ("--onnx",):
         return
@@ -288,10 +291,11 @@ def check_source_precision(source: BuildSource, target: BuildTarget) -> None:
     if not (folder / "model.onnx").is_file():
         return  # the build says so
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    graph = graph_precision(model)
+    if graph == "fp32":
+        return
     try:
-        check_graph_precision(
-            graph_precision(model), target.precision, target.tensorrt, folder, graph_dcn_flavour(model)
-        )
+        check_graph_precision(graph, target.precision, target.tensorrt, folder, graph_dcn_flavour(model))
     except EngineBuildError as exc:
         raise EngineCacheError(str(exc)) from exc
 

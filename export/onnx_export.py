@@ -15,10 +15,12 @@ from torch import Tensor, nn
 
 from dyhead_serve.ops.onnx_node import DCN_FLAVOURS, MIN_OPSET
 from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
+from dyhead_serve.runtime.options import PRECISIONS
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
 from .errors import ExportError
 from .external_weights import WEIGHTS_FILE, share_weights
+from .fp16 import write_float16_onnx
 from .torch_export import write_torch_export
 
 __all__ = ["DEFAULT_EXPORTER", "EXPORTERS", "ExportError", "check_onnx", "export_onnx", "input_dims"]
@@ -59,6 +61,30 @@ def check_onnx(path: Path, *, strict_shapes: bool = True) -> onnx.ModelProto:
     return inferred
 
 
+def _state_static_output_dims(path: Path) -> None:
+    """Write into the graph's outputs the extents ONNX shape inference (with data propagation)
+    finds to be numbers where the exporter left a name: Faster R-CNN's proposal slots are fixed,
+    though the TorchScript exporter's own inference cannot see it through shape arithmetic."""
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except onnx.shape_inference.InferenceError:
+        return  # check_onnx reports it
+    found = {v.name: v.type.tensor_type.shape for v in inferred.graph.output}
+    changed = False
+    for output in model.graph.output:
+        shape = found.get(output.name)
+        dims = output.type.tensor_type.shape.dim
+        if shape is None or len(shape.dim) != len(dims):
+            continue
+        for declared, known in zip(dims, shape.dim, strict=True):
+            if declared.dim_param and known.HasField("dim_value"):
+                declared.dim_value = known.dim_value  # clears dim_param (a oneof)
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
+
+
 def _tensor_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
     tensor_type = value.type.tensor_type
     dims: list[int | str] = [d.dim_param if d.dim_param else int(d.dim_value) for d in tensor_type.shape.dim]
@@ -79,9 +105,12 @@ def _write_torchscript(
     dynamic_axes = {
         name: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for name, shape in dims.items()
     }
-    batch_axis = {0: "batch"} if isinstance(dims["images"][0], str) else {}
-    for name in output_names:
-        dynamic_axes[name] = {**batch_axis, 1: f"{name}_dim1"}
+    # Outputs: the batch axis is named; the others are whatever the trace's shape inference finds,
+    # so that a fixed extent (Faster R-CNN's proposal slots) stays a number in the graph and
+    # an extent that follows the image size (a dense detector's anchors) stays symbolic.
+    if isinstance(dims["images"][0], str):
+        for name in output_names:
+            dynamic_axes[name] = {0: "batch"}
     with deform_conv_onnx_symbolic(dcn, opset), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic, the deprecation
         torch.onnx.export(
@@ -132,6 +161,7 @@ def export_onnx(
     provenance: dict[str, Any] | None = None,
     on_step: Callable[[str], None] | None = None,
     external_weights: bool = False,
+    precision: str = "fp32",
 ) -> Path:
     """Write ``out_dir/model.onnx`` and ``out_dir/model.json`` for a torch backend's detector.
 
@@ -150,6 +180,9 @@ def export_onnx(
             weights for ONNX Runtime and PyTorch. Batch norms are then kept as graph nodes
             (ONNX Runtime fuses them when it loads the graph) so that the weights stay as
             trained.
+        precision: ``"fp32"``, or ``"fp16"`` for a mixed-precision graph (float16 weights and
+            compute, float32 where float16 loses accuracy; inputs and outputs stay float32; see
+            :mod:`.fp16`). Recorded in model.json as ``provenance.precision``.
 
     Returns:
         the path of model.onnx.
@@ -162,6 +195,8 @@ def export_onnx(
         raise ExportError(f"--opset must be at least {MIN_OPSET} (DeformConv), got {opset}")
     if batch is not None and batch < 1:
         raise ExportError(f"--batch must be a positive integer or 'dynamic', got {batch}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     if external_weights and exporter == "dynamo":
         raise ExportError(
             "--external-weights needs --exporter torchscript: the dynamo exporter's optimiser folds "
@@ -202,6 +237,13 @@ def export_onnx(
         shared = share_weights(onnx_path, model.state_dict())
         logger.info("%s", shared.describe())
         record_weights = {"weights_file": WEIGHTS_FILE}
+    _state_static_output_dims(onnx_path)
+    float16: dict[str, Any] = {}
+    if precision == "fp16":
+        step("converting to mixed precision (float16)")
+        converted = write_float16_onnx(onnx_path)
+        logger.info("float16 graph %s:\n%s", onnx_path, converted.format())
+        float16 = {"float16": converted.to_dict()}
     step("checking the graph (onnx.checker, shape inference)")
     graph = check_onnx(onnx_path, strict_shapes=(dcn == "onnx"))
     record = {
@@ -211,7 +253,8 @@ def export_onnx(
         "onnx": onnx.__version__,
         "opset": opset,
         "dcn": dcn,
-        "precision": "fp32",
+        "precision": precision,
+        **float16,
         "batch": fixed_batch if fixed_batch is not None else "dynamic",
         **record_weights,
         **(provenance or {}),

@@ -4,6 +4,7 @@ raw outputs and final detections."""
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +15,14 @@ from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.runtime.base import Backend, make_predictor
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
-__all__ = ["Tolerances", "VerifyReport", "compare_backends", "compare_detections"]
+__all__ = [
+    "FP16_TOLERANCES",
+    "Tolerances",
+    "VerifyReport",
+    "compare_backends",
+    "compare_detections",
+    "tolerances_for",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,20 @@ class Tolerances:
     raw: float = 1e-3
     box_px: float = 0.01
     score: float = 1e-4
+
+
+# Float16 graphs and engines: raw outputs within 5% of their scale, boxes within 2 px, scores
+# within 0.01 (float16 keeps 11 significant bits: 0.05% per value, compounded over the network).
+FP16_TOLERANCES = Tolerances(raw=5e-2, box_px=2.0, score=1e-2)
+
+
+def tolerances_for(precision: str) -> Tolerances:
+    """The verification tolerances of an export in ``precision`` (``"fp32"`` or ``"fp16"``)."""
+    if precision == "fp16":
+        return FP16_TOLERANCES
+    if precision == "fp32":
+        return Tolerances()
+    raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
 
 
 @dataclass
@@ -83,18 +105,20 @@ def _tied(scores: torch.Tensor, index: int, tol: float) -> bool:
     return bool(((others - scores[index]).abs() <= tol).any())
 
 
-_PAIR_PX = 1.0  # boxes further apart than this are different detections, not a rounding difference
+# Boxes further apart than this (or than twice the box tolerance, when larger: float16) are
+# different detections, not a rounding difference.
+_PAIR_PX = 1.0
 
 
-def _match(reference: Detections, candidate: Detections) -> list[int]:
+def _match(reference: Detections, candidate: Detections, pair_px: float = _PAIR_PX) -> list[int]:
     """For each reference detection, the candidate of the same class with the closest box, if that
-    box is within a pixel (-1: none)."""
+    box is within ``pair_px`` pixels (-1: none)."""
     matches = []
     for i in range(len(reference)):
         diffs = (candidate.boxes - reference.boxes[i]).abs().amax(dim=1)
         diffs[candidate.classes != reference.classes[i]] = float("inf")
         j = int(diffs.argmin()) if len(diffs) else -1
-        matches.append(j if j >= 0 and float(diffs[j]) <= _PAIR_PX else -1)
+        matches.append(j if j >= 0 and float(diffs[j]) <= pair_px else -1)
     return matches
 
 
@@ -110,7 +134,8 @@ def compare_detections(
     the constant padding area).
     """
     report.num_reference, report.num_candidate = len(reference), len(candidate)
-    forward, backward = _match(reference, candidate), _match(candidate, reference)
+    pair_px = max(_PAIR_PX, 2 * tolerances.box_px) if math.isfinite(tolerances.box_px) else _PAIR_PX
+    forward, backward = _match(reference, candidate, pair_px), _match(candidate, reference, pair_px)
     pairs = [(i, j) for i, j in enumerate(forward) if j >= 0 and backward[j] == i]
     report.num_compared = len(pairs)
     tol = max(tolerances.score, 1e-6)

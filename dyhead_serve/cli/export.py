@@ -13,6 +13,7 @@ from dyhead_serve.cli.export_tensorrt import add_tensorrt_parser
 from dyhead_serve.cli.model_options import add_model_arguments, model_source_from_args
 from dyhead_serve.cli.run import run_command
 from dyhead_serve.export.onnx_export import DEFAULT_EXPORTER, EXPORTERS
+from dyhead_serve.runtime.options import PRECISIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -96,6 +97,15 @@ def _add_onnx(subparsers: argparse._SubParsersAction) -> None:
         help="also write the weights as OUT/model.safetensors, read by model.onnx (ONNX external data) "
         "and by PyTorch (--weights): one copy of the weights for both",
     )
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="fp32 (default), or fp16: a mixed-precision graph (convolutions, matrix products and "
+        "deformable convs with float16 weights; normalisations, softmax, exp and the rest that loses "
+        "accuracy in float16 kept float32; float32 inputs and outputs), verified at float16 "
+        "tolerances. What TensorRT >= 10.12 builds fp16 engines from",
+    )
     p.set_defaults(func=_run_onnx)
 
 
@@ -106,11 +116,12 @@ def _run_onnx(args: argparse.Namespace) -> int:
 
     from dyhead_serve.data.sample_image import synthetic_photo
     from dyhead_serve.export.onnx_export import export_onnx
-    from dyhead_serve.export.verify import compare_backends
+    from dyhead_serve.export.verify import compare_backends, tolerances_for
     from dyhead_serve.pipeline.image_io import read_image
     from dyhead_serve.runtime.loader import load_torch_backend_from
 
-    total = (3 if args.no_verify else 4) + (1 if args.external_weights else 0)
+    # loading, tracing, checking (+ weights file, + float16 conversion), verifying
+    total = 3 + (0 if args.no_verify else 1) + int(args.external_weights) + int(args.precision == "fp16")
     steps = tqdm(total=total, desc="export", unit="step", file=sys.stderr)
     try:
         steps.set_postfix_str("loading weights")
@@ -134,6 +145,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
             provenance=provenance,
             on_step=on_step,
             external_weights=args.external_weights,
+            precision=args.precision,
         )
         if args.no_verify:
             steps.close()  # before the line below, so that the bar does not overwrite it
@@ -142,20 +154,28 @@ def _run_onnx(args: argparse.Namespace) -> int:
         steps.set_postfix_str("verifying in ONNX Runtime")
         from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
+        tolerances = tolerances_for(args.precision)
+
         if args.dcn == "plugin":
             # ONNX Runtime cannot run our TensorRT plugin: verify the same network with DeformConv.
             with tempfile.TemporaryDirectory() as twin:
                 export_onnx(
-                    backend, twin, opset=args.opset, batch=args.batch, dcn="onnx", exporter=args.exporter
+                    backend,
+                    twin,
+                    opset=args.opset,
+                    batch=args.batch,
+                    dcn="onnx",
+                    exporter=args.exporter,
+                    precision=args.precision,
                 )
-                report = compare_backends(backend, OnnxRuntimeBackend(twin, device="cpu"), image)
+                report = compare_backends(backend, OnnxRuntimeBackend(twin, device="cpu"), image, tolerances)
         else:
-            report = compare_backends(backend, OnnxRuntimeBackend(args.out, device="cpu"), image)
+            report = compare_backends(backend, OnnxRuntimeBackend(args.out, device="cpu"), image, tolerances)
         steps.update()
     finally:
         steps.close()
     what = "DeformConv twin of the plugin graph" if args.dcn == "plugin" else "model.onnx"
-    print(f"verification ({what} in ONNX Runtime vs PyTorch, one image):")
+    print(f"verification ({what}, {args.precision}, in ONNX Runtime vs PyTorch, one image):")
     print(report.format())
     if not report.ok:
         print(f"error: the export differs from PyTorch beyond tolerance; {args.out} is not to be trusted")

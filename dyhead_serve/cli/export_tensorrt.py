@@ -11,7 +11,7 @@ from dyhead_serve.cli.model_options import add_model_arguments, model_source_fro
 from dyhead_serve.errors import UserError
 from dyhead_serve.export.tensorrt_build import PROFILES, parse_shape
 
-__all__ = ["FP16_TOLERANCES", "add_tensorrt_parser", "profile_from_args"]
+__all__ = ["add_tensorrt_parser", "profile_from_args"]
 
 EPILOG = """\
 examples:
@@ -27,16 +27,6 @@ graph uses DeformConv. fp16 engines print max box and score deltas and detection
 Serve with `dyhead-serve serve --model OUT --backend tensorrt`. An engine only runs with the
 TensorRT version and GPU model it was built with: rebuild it on the serving machine.
 """
-
-
-def _tolerances(fp16: bool) -> Any:
-    from dyhead_serve.export.verify import Tolerances
-
-    # fp16 engines: raw outputs within 5% of their scale, boxes within 2 px, scores within 0.01
-    return Tolerances(raw=5e-2, box_px=2.0, score=1e-2) if fp16 else Tolerances()
-
-
-FP16_TOLERANCES = "raw 5e-2, box 2 px, score 1e-2"
 
 
 def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -108,7 +98,12 @@ def profile_from_args(args: argparse.Namespace) -> Any:
 
 def _run_tensorrt(args: argparse.Namespace) -> int:
     from dyhead_serve.data.sample_image import synthetic_photo
-    from dyhead_serve.export.tensorrt_build import BuildOptions, build_engine, graph_dcn_flavour
+    from dyhead_serve.export.tensorrt_build import (
+        BuildOptions,
+        build_engine,
+        graph_dcn_flavour,
+        graph_precision,
+    )
     from dyhead_serve.pipeline.image_io import read_image
 
     def step(text: str) -> None:
@@ -125,13 +120,18 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
         import onnx
 
         onnx_dir = args.onnx
-        flavour = graph_dcn_flavour(onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False))
+        graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+        flavour = graph_dcn_flavour(graph)
         if flavour is not None and args.dcn not in (None, flavour):
             found = "plugin" if flavour == "plugin" else "DeformConv"
             raise UserError(
                 f"{onnx_dir}/model.onnx has {found} nodes but --dcn {args.dcn} was asked; "
                 f"re-export with `dyhead-export onnx --dcn {args.dcn}`"
             )
+        if args.fp16 and graph_precision(graph) == "fp32" and args.out.resolve() != onnx_dir.resolve():
+            # An fp16 engine comes from a float16 graph (strongly typed builds): write the float16
+            # twin into --out and build from it.
+            onnx_dir = _float16_twin(onnx_dir, args.out, step)
     else:
         reference = _export_first(args, step)
         onnx_dir = args.out
@@ -174,22 +174,43 @@ def _export_first(args: argparse.Namespace, step: Any) -> Any:
     source = model_source_from_args(args, exported=False, default=False)
     step("loading weights")
     backend = load_torch_backend_from(source, device="cpu")
-    export_onnx(backend, args.out, dcn=args.dcn or "plugin", provenance=source.provenance(), on_step=step)
+    export_onnx(
+        backend,
+        args.out,
+        dcn=args.dcn or "plugin",
+        provenance=source.provenance(),
+        on_step=step,
+        precision="fp16" if args.fp16 else "fp32",
+    )
     return backend
 
 
+def _float16_twin(onnx_dir: Path, out: Path, step: Any) -> Path:
+    """The float16 twin of the float32 export ``onnx_dir``, written to ``out``."""
+    from dyhead_serve.export.fp16 import convert_folder_to_float16
+
+    step(f"converting {onnx_dir}/model.onnx to a mixed-precision float16 graph in {out}")
+    try:
+        report = convert_folder_to_float16(onnx_dir, out)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    step(f"float16: {report.format()}")
+    return out
+
+
 def _verify(reference: Any, out: Path, image: Any, fp16: bool, step: Any) -> int:
-    from dyhead_serve.export.verify import compare_backends
+    from dyhead_serve.export.verify import compare_backends, tolerances_for
     from dyhead_serve.runtime.tensorrt_backend import TensorRTBackend
 
     step(f"verifying the engine against {reference.name}")
-    report = compare_backends(reference, TensorRTBackend(out), image, _tolerances(fp16))
+    tolerances = tolerances_for("fp16" if fp16 else "fp32")
+    report = compare_backends(reference, TensorRTBackend(out), image, tolerances)
     print(f"verification (TensorRT {'fp16' if fp16 else 'fp32'} engine vs {reference.name}, one image):")
     print(report.format())
     if fp16:
         print(
             f"  fp16: max box delta {report.box_max_px:.3g} px, max score delta {report.score_max:.3g}, "
-            f"detections lost {report.lost}, gained {report.gained} (tolerances: {FP16_TOLERANCES})"
+            f"detections lost {report.lost}, gained {report.gained} (tolerances: {tolerances})"
         )
     if not report.ok:
         print(f"error: the engine differs from {reference.name} beyond tolerance; {out} is not to be trusted")

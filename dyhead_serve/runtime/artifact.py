@@ -125,5 +125,10 @@ class ModelArtifact:
             provenance=checked.get("provenance", {}),
         )
 
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"fp16"`` (``provenance.precision``; fp32 for files that predate it)."""
+        return str(self.provenance.get("precision", "fp32"))
+
     def build_decoder(self) -> Decoder:
         return decoder_from_dict(self.decoder)

@@ -31,6 +31,7 @@ from dyhead_serve.modeling.dense_decoder import (
 from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.pipeline.predictor import Decoder
 from dyhead_serve.pipeline.preprocess import RESIZE_BACKENDS, RESIZE_RULES, InputSpec
+from dyhead_serve.runtime.options import PRECISIONS
 
 __all__ = [
     "DECODER_KINDS",
@@ -289,6 +290,9 @@ _REQUIRED = ("format", "name", "input_spec", "class_names", "decoder")
 
 
 def _check_agreement(artifact: dict[str, Any]) -> None:
+    provenance = artifact.get("provenance", {})
+    if "precision" in provenance:
+        one_of(*PRECISIONS)(provenance["precision"], "provenance.precision")
     spec = artifact["input_spec"]
     if spec["min_size"] > spec["max_size"]:
         raise ArtifactError(

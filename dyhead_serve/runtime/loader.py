@@ -11,11 +11,14 @@ from pathlib import Path
 import torch
 
 from dyhead_serve.model_source import ModelSource, resolve_model
+from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import Backend, BackendError
 from dyhead_serve.runtime.options import BACKENDS, ModelOptions
 from dyhead_serve.runtime.torch_backend import TorchBackend, build_torch_backend
 
 __all__ = [
+    "BACKENDS",
+    "exported_config",
     "load_backend",
     "load_torch_backend",
     "load_torch_backend_from",
@@ -69,15 +72,56 @@ def _load_exported(model_dir: Path, backend: str, device: str, threads: int) -> 
 
         return TensorRTBackend(model_dir, device=device)
     if backend == "torch":
-        raise BackendError(
-            f"{model_dir} holds an exported network; "
-            "the torch backend needs --config and --weights, or a zoo name"
-        )
+        return _exported_torch_backend(model_dir, device)
     if not has_onnx:
         raise BackendError(f"{model_dir}: no model.onnx to run with onnxruntime")
     from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(model_dir, device=device, intra_op_threads=threads)
+
+
+def exported_config(model_dir: str | Path) -> tuple[str | Path, list[str]]:
+    """The config an exported folder was exported from (``provenance.config`` of its model.json:
+    a zoo name or a file) and its overrides.
+
+    Raises:
+        BackendError: model.json records no config, or its file no longer exists.
+        ZooError: a zoo name this installation does not know.
+    """
+    from dyhead_serve import zoo
+
+    model_dir = Path(model_dir)
+    provenance = ModelArtifact.load(model_dir / "model.json").provenance
+    config = provenance.get("config")
+    if not isinstance(config, str) or not config:
+        raise BackendError(f"{model_dir}/model.json records no config (provenance.config)")
+    overrides = [str(v) for v in provenance.get("overrides", [])]
+    if config.startswith("zoo:"):
+        return zoo.get_model(config.removeprefix("zoo:")).config_path, overrides
+    if not Path(config).is_file():
+        raise BackendError(f"{model_dir} was exported from {config}, which no longer exists")
+    return Path(config), overrides
+
+
+def _exported_torch_backend(model_dir: Path, device: str) -> TorchBackend:
+    """The torch backend of an exported folder that carries its weights (model.safetensors,
+    ``dyhead-export onnx --external-weights``), built from the config it was exported from."""
+    artifact = ModelArtifact.load(model_dir / "model.json")
+    weights_file = artifact.provenance.get("weights_file")
+    if not isinstance(weights_file, str) or not (model_dir / weights_file).is_file():
+        raise BackendError(
+            f"{model_dir} holds an exported network without its weights; the torch backend needs "
+            "a folder exported with --external-weights, --config and --weights, or a zoo name"
+        )
+    config, overrides = exported_config(model_dir)
+    return load_torch_backend(
+        config,
+        model_dir / weights_file,
+        device=device,
+        overrides=overrides,
+        model_name=artifact.name,
+        class_names=artifact.class_names,
+    )
 
 
 def load_torch_backend_from(source: ModelSource, device: str = "auto") -> TorchBackend:

@@ -64,7 +64,7 @@ class OnnxRuntimeBackend:
         self.input_spec = self.artifact.input_spec
         self.class_names = self.artifact.class_names
         self.decoder = self.artifact.build_decoder()
-        self.precision = str(self.artifact.provenance.get("precision", "fp32"))
+        self.precision = self.artifact.precision
         logger.info("ONNX Runtime session for %s on %s", onnx_path, ", ".join(self.providers))
 
     @staticmethod

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["BACKENDS", "BACKEND_HELP", "DEVICE_HELP", "BackendName", "ModelOptions"]
+__all__ = ["BACKENDS", "BACKEND_HELP", "DEVICE_HELP", "PRECISIONS", "BackendName", "ModelOptions"]
 
 BackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 # The runtime backends a model can run in (``auto``: chosen from what the model is).
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 BACKEND_HELP = "auto: TensorRT for an engine on a GPU host, ONNX Runtime for model.onnx, torch for configs"
 DEVICE_HELP = "cpu, cuda or auto (cuda when available)"
+# An exported network's precision (model.json's provenance.precision; fp16: a mixed-precision
+# graph or a float16 engine). Files written before it was recorded are fp32.
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)

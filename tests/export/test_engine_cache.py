@@ -237,26 +237,40 @@ def test_real_build_then_reuse(tiny_weights, tmp_path):
     assert "engine reused" in second.stderr and "TensorRT" in second.stderr
 
 
-def test_an_exported_float32_folder_is_refused_for_a_strongly_typed_fp16_engine(tmp_path):
-    """Before anything is built: TensorRT >= 10.12 keeps the graph's types, so an fp16 engine needs
-    the float16 ONNX; weakly typed 10.11 makes fp16 from the float32 graph with its builder flag."""
+def _exported_graph(folder, float16: bool):
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
 
+    dtype = np.float16 if float16 else np.float32
+    scale = numpy_helper.from_array(np.ones((1,), dtype), "scale")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Mul", ["images", "scale"], ["out"])], "g",
+        [onnx.helper.make_tensor_value_info("images", scale.data_type, [1, 3, 128, 128])],
+        [onnx.helper.make_tensor_value_info("out", scale.data_type, [1, 3, 128, 128])],
+        [scale],
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(onnx.helper.make_model(graph), str(folder / "model.onnx"))
+    return BuildSource("m", "0" * 64, ("--onnx", str(folder)))
+
+
+def test_exported_folder_precision_against_the_engine_asked(tmp_path):
+    """Before anything is built. A float32 folder gives an fp16 engine on every TensorRT (the
+    tensorrt command writes its float16 twin into the build folder first when the build is strongly
+    typed); a float16 folder never gives an fp32 engine (its weights are already rounded)."""
     from dyhead_serve.export.engine_cache import EngineCacheError, check_source_precision
 
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["images"], ["out"])], "g",
-        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 128, 128])],
-        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 128, 128])],
-    )  # fmt: skip
-    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "model.onnx"))
-    source = BuildSource("m", "0" * 64, ("--onnx", str(tmp_path)))
-    strongly_typed = BuildTarget("11.4.0.1", H100.gpu, H100.compute_capability, "fp16", H100.profile)
+    float32 = _exported_graph(tmp_path / "fp32", float16=False)
+    strongly_typed_fp16 = BuildTarget("11.4.0.1", H100.gpu, H100.compute_capability, "fp16", H100.profile)
+    check_source_precision(float32, strongly_typed_fp16)
+    check_source_precision(float32, H100)  # 10.11, fp16
+    check_source_precision(float32, BuildTarget("11.4.0.1", "g", "9.0", "fp32", "coco"))
+
+    float16 = _exported_graph(tmp_path / "fp16", float16=True)
+    check_source_precision(float16, strongly_typed_fp16)
     build = StandInBuild()
-    with pytest.raises(
-        EngineCacheError, match=r"needs the float16 ONNX.*dyhead-export onnx --precision fp16"
-    ):
-        find_or_build(source, strongly_typed, tmp_path / "cache", run=build)
+    fp32_target = BuildTarget("11.4.0.1", H100.gpu, H100.compute_capability, "fp32", H100.profile)
+    with pytest.raises(EngineCacheError, match=r"float16 graph: an fp32 engine needs the float32 ONNX"):
+        find_or_build(float16, fp32_target, tmp_path / "cache", run=build)
     assert build.commands == []
-    check_source_precision(source, H100)  # 10.11: fine
-    check_source_precision(source, BuildTarget("11.4.0.1", "g", "9.0", "fp32", "coco"))

@@ -62,6 +62,8 @@ def test_model_json_records_the_contract(tiny_backend, exported):
         "width",
     ]
     assert [o["name"] for o in meta["outputs"]] == ["logits", "deltas", "centerness"]
+    # anchors per image follow the image size: the outputs' second extent stays dynamic
+    assert all(o["shape"][0] == "batch" and isinstance(o["shape"][1], str) for o in meta["outputs"])
     assert meta["provenance"]["opset"] == 19 and meta["provenance"]["weights_sha256"] == "test"
     graph = onnx.load(str(exported / "model.onnx"))
     ops = {n.op_type for n in graph.graph.node}
@@ -201,6 +203,39 @@ def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):
     images = torch.randn(2, 3, 128, 192)
     sizes = torch.tensor([[128, 192], [100, 150]])
     _assert_same_outputs(backend, ort_backend, images, sizes)
+
+
+def _inferred_dims(model: onnx.ModelProto) -> dict[str, list[int | str] | None]:
+    """The outputs' dims as ONNX shape inference derives them, the declared ones set aside."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    found: dict[str, list[int | str] | None] = {}
+    for output in inferred.graph.output:
+        tensor = output.type.tensor_type
+        found[output.name] = (
+            [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+            if tensor.HasField("shape")
+            else None
+        )
+    return found
+
+
+def test_rcnn_graph_has_static_proposal_and_detection_dims(tmp_path):
+    """The RPN padded its NMS output by a run-time amount (post_nms_topk - kept), which ONNX shape
+    inference and TensorRT's parser see as a data-dependent extent: proposals were [1, ?, ?] and
+    the ROI heads' logits and deltas [?, ?, ?]. They are padded to the fixed slot count now."""
+    backend = _narrow_rcnn()
+    export_onnx(backend, tmp_path)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    dims = _inferred_dims(model)
+    assert dims["proposals"] == [1, 50, 4]
+    assert dims["logits"] == [1, 50, 4] and dims["deltas"] == [1, 50, 12]
+    declared = {o["name"]: o["shape"] for o in json.loads((tmp_path / "model.json").read_text())["outputs"]}
+    assert declared == {
+        "proposals": [1, 50, 4], "num_proposals": [1], "logits": [1, 50, 4], "deltas": [1, 50, 12]
+    }  # fmt: skip
 
 
 def _assert_same_outputs(backend, other, images, sizes):

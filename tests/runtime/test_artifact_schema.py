@@ -107,6 +107,7 @@ BROKEN = [
     ("unknown-top-level", edit("extra", 1), "the top level: unknown field 'extra'"),
     ("missing-input-spec", edit("input_spec", ...), "input_spec: missing"),
     ("provenance-a-list", edit("provenance", []), "provenance: expected an object"),
+    ("unknown-precision", edit("provenance", {"precision": "int8"}), "provenance.precision: expected one of"),
     (
         "unknown-resize-rule",
         edit("input_spec.resize_rule", "yolo"),

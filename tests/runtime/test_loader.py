@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from dyhead_serve import zoo
@@ -72,3 +73,36 @@ def test_decoders_round_trip_through_model_json():
         assert type(rebuilt) is type(decoder) and rebuilt.spec == decoder.spec
     with pytest.raises(ValueError, match="unknown decoder"):
         decoder_from_dict({"type": "yolo"})
+
+
+def test_exported_predictor_runs_the_folder_with_the_backend_asked_for(tmp_path):
+    """The embedded model's folder carries its weights (model.safetensors) and names its config
+    (zoo:default): ONNX Runtime runs model.onnx, torch rebuilds the detector; same detections."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from dyhead_serve.data.synthetic import render_image
+    from dyhead_serve.runtime.base import make_predictor
+    from dyhead_serve.runtime.loader import load_backend
+    from dyhead_serve.runtime.options import ModelOptions
+
+    def load_exported_predictor(folder, backend="auto", device="cpu"):
+        return make_predictor(load_backend(ModelOptions(str(folder), backend=backend, device=device)))
+
+    folder = Path(zoo.__file__).parent / "zoo_files" / "default"
+    image = render_image(np.random.default_rng(4), 320, 256)[0]
+    onnx_dets = load_exported_predictor(folder, backend="onnxruntime", device="cpu")(image)
+    torch_dets = load_exported_predictor(folder, backend="torch", device="cpu")(image)
+    assert len(onnx_dets) == len(torch_dets) > 0
+    torch.testing.assert_close(onnx_dets.boxes, torch_dets.boxes, atol=1e-2, rtol=0)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare, ignore=shutil.ignore_patterns("model.safetensors"))
+    meta = json.loads((bare / "model.json").read_text())
+    del meta["provenance"]["weights_file"]
+    (bare / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BackendError, match="without its weights"):
+        load_exported_predictor(bare, backend="torch")

@@ -144,24 +144,30 @@ def test_eval_command_evaluates_the_config_test_set(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import dyhead_serve.predict
+    import dyhead_serve.runtime.base
+    import dyhead_serve.runtime.loader
 
     json_file = catalog.get("shapes_val").json_file
     image_root = catalog.get("shapes_val").image_root
     seen = {}
 
-    def fake_build(cfg, weights, device=None):  # type: ignore[no-untyped-def]
-        seen.update(weights=weights, device=cfg.MODEL.DEVICE, test=cfg.DATASETS.TEST)
-        return GroundTruthPredictor(catalog, "shapes_val")
+    def fake_load(options):  # type: ignore[no-untyped-def]
+        seen.update(weights=options.weights, device=options.device, config=options.config)
+        return "backend"
 
-    monkeypatch.setattr(dyhead_serve.predict, "build_torch_predictor", fake_build)
+    monkeypatch.setattr(dyhead_serve.runtime.loader, "load_backend", fake_load)
+    monkeypatch.setattr(
+        dyhead_serve.runtime.base,
+        "make_predictor",
+        lambda backend: GroundTruthPredictor(catalog, "shapes_val"),
+    )
     args = _parse(
         ["--config", "dyhead_r50_atss_fpn_1x", "--weights", "w.pth", "--device", "cpu", "--no-progress",
          "--register-coco", "mine", str(json_file), str(image_root),
          "DATASETS.TEST", "('mine',)", "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "0"]
     )  # fmt: skip
     assert run_eval(args) == 0
-    assert seen == {"weights": Path("w.pth"), "device": "cpu", "test": ("mine",)}
+    assert seen == {"weights": "w.pth", "device": "cpu", "config": "dyhead_r50_atss_fpn_1x"}
     out = capsys.readouterr().out
     assert "== mine" in out and "Average Precision  (AP) @[ IoU=0.50:0.95" in out and "100.000" in out
     assert json.loads((tmp_path / "out" / "coco_eval.json").read_text())["AP50"] == pytest.approx(100.0)
@@ -183,3 +189,50 @@ def test_eval_command_reports_an_unknown_dataset(tmp_path: Path, capsys: pytest.
     assert run_eval(args) == 2
     err = capsys.readouterr().err
     assert "unknown dataset 'nope'" in err and "--register-coco" in err
+
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "dyhead_serve" / "zoo_files" / "default"
+
+
+def test_an_exported_folder_is_evaluated_in_fp32_and_fp16(tmp_path: Path) -> None:
+    """`dyhead-serve eval --model DIR`'s library half: the embedded model's exported folder and its
+    float16 twin, each a predictor for the evaluation, on a small generated split."""
+    from dyhead_serve.config import load_config
+    from dyhead_serve.export.fp16 import convert_folder_to_float16
+    from dyhead_serve.runtime.base import make_predictor
+    from dyhead_serve.runtime.loader import exported_config, load_backend
+    from dyhead_serve.runtime.options import ModelOptions
+    from dyhead_serve.training.evaluation import evaluate_test_datasets
+
+    convert_folder_to_float16(DEFAULT_DIR, tmp_path / "fp16")
+    paths = generate_synthetic_dataset(tmp_path / "data", 0, 6, image_size=320, seed=5)
+    catalog = DatasetCatalog()
+    catalog.register_coco("tiny_val", paths.json_file("val"), paths.image_root("val"))
+    config, overrides = exported_config(DEFAULT_DIR)
+    assert list(load_config(config, overrides=overrides).DATASETS.TEST) == ["synthetic_shapes_val"]
+    ap50 = {}
+    for precision, folder in (("fp32", DEFAULT_DIR), ("fp16", tmp_path / "fp16")):
+        predictor = make_predictor(
+            load_backend(ModelOptions(str(folder), backend="onnxruntime", device="cpu"))
+        )
+        results = evaluate_test_datasets(
+            predictor, ["tiny_val"], catalog, tmp_path / precision, progress=False
+        )
+        ap50[precision] = results["tiny_val"].metrics["AP50"]
+        assert (tmp_path / precision / "coco_eval.json").is_file()
+    assert ap50["fp32"] > 50
+    assert abs(ap50["fp16"] - ap50["fp32"]) <= 2.0, ap50
+
+
+def test_eval_command_takes_an_exported_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``dyhead-serve eval --model DIR``: the folder's recorded config names the datasets; the
+    network runs in the runtime that serves it (here ONNX Runtime)."""
+    paths = generate_synthetic_dataset(tmp_path / "data", 0, 4, image_size=320, seed=6)
+    args = _parse(
+        ["--model", str(DEFAULT_DIR), "--backend", "onnxruntime", "--device", "cpu", "--no-progress",
+         "--register-coco", "tiny_val", str(paths.json_file("val")), str(paths.image_root("val")),
+         "DATASETS.TEST", "('tiny_val',)", "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "0"]
+    )  # fmt: skip
+    assert run_eval(args) == 0, capsys.readouterr().err
+    assert "== tiny_val" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "coco_eval.json").read_text())["AP50"] > 50

@@ -86,6 +86,18 @@ def select_proposals(
     return boxes[keep], scores[keep]
 
 
+def _pad_rows(rows: Tensor, slots: int, row_shape: tuple[int, ...] = ()) -> Tensor:
+    """Tensor[K, *row_shape] with K <= ``slots`` -> Tensor[slots, *row_shape]: ``rows``, then zeros.
+
+    Padded by ``slots`` rows (a constant) and cut to ``slots``, not padded by ``slots - K``: in an
+    exported graph a run-time padding amount is a data-dependent extent, which TensorRT's parser
+    cannot plan for, while this result has the fixed shape ``[slots, *row_shape]`` (the final
+    reshape to constants states it to ONNX shape inference).
+    """
+    padded = F.pad(rows, (0, 0) * len(row_shape) + (0, slots))[:slots]
+    return padded.reshape(slots, *row_shape)
+
+
 class RPN(nn.Module):
     """Objectness and deltas on every level, anchors decoded into proposals, proposals selected.
 
@@ -156,9 +168,8 @@ class RPN(nn.Module):
 
         proposals, objectness, counts = [], [], []
         for kept_boxes, kept_scores in selected:
-            padding = self.post_nms_topk - kept_boxes.shape[0]
-            proposals.append(F.pad(kept_boxes, (0, 0, 0, padding)))
-            objectness.append(F.pad(kept_scores, (0, padding)))
+            proposals.append(_pad_rows(kept_boxes, self.post_nms_topk, (4,)))
+            objectness.append(_pad_rows(kept_scores, self.post_nms_topk))
             # A count computed from the data, not a Python int, so that it stays a graph value.
             counts.append(torch.ones_like(kept_scores, dtype=torch.int64).sum())
         return torch.stack(proposals), torch.stack(objectness), torch.stack(counts)
