@@ -10,7 +10,7 @@ embedded default model is shipped this way, so its weights are stored once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,9 @@ from dyhead_serve.checkpoint.safetensors_file import (
     tensor_locations,
     write_safetensors,
 )
+from dyhead_serve.export.errors import ExportError
 
-__all__ = ["WEIGHTS_FILE", "SharedWeights", "share_weights", "write_weights_file"]
+__all__ = ["WEIGHTS_FILE", "SharedWeights", "check_external_data", "share_weights", "write_weights_file"]
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -47,6 +48,48 @@ class SharedWeights:
             f"weights) read from {WEIGHTS_FILE}; {self.inline} ({self.inline_bytes / 2**10:.1f} KiB) "
             "stay in model.onnx"
         )
+
+
+def check_external_data(model: onnx.ModelProto, folder: str | Path) -> None:
+    """Refuse a graph whose external data (initializers stored in other files) would be read from
+    outside ``folder`` or from something that is not a regular file inside it: a ``model.onnx`` from
+    elsewhere may name ``../../etc/passwd``. Reads only the graph's references (load it with
+    ``load_external_data=False``).
+
+    Raises:
+        ExportError: naming the tensor and the file it points to.
+    """
+    root = Path(folder).resolve()
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (root / location).resolve()
+        if not target.is_relative_to(root):
+            raise ExportError(
+                f"{root}/model.onnx: tensor {tensor.name!r} reads its data from {location!r}, outside "
+                f"{root}; an exported folder keeps its external data beside model.onnx"
+            )
+        if not target.is_file():
+            raise ExportError(
+                f"{root}/model.onnx: tensor {tensor.name!r} reads its data from {location!r}, which is "
+                f"not a file in {root} (copy the whole exported folder, {WEIGHTS_FILE} included)"
+            )
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of ``graph``: its initializers and the tensor attributes of its nodes, in
+    subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graph_tensors(subgraph)
 
 
 def _fingerprint(dtype: str, shape: tuple[int, ...], data: bytes) -> tuple[str, tuple[int, ...], str]:

@@ -4,6 +4,9 @@ image size, checked with ``onnx.checker`` and shape inference."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -203,9 +206,50 @@ def export_onnx(
             "batch norms into the convolutions' weights, so the graph's weights are no longer the "
             "checkpoint's tensors and could not be shared with model.safetensors"
         )
-    step = on_step or (lambda _: None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=out))
+    except OSError as exc:
+        raise ExportError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    # Everything is written into a folder of its own inside `out`, then moved into place file by
+    # file: a failure (a full disk, say) leaves no truncated model.onnx, and an earlier export in
+    # `out` stays whole.
+    try:
+        _export_into(
+            backend, staging, opset=opset, batch=batch, dcn=dcn, exporter=exporter,
+            provenance=provenance, on_step=on_step, external_weights=external_weights,
+            precision=precision,
+        )  # fmt: skip
+        for name in (WEIGHTS_FILE, "model.onnx", "model.json"):
+            if (staging / name).exists():
+                os.replace(staging / name, out / name)
+    except OSError as exc:
+        raise ExportError(
+            f"cannot write the export to {out} ({exc.strerror or exc}); nothing was written"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote %s and model.json", out / "model.onnx")
+    return out / "model.onnx"
+
+
+def _export_into(
+    backend: TorchBackend,
+    out: Path,
+    *,
+    opset: int,
+    batch: int | None,
+    dcn: str,
+    exporter: str,
+    provenance: dict[str, Any] | None,
+    on_step: Callable[[str], None] | None,
+    external_weights: bool,
+    precision: str,
+) -> None:
+    """:func:`export_onnx`'s work, writing model.onnx, model.json (and model.safetensors) into
+    the folder ``out``."""
+    step = on_step or (lambda _: None)
     onnx_path = out / "model.onnx"
     model: nn.Module = backend.model.eval()
     dims = input_dims(model, batch)
@@ -269,5 +313,4 @@ def export_onnx(
         provenance=record,
     )
     artifact.save(out / "model.json")
-    logger.info("wrote %s (%d nodes) and model.json", onnx_path, len(graph.graph.node))
-    return onnx_path
+    logger.debug("%s: %d nodes", onnx_path, len(graph.graph.node))

@@ -35,6 +35,7 @@ from typing import Any
 import onnx
 
 from dyhead_serve.errors import UserError
+from dyhead_serve.export.external_weights import check_external_data
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
@@ -408,6 +409,7 @@ def build_engine(
     options.profile.check(artifact.input_spec.size_divisibility)
     if options.plugin_impl not in ("aot", "jit"):
         raise EngineBuildError(f"plugin implementation must be aot or jit, got {options.plugin_impl!r}")
+    check_external_data(onnx.load(str(onnx_path), load_external_data=False), onnx_dir)
     model = onnx.load(str(onnx_path))
     images_dims = graph_input_dims(model)
     profile, notes = fit_profile(options.profile, images_dims)

@@ -98,6 +98,7 @@ def profile_from_args(args: argparse.Namespace) -> Any:
 
 def _run_tensorrt(args: argparse.Namespace) -> int:
     from dyhead_serve.data.sample_image import synthetic_photo
+    from dyhead_serve.export.external_weights import check_external_data
     from dyhead_serve.export.tensorrt_build import (
         BuildOptions,
         build_engine,
@@ -121,6 +122,7 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
 
         onnx_dir = args.onnx
         graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+        check_external_data(graph, onnx_dir)
         flavour = graph_dcn_flavour(graph)
         if flavour is not None and args.dcn not in (None, flavour):
             found = "plugin" if flavour == "plugin" else "DeformConv"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -66,3 +67,25 @@ def test_a_full_disk_while_drawing_keeps_the_results(capsys, tmp_path, photo_pat
     assert result["file"] == str(photo_path) and result["detections"]
     assert err.strip() == f"error: {out_dir / 'photo.jpg'}: not written (No space left on device)"
     assert list(out_dir.iterdir()) == []  # no truncated image left
+
+
+def test_tensorrt_onnx_folder_reading_outside_itself_is_exit_2(tmp_path, capsys):
+    import shutil
+
+    import onnx
+
+    from dyhead_serve import zoo
+    from dyhead_serve.cli.export import main as export_main
+
+    source = Path(zoo.__file__).parent / "zoo_files" / "default"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    graph = onnx.load(str(source / "model.onnx"), load_external_data=False)
+    tensor = next(t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    next(e for e in tensor.external_data if e.key == "location").value = "../../../../etc/passwd"
+    onnx.save(graph, str(folder / "model.onnx"))
+    shutil.copy(source / "model.json", folder / "model.json")
+    code = export_main(["tensorrt", "--onnx", str(folder), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"reads its data from '../../../../etc/passwd', outside {folder}" in err
