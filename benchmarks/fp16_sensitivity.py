@@ -35,6 +35,7 @@ from dyhead_serve.pipeline.image_io import read_image
 from dyhead_serve.pipeline.preprocess import InputSpec, preprocess
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from dyhead_serve.runtime.options import ModelOptions
 
 EXTRA = ("Sigmoid", "Resize", "BatchNormalization", "GlobalAveragePool", "Div", "Clip", "MatMul", "Gemm")
 
@@ -129,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     print(describe())
     if args.model == "default" and args.weights is None:
-        backend = load_backend("default", backend="torch", device="cpu")
+        backend = load_backend(ModelOptions("default", backend="torch", device="cpu"))
     else:
         backend = load_torch_backend(args.model, args.weights, device="cpu")
     images = images_for(args.image, args.count)

@@ -106,6 +106,11 @@ def exported_config(model_dir: str | Path) -> tuple[str | Path, list[str]]:
 def _exported_torch_backend(model_dir: Path, device: str) -> TorchBackend:
     """The torch backend of an exported folder that carries its weights (model.safetensors,
     ``dyhead-export onnx --external-weights``), built from the config it was exported from."""
+    if not (model_dir / "model.json").is_file():
+        raise BackendError(
+            f"{model_dir}: no model.json; the torch backend needs a folder exported with "
+            "--external-weights, --config and --weights, or a zoo name"
+        )
     artifact = ModelArtifact.load(model_dir / "model.json")
     weights_file = artifact.provenance.get("weights_file")
     if not isinstance(weights_file, str) or not (model_dir / weights_file).is_file():

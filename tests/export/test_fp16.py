@@ -22,6 +22,7 @@ from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from dyhead_serve.runtime.options import ModelOptions
 from tests.conftest import TINY_OVERRIDES
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -157,7 +158,7 @@ def test_verification_at_fp16_tolerances_passes_the_embedded_model_and_refuses_a
     the verification refuses that graph, as it should."""
     convert_folder_to_float16(DEFAULT_DIR, tmp_path / "fp16")
     image = render_image(np.random.default_rng(7), 320, 256)[0]
-    torch_backend = load_backend("default", backend="torch", device="cpu")
+    torch_backend = load_backend(ModelOptions("default", backend="torch", device="cpu"))
     report = compare_backends(
         torch_backend, OnnxRuntimeBackend(tmp_path / "fp16"), image, tolerances_for("fp16")
     )
