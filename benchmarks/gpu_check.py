@@ -102,8 +102,9 @@ import numpy as np, torch
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.runtime.loader import load_backend
+from dyhead_serve.runtime.options import ModelOptions
 
-backend = load_backend(sys.argv[1], backend="tensorrt")
+backend = load_backend(ModelOptions(sys.argv[1], backend="tensorrt", device="cuda"))
 batch = preprocess([synthetic_photo(800, 1333, seed=0)], backend.input_spec)
 sizes = batch.image_sizes_tensor()
 runs = []
