@@ -44,7 +44,13 @@ from dyhead_serve.checkpoint.report import CheckpointError
 from dyhead_serve.checkpoint.safetensors_file import SafetensorsError, is_safetensors, read_safetensors
 from dyhead_serve.checkpoint.unpickler import REFUSAL, AllowlistedPickleModule, RestrictedUnpickler
 
-__all__ = ["CHECKPOINT_SUFFIXES", "CheckpointFormat", "checkpoint_format", "read_state_dict"]
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "CheckpointFormat",
+    "checkpoint_format",
+    "read_state_dict",
+    "refuse_non_finite",
+]
 
 # One logger for the package's reading and loading messages.
 logger = logging.getLogger("dyhead_serve.checkpoint")
@@ -114,7 +120,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     Raises:
         CheckpointError: the file is missing, unreadable, corrupt, of an unknown suffix, holds
-            no tensors, or names a Python global outside the allowlists.
+            no tensors, holds a NaN or infinite value in a floating tensor, or names a Python
+            global outside the allowlists.
     """
     path = Path(path)
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -129,10 +136,14 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             contents: Any = read_safetensors(path)
         except (SafetensorsError, OSError) as exc:
-            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+            # a SafetensorsError's message starts with the path already
+            why = str(exc) if isinstance(exc, SafetensorsError) else f"{path}: {exc}"
+            raise CheckpointError(f"checkpoint {why}") from exc
     else:
         contents = _torch_load(path) if kind is CheckpointFormat.TORCH else _pickle_load(path)
-    state_dict = _strip_ddp_prefix(_extract_tensors(contents, path), path)
+    tensors = _extract_tensors(contents, path)
+    refuse_non_finite(tensors, f"checkpoint {path}")
+    state_dict = _strip_ddp_prefix(tensors, path)
     logger.debug("read %d tensors from %s", len(state_dict), path)
     return state_dict
 
@@ -235,6 +246,27 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
         return torch.from_numpy(array)
     except TypeError:  # object, string, ... arrays
         return None
+
+
+def refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that hold NaN or an infinity, naming the first such tensor.
+
+    Such weights never give a useful detection, and some kernels do worse than propagate them:
+    torchvision's CPU ``deform_conv2d`` reads memory at NaN offsets and crashes the process.
+
+    Raises:
+        CheckpointError: a floating or complex tensor holds a value that is not finite.
+    """
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        if bool(torch.isfinite(tensor).all()):
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(
+            f"{source}: tensor {name!r} holds {bad} NaN or infinite value{'s' if bad != 1 else ''} "
+            f"(of {tensor.numel()}); the weights are broken (a diverged training run?), refusing them"
+        )
 
 
 def _strip_ddp_prefix(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
