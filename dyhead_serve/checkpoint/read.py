@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from dyhead_serve.checkpoint.pickle_budget import budget_of, check_zip_entries, probe_file
 from dyhead_serve.checkpoint.report import CheckpointError
 from dyhead_serve.checkpoint.safetensors_file import SafetensorsError, is_safetensors, read_safetensors
 from dyhead_serve.checkpoint.unpickler import REFUSAL, AllowlistedPickleModule, RestrictedUnpickler
@@ -149,6 +150,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def _torch_load(path: Path) -> Any:
+    _check_budget(path, legacy=not zipfile.is_zipfile(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -190,9 +192,25 @@ def _torch_load_allowlisted(path: Path, refused: str, cause: Exception) -> Any:
 # non-tensor entries.
 
 
+def _check_budget(path: Path, legacy: bool) -> None:
+    """Refuse a file whose pickles or zip entries would build far more than the file holds
+    (:mod:`~dyhead_serve.checkpoint.pickle_budget`), before anything is read for real."""
+    if not legacy:
+        check_zip_entries(path)
+        return
+    try:
+        with path.open("rb") as file:
+            # a legacy torch.save file: magic number, protocol, system info, then the objects
+            probe_file(file, path, budget_of(path), count=4)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read ({_reason(exc)})") from exc
+
+
 def _pickle_load(path: Path) -> Any:
     try:
         with path.open("rb") as file:
+            probe_file(file, path, budget_of(path))
+            file.seek(0)
             return RestrictedUnpickler(file, path).load()
     except CheckpointError:
         raise

@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,171 @@ def test_resuming_from_a_diverged_training_checkpoint_is_refused(tmp_path: Path)
     path = checkpointer.save("model_0000009.pth", contents)
     with pytest.raises(CheckpointError, match=rf"checkpoint {path}: tensor 'weight' holds 1 NaN"):
         checkpointer.load_last()
+
+
+# --------------------------------------------------------------------------------------------
+# Item 6: a checkpoint may not build much more than its file holds
+
+_MEASURE = """
+import resource, sys
+from dyhead_serve.checkpoint import CheckpointError, read_state_dict
+try:
+    read_state_dict(sys.argv[1])
+    print("read")
+except CheckpointError as exc:
+    print(exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def _read_in_child(path: Path) -> tuple[str, int]:
+    """Read ``path`` in a child process: its message and its peak RSS in MiB."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    *message, peak = result.stdout.strip().splitlines()
+    return "\n".join(message), int(peak)
+
+
+@pytest.fixture(scope="module")
+def baseline_rss(tmp_path_factory: pytest.TempPathFactory) -> int:
+    """Peak RSS (MiB) of a child reading a small valid checkpoint: torch and the imports."""
+    path = tmp_path_factory.mktemp("baseline") / "ok.pth"
+    torch.save({"w": torch.ones(4)}, path)
+    message, peak = _read_in_child(path)
+    assert message == "read"
+    return peak
+
+
+class _Sized:
+    """Pickles as ``factory(*args)``: how a hostile pickle asks for memory with a few bytes."""
+
+    def __init__(self, factory: object, *args: object) -> None:
+        self.factory, self.args = factory, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.factory, self.args
+
+
+def _bytearray_pickle(path: Path) -> Path:
+    path.write_bytes(pickle.dumps({"model": _Sized(bytearray, 3_000_000_000)}, protocol=2))
+    return path
+
+
+def test_a_69_byte_pickle_cannot_allocate_3_gb(tmp_path: Path, baseline_rss: int) -> None:
+    """Before the fix: 3.6 GB of RSS, then "holds no tensors"."""
+    path = _bytearray_pickle(tmp_path / "bomb.pkl")
+    assert path.stat().st_size < 100
+    message, peak = _read_in_child(path)
+    assert message.startswith(
+        f"checkpoint {path}: its pickle asks builtins.bytearray for 3000000000 elements"
+    )
+    assert peak < baseline_rss + 100, (peak, baseline_rss)
+
+
+@pytest.mark.parametrize(
+    ("factory", "args", "asks"),
+    [
+        (bytes, (3_000_000_000,), "builtins.bytes"),
+        (np.ndarray, ((60_000, 60_000),), "numpy.ndarray"),
+        (np.dtype, (("f8", (100_000, 100_000)),), "numpy.dtype"),
+    ],
+)
+def test_other_constructors_sized_by_an_integer_are_refused(
+    tmp_path: Path, factory: object, args: tuple[object, ...], asks: str
+) -> None:
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps({"model": {"w": _Sized(factory, *args)}}, protocol=2))
+    with pytest.raises(CheckpointError, match=f"its pickle asks {asks} for"):
+        read_state_dict(path)
+
+
+TINY_BOMBS = {
+    # 9 bytes whose memo index makes the C unpickler allocate 2 GiB (16 bytes per index)
+    "memo-index": (b"\x80\x02N" + b"r" + (2**27).to_bytes(4, "little") + b".", "expected a dict of tensors"),
+    # 12 bytes whose bytearray Python's unpickler would zero-fill (3 GB) before reading it
+    "bytearray8": (
+        b"\x80\x05\x96" + (3_000_000_000).to_bytes(8, "little") + b".",
+        "its pickle asks pickle.BYTEARRAY8 for 3000000000 elements",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TINY_BOMBS))
+def test_a_few_pickle_opcodes_cannot_allocate_gigabytes(tmp_path: Path, baseline_rss: int, case: str) -> None:
+    data, why = TINY_BOMBS[case]
+    path = tmp_path / "tiny.pkl"
+    path.write_bytes(data)
+    message, peak = _read_in_child(path)
+    assert message.startswith(f"checkpoint {path}: {why}")
+    assert peak < baseline_rss + 100, (peak, baseline_rss)
+
+
+def test_torch_files_are_probed_too(tmp_path: Path) -> None:
+    zipped, legacy = tmp_path / "zip.pth", tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2), "x": _Sized(bytearray, 3_000_000_000)}, zipped)
+    torch.save(
+        {"w": torch.ones(2), "x": _Sized(bytearray, 3_000_000_000)},
+        legacy,
+        _use_new_zipfile_serialization=False,
+    )
+    for path in (zipped, legacy):
+        with pytest.raises(CheckpointError, match=r"its pickle asks builtins\.bytearray for 3000000000"):
+            read_state_dict(path)
+
+
+def _rewrite_storage(source: Path, target: Path, inflated: int, compress: int) -> Path:
+    """``source`` (a torch.save zip of one small tensor) with its storage entry replaced by
+    ``inflated`` zero bytes, stored with ``compress``."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as rewritten:
+        for info in original.infolist():
+            if info.filename.endswith("/data/0"):
+                entry = zipfile.ZipInfo(info.filename)
+                entry.compress_type = compress
+                with rewritten.open(entry, "w", force_zip64=True) as out:
+                    block = bytes(2**20)
+                    for _ in range(inflated // len(block)):
+                        out.write(block)
+            else:
+                rewritten.writestr(info, original.read(info))
+    return target
+
+
+def test_a_zip_entry_that_inflates_to_512_mib_is_refused_before_reading(
+    tmp_path: Path, baseline_rss: int
+) -> None:
+    """Before the fix: a 2 MB zip whose storage inflates to 2 GiB reached 2.8 GB of RSS."""
+    source = tmp_path / "small.pth"
+    torch.save({"w": torch.ones(4)}, source)
+    path = _rewrite_storage(source, tmp_path / "bomb.pth", 512 * 2**20, zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 2 * 2**20
+    message, peak = _read_in_child(path)
+    assert message.startswith(f"checkpoint {path}: zip entry 'small/data/0' inflates from ")
+    assert message.endswith(f"to {512 * 2**20} bytes; refusing it")
+    assert peak < baseline_rss + 100, (peak, baseline_rss)
+
+
+def test_a_storage_entry_larger_than_its_tensors_declare_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "small.pth"
+    torch.save({"w": torch.ones(4)}, source)
+    path = _rewrite_storage(source, tmp_path / "big.pth", 4 * 2**20, zipfile.ZIP_STORED)
+    message = f"storage entry 'small/data/0' inflates to {4 * 2**20} bytes, but its tensors declare 16"
+    with pytest.raises(CheckpointError, match=message):
+        read_state_dict(path)
+
+
+def test_legacy_storages_may_not_declare_more_than_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(4)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    # the storage's element count in its persistent id: BININT1 4 -> BININT 2**28
+    patched = data.replace(
+        b"X\x03\x00\x00\x00cpuq\x06K\x04", b"X\x03\x00\x00\x00cpuq\x06J" + (2**28).to_bytes(4, "little")
+    )
+    assert patched != data
+    path.write_bytes(patched)
+    with pytest.raises(
+        CheckpointError, match="declares 1073741824 bytes of tensor storage, more than the file"
+    ):
+        read_state_dict(path)
