@@ -278,9 +278,13 @@ def refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.is_complex()):
             continue
-        if bool(torch.isfinite(tensor).all()):
+        try:
+            finite = torch.isfinite(tensor)
+        except RuntimeError:  # dtypes without the kernel (float8_e4m3fn): look at them in float32
+            finite = torch.isfinite(tensor.float())
+        if bool(finite.all()):
             continue
-        bad = int((~torch.isfinite(tensor)).sum())
+        bad = int((~finite).sum())
         raise CheckpointError(
             f"{source}: tensor {name!r} holds {bad} NaN or infinite value{'s' if bad != 1 else ''} "
             f"(of {tensor.numel()}); the weights are broken (a diverged training run?), refusing them"

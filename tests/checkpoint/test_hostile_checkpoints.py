@@ -84,6 +84,14 @@ def test_non_finite_weights_are_refused_in_every_format(tmp_path: Path, layout: 
         read_state_dict(path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_non_finite_weights_are_refused_in_every_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.tensor([1.0, float("nan")]).to(dtype)}, path)
+    with pytest.raises(CheckpointError, match="tensor 'w' holds 1 NaN or infinite value"):
+        read_state_dict(path)
+
+
 def test_finite_weights_and_integer_tensors_still_load(tmp_path: Path) -> None:
     path = _save(_with_non_finite(0.5), tmp_path / "w.pth", "pth")
     assert read_state_dict(path)["conv.bias"].tolist() == [0.0, 0.5]
