@@ -4,6 +4,8 @@ and the one weights cache and downloader.
 - :mod:`~dyhead_serve.checkpoint.read`: the format of a file from its first bytes and its tensors
   as a flat dict (``.pth``/``.pt``/``.pkl``/``.safetensors``), with the restricted unpickler of
   :mod:`~dyhead_serve.checkpoint.unpickler`; nothing pickled is ever executed.
+  :mod:`~dyhead_serve.checkpoint.pickle_budget` runs each pickle once with inert globals first, so
+  that no file builds much more than it holds; weights with NaN or infinities are refused.
 - :mod:`~dyhead_serve.checkpoint.safetensors_file`: the safetensors format, read and written.
 - :mod:`~dyhead_serve.checkpoint.load`: compare with a model's ``state_dict()`` and load,
   through a :class:`KeyMap` for families that name tensors otherwise; the result is a

@@ -40,11 +40,18 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from dyhead_serve.checkpoint.pickle_budget import budget_of, check_zip_entries, probe_file
 from dyhead_serve.checkpoint.report import CheckpointError
 from dyhead_serve.checkpoint.safetensors_file import SafetensorsError, is_safetensors, read_safetensors
 from dyhead_serve.checkpoint.unpickler import REFUSAL, AllowlistedPickleModule, RestrictedUnpickler
 
-__all__ = ["CHECKPOINT_SUFFIXES", "CheckpointFormat", "checkpoint_format", "read_state_dict"]
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "CheckpointFormat",
+    "checkpoint_format",
+    "read_state_dict",
+    "refuse_non_finite",
+]
 
 # One logger for the package's reading and loading messages.
 logger = logging.getLogger("dyhead_serve.checkpoint")
@@ -114,7 +121,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     Raises:
         CheckpointError: the file is missing, unreadable, corrupt, of an unknown suffix, holds
-            no tensors, or names a Python global outside the allowlists.
+            no tensors, holds a NaN or infinite value in a floating tensor, or names a Python
+            global outside the allowlists.
     """
     path = Path(path)
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -129,15 +137,20 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             contents: Any = read_safetensors(path)
         except (SafetensorsError, OSError) as exc:
-            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+            # a SafetensorsError's message starts with the path already
+            why = str(exc) if isinstance(exc, SafetensorsError) else f"{path}: {exc}"
+            raise CheckpointError(f"checkpoint {why}") from exc
     else:
         contents = _torch_load(path) if kind is CheckpointFormat.TORCH else _pickle_load(path)
-    state_dict = _strip_ddp_prefix(_extract_tensors(contents, path), path)
+    tensors = _extract_tensors(contents, path)
+    refuse_non_finite(tensors, f"checkpoint {path}")
+    state_dict = _strip_ddp_prefix(tensors, path)
     logger.debug("read %d tensors from %s", len(state_dict), path)
     return state_dict
 
 
 def _torch_load(path: Path) -> Any:
+    _check_budget(path, legacy=not zipfile.is_zipfile(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -179,9 +192,25 @@ def _torch_load_allowlisted(path: Path, refused: str, cause: Exception) -> Any:
 # non-tensor entries.
 
 
+def _check_budget(path: Path, legacy: bool) -> None:
+    """Refuse a file whose pickles or zip entries would build far more than the file holds
+    (:mod:`~dyhead_serve.checkpoint.pickle_budget`), before anything is read for real."""
+    if not legacy:
+        check_zip_entries(path)
+        return
+    try:
+        with path.open("rb") as file:
+            # a legacy torch.save file: magic number, protocol, system info, then the objects
+            probe_file(file, path, budget_of(path), count=4)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read ({_reason(exc)})") from exc
+
+
 def _pickle_load(path: Path) -> Any:
     try:
         with path.open("rb") as file:
+            probe_file(file, path, budget_of(path))
+            file.seek(0)
             return RestrictedUnpickler(file, path).load()
     except CheckpointError:
         raise
@@ -235,6 +264,31 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
         return torch.from_numpy(array)
     except TypeError:  # object, string, ... arrays
         return None
+
+
+def refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that hold NaN or an infinity, naming the first such tensor.
+
+    Such weights never give a useful detection, and some kernels do worse than propagate them:
+    torchvision's CPU ``deform_conv2d`` reads memory at NaN offsets and crashes the process.
+
+    Raises:
+        CheckpointError: a floating or complex tensor holds a value that is not finite.
+    """
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        try:
+            finite = torch.isfinite(tensor)
+        except RuntimeError:  # dtypes without the kernel (float8_e4m3fn): look at them in float32
+            finite = torch.isfinite(tensor.float())
+        if bool(finite.all()):
+            continue
+        bad = int((~finite).sum())
+        raise CheckpointError(
+            f"{source}: tensor {name!r} holds {bad} NaN or infinite value{'s' if bad != 1 else ''} "
+            f"(of {tensor.numel()}); the weights are broken (a diverged training run?), refusing them"
+        )
 
 
 def _strip_ddp_prefix(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:

@@ -38,6 +38,9 @@ __all__ = [
 
 SAFETENSORS_SUFFIX = ".safetensors"
 _MAX_HEADER_BYTES = 100 * 2**20  # a header describes tensors; 100 MiB of JSON is no checkpoint
+# torch indexes elements with signed 64-bit integers: the largest stride (the product of every
+# dimension but the first, a zero-sized one counted as 1) must stay below 2**63 elements.
+_MAX_ELEMENTS = 2**63 - 1
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -102,6 +105,8 @@ def tensor_locations(path: str | os.PathLike[str]) -> tuple[dict[str, TensorLoca
         raise SafetensorsError(f"{path}: the header is not JSON ({exc})") from None
     except RecursionError:  # a header of deeply nested brackets: no header describes tensors so
         raise SafetensorsError(f"{path}: the header nests too deeply to be a safetensors header") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise SafetensorsError(f"{path}: the header is not a valid safetensors header ({exc})") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: the header is not a JSON object")
     metadata = header.pop("__metadata__", {})
@@ -135,6 +140,8 @@ def _location(path: Path, name: str, entry: object, data_start: int, data_size: 
         raise SafetensorsError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(v) for v in offsets):
         raise SafetensorsError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    if math.prod(max(d, 1) for d in shape) > _MAX_ELEMENTS:
+        raise SafetensorsError(f"{path}: tensor {name!r}: shape {shape} is too large for a tensor")
     begin, end = offsets
     if not begin <= end <= data_size:
         raise SafetensorsError(f"{path}: tensor {name!r} lies outside the file (bytes {begin}..{end})")
@@ -161,7 +168,11 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 if where.length
                 else torch.empty(0, dtype=where.dtype)
             )
-            tensors[name] = flat.reshape(where.shape)
+            try:
+                tensors[name] = flat.reshape(where.shape)
+            except (RuntimeError, TypeError, OverflowError) as exc:  # a shape torch cannot index
+                shape = list(where.shape)
+                raise SafetensorsError(f"{path}: tensor {name!r}: shape {shape} ({exc})") from None
     return tensors
 
 

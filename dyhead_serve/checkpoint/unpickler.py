@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from dyhead_serve.checkpoint.pickle_budget import budget_of, probe_file
 from dyhead_serve.checkpoint.report import CheckpointError
 
 __all__ = ["REFUSAL", "AllowlistedPickleModule", "RestrictedUnpickler", "allowed_globals"]
@@ -57,7 +58,7 @@ class AllowlistedPickleModule:
         self.inert: set[str] = set()
         module = self
 
-        class Unpickler(pickle.Unpickler):
+        class Unpickler(pickle._Unpickler):  # Python's: its memo is a dict (see pickle_budget)
             def find_class(self, module_name: str, name: str) -> Any:
                 return module.find_class(module_name, name)
 
@@ -123,8 +124,13 @@ def allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds numpy arrays, tensors and plain containers, and nothing else."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that rebuilds numpy arrays, tensors and plain containers, and nothing else.
+
+    Python's unpickler rather than the C one: the C one sizes its memo by the largest index a
+    pickle names, so that 9 bytes can ask for gigabytes (see
+    :mod:`~dyhead_serve.checkpoint.pickle_budget`, which runs a file's pickle before this does).
+    """
 
     def __init__(self, file: BinaryIO, path: Path) -> None:
         # latin1 as Detectron2 does: Python 2 str holding array bytes must map byte for byte.
@@ -143,6 +149,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def _load_storage_bytes(self, data: bytes) -> Any:
         """Stands in for ``torch.storage._load_from_bytes``, which loads with weights_only=False."""
+        # a legacy torch.save file of one storage: its pickles are probed as the file's were
+        probe_file(io.BytesIO(data), self.path, budget_of(self.path), count=4)
         try:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

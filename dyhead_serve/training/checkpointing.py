@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from dyhead_serve.checkpoint import CheckpointError
+from dyhead_serve.checkpoint.read import refuse_non_finite
 
 __all__ = ["LAST_CHECKPOINT_FILE", "TrainingCheckpointer", "checkpoint_name"]
 
@@ -99,5 +100,7 @@ class TrainingCheckpointer:
                 raise CheckpointError(
                     f"checkpoint {path} has no {key!r} entry: it is not a training checkpoint"
                 )
+        if isinstance(state["model"], dict):
+            refuse_non_finite(state["model"], f"checkpoint {path}")
         logger.info("resuming from %s (iteration %d)", path, state["iteration"])
         return state
