@@ -122,7 +122,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from dyhead_serve.modeling.output_shape import OutputShapeError
+    from dyhead_serve.decode.raw_outputs import OutputShapeError
     from dyhead_serve.predict import predict_files
     from dyhead_serve.runtime.base import make_predictor
 

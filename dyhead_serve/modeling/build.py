@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dyhead_serve.modeling.anchors import broadcast_per_level
+from dyhead_serve.decode.anchors import broadcast_per_level
+from dyhead_serve.decode.detectron2_dense import DenseDecoderSpec
 from dyhead_serve.modeling.backbone.base import Backbone
 from dyhead_serve.modeling.backbone.resnet import build_resnet
 from dyhead_serve.modeling.backbone.swin import build_swin
-from dyhead_serve.modeling.dense_decoder import DenseDecoderSpec
 from dyhead_serve.modeling.detector import DenseDetector
 from dyhead_serve.modeling.dyhead import DyHeadBackbone
 from dyhead_serve.modeling.dyrelu import check_layout

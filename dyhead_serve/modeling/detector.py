@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from dyhead_serve.decode.detectron2_dense import DenseDecoder, DenseDecoderSpec
 from dyhead_serve.modeling.backbone.base import Backbone
-from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
 from dyhead_serve.modeling.losses.dense_loss import DenseLoss
 
 __all__ = ["DenseDetector"]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dyhead_serve.modeling.dense_decoder import RawDetections
+from dyhead_serve.decode.detectron2_dense import RawDetections
 
 __all__ = ["Detections", "to_original_image"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dyhead_serve.modeling.dense_decoder import RawDetections
+from dyhead_serve.decode.detectron2_dense import RawDetections
 from dyhead_serve.pipeline.postprocess import Detections, to_original_image
 from dyhead_serve.pipeline.preprocess import Batch, InputSpec, preprocess
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from dyhead_serve.config.errors import ConfigError
 from dyhead_serve.config.file_limits import read_config_text
-from dyhead_serve.modeling.dense_decoder import DenseDecoder
+from dyhead_serve.decode.detectron2_dense import DenseDecoder
 from dyhead_serve.pipeline.predictor import Decoder
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact_schema import DECODER_KINDS, ArtifactError, check_artifact, input_spec_from

@@ -21,13 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dyhead_serve.modeling.dense_decoder import (
+from dyhead_serve.decode.detectron2_dense import (
     DECODER_RULES,
     DENSE_DECODER_KINDS,
     DenseDecoder,
     DenseDecoderSpec,
 )
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
+from dyhead_serve.decode.rcnn import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.pipeline.predictor import Decoder
 from dyhead_serve.pipeline.preprocess import RESIZE_BACKENDS, RESIZE_RULES, InputSpec
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from dyhead_serve.modeling.anchors import AnchorGenerator
-from dyhead_serve.modeling.box_coding import BoxCoder
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec, fast_rcnn_inference_single_image
+from dyhead_serve.decode.anchors import AnchorGenerator
+from dyhead_serve.decode.box_coding import BoxCoder
+from dyhead_serve.decode.rcnn import RCNNDecoder, RCNNDecoderSpec, fast_rcnn_inference_single_image
 from dyhead_serve.modeling.rcnn.pooler import ROIPooler, assign_boxes_to_levels
 from dyhead_serve.modeling.rcnn.rpn import RPN, StandardRPNHead, select_proposals
 

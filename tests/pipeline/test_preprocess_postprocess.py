@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dyhead_serve.modeling.dense_decoder import RawDetections
+from dyhead_serve.decode.detectron2_dense import RawDetections
 from dyhead_serve.pipeline.image_io import ImageDecodeError, decode_image
 from dyhead_serve.pipeline.postprocess import to_original_image
 from dyhead_serve.pipeline.preprocess import InputSpec, preprocess, resized_shape

@@ -57,8 +57,8 @@ def test_zoo_download_verifies_checksum(tmp_path):
 
 
 def test_decoders_round_trip_through_model_json():
-    from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
-    from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
+    from dyhead_serve.decode.detectron2_dense import DenseDecoder, DenseDecoderSpec
+    from dyhead_serve.decode.rcnn import RCNNDecoder, RCNNDecoderSpec
     from dyhead_serve.runtime.artifact import decoder_from_dict, decoder_to_dict
 
     dense = DenseDecoder(

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dyhead_serve.modeling.anchors import AnchorGenerator, broadcast_per_level
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.anchors import AnchorGenerator, broadcast_per_level
+from dyhead_serve.decode.box_coding import BoxCoder
+from dyhead_serve.decode.rcnn import RCNNDecoderSpec
 from dyhead_serve.modeling.losses.retinanet_assign import Matcher
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoderSpec
 from dyhead_serve.modeling.rcnn.detector import GeneralizedRCNN
 from dyhead_serve.modeling.rcnn.fast_rcnn_loss import FastRCNNLoss
 from dyhead_serve.modeling.rcnn.pooler import ROIPooler

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dyhead_serve.decode.rcnn import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.modeling.backbone.base import Backbone
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.modeling.rcnn.roi_heads import StandardROIHeads
 from dyhead_serve.modeling.rcnn.rpn import RPN
 

@@ -1,6 +1,6 @@
 """Test-time post-processing of Faster R-CNN outputs, as Detectron2's ``fast_rcnn_inference``.
 
-Like :mod:`dyhead_serve.modeling.dense_decoder`, it works on the raw outputs every backend
+Like :mod:`dyhead_serve.decode.detectron2_dense`, it works on the raw outputs every backend
 returns, so one implementation decides the detections whichever backend ran the network.
 """
 
@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from dyhead_serve.modeling.box_coding import BoxCoder
-from dyhead_serve.modeling.dense_decoder import RawDetections
-from dyhead_serve.modeling.output_shape import check_output_dim
+from dyhead_serve.decode.box_coding import BoxCoder
+from dyhead_serve.decode.detectron2_dense import RawDetections
+from dyhead_serve.decode.raw_outputs import check_output_dim
 
 __all__ = ["RCNNDecoder", "RCNNDecoderSpec", "fast_rcnn_inference_single_image"]
 

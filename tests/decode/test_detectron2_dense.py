@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
+from dyhead_serve.decode.detectron2_dense import DenseDecoder, DenseDecoderSpec
 
 
 def _spec(kind: str, **kw) -> DenseDecoderSpec:
@@ -91,8 +91,8 @@ def test_outputs_that_do_not_fit_the_spec_are_refused():
     labels: the decoder compares the outputs with its spec."""
     from dataclasses import replace
 
-    from dyhead_serve.modeling.dense_decoder import DenseDecoder
-    from dyhead_serve.modeling.output_shape import OutputShapeError
+    from dyhead_serve.decode.detectron2_dense import DenseDecoder
+    from dyhead_serve.decode.raw_outputs import OutputShapeError
     from dyhead_serve.runtime.loader import load_backend
 
     backend = load_backend("default", backend="torch", device="cpu")

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from dyhead_serve.modeling.anchors import AnchorGenerator
-from dyhead_serve.modeling.box_coding import BoxCoder, decode_delta_xywh
-from dyhead_serve.modeling.class_offset_nms import batched_nms_class_offset
-from dyhead_serve.modeling.output_shape import check_output_dim
+from dyhead_serve.decode.anchors import AnchorGenerator
+from dyhead_serve.decode.box_coding import BoxCoder, decode_delta_xywh
+from dyhead_serve.decode.class_offset_nms import batched_nms_class_offset
+from dyhead_serve.decode.raw_outputs import check_output_dim
 
 __all__ = ["DECODER_RULES", "DENSE_DECODER_KINDS", "DenseDecoder", "DenseDecoderSpec", "RawDetections"]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from dyhead_serve.modeling.box_coding import decode_delta_xywh
-from dyhead_serve.modeling.class_offset_nms import batched_nms_class_offset, nms_mmcv
-from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
+from dyhead_serve.decode.box_coding import decode_delta_xywh
+from dyhead_serve.decode.class_offset_nms import batched_nms_class_offset, nms_mmcv
+from dyhead_serve.decode.detectron2_dense import DenseDecoder, DenseDecoderSpec
 
 
 def _spec(**kw) -> DenseDecoderSpec:
