@@ -25,7 +25,7 @@ from dyhead_serve.checkpoint import load_state_dict
 from dyhead_serve.config import OFFICIAL_CONFIGS, load_config
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.modeling.build import build_model
-from dyhead_serve.pipeline.postprocess import to_original_image
+from dyhead_serve.pipeline.predictor import detections_from_outputs
 from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.predict import class_names_for, input_spec_from_config
 
@@ -56,8 +56,7 @@ def run_once(model, clock: StageClock, spec, image, class_names) -> dict[str, fl
     t1 = time.perf_counter()
     outputs = model(batch.images, batch.image_sizes_tensor())
     t2 = time.perf_counter()
-    raw = model.decoder(outputs, batch.padded_hw, batch.image_sizes, original_sizes=batch.original_sizes)[0]
-    to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
+    detections_from_outputs(outputs, batch, model.decoder, class_names)
     t3 = time.perf_counter()
     fpn_end, dyhead_end = clock.marks["fpn"], clock.marks["dyhead"]
     return {

@@ -1,60 +1,38 @@
-"""Inference post-processing of dense (anchor-based, one-stage) detectors.
+"""Inference post-processing of dense (anchor-based, one-stage) detectors as Detectron2 does it
+(the official DyHead code): ATSS and RetinaNet heads.
 
 It works on the flattened raw outputs every backend returns (torch, ONNX Runtime, TensorRT),
-so one implementation decides the detections whichever backend ran the network. Two sets of
-rules, chosen by :attr:`DenseDecoderSpec.rules`, reproduce the two implementations whose
-checkpoints we run: Detectron2's (the official DyHead code) and mmdetection 3.x's.
+so one implementation decides the detections whichever backend ran the network.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from dyhead_serve.decode.anchors import AnchorGenerator
-from dyhead_serve.decode.box_coding import BoxCoder, decode_delta_xywh
-from dyhead_serve.decode.class_offset_nms import batched_nms_class_offset
-from dyhead_serve.decode.raw_outputs import check_output_dim
+from dyhead_serve.decode.anchors import AnchorGenerator, broadcast_per_level
+from dyhead_serve.decode.base import DecodedDetections
+from dyhead_serve.decode.box_coding import BoxCoder
+from dyhead_serve.decode.dense_format import DENSE_HEAD_KINDS, DENSE_TYPE, read_dense_spec
+from dyhead_serve.decode.raw_outputs import RawOutputs, check_output_dim
+from dyhead_serve.decode.rescale import rescale_to_original
 
-__all__ = ["DECODER_RULES", "DENSE_DECODER_KINDS", "DenseDecoder", "DenseDecoderSpec", "RawDetections"]
-
-DENSE_DECODER_KINDS = ("atss", "retinanet")
-DECODER_RULES = ("detectron2", "mmdet")
-
-
-@dataclass
-class RawDetections:
-    """Detections of one image in the coordinates of the network input (resized, unpadded), or
-    already in original-image pixels when ``in_original_image`` (mmdetection's rules map boxes
-    back before NMS)."""
-
-    boxes: Tensor  # [K, 4] (x0, y0, x1, y1)
-    scores: Tensor  # [K]
-    classes: Tensor  # [K] int64
-    in_original_image: bool = False
+__all__ = ["Detectron2DenseDecoder", "Detectron2DenseSpec"]
 
 
 @dataclass
-class DenseDecoderSpec:
+class Detectron2DenseSpec:
     """Everything the decoder needs; plain data, so it travels with exported models.
 
     ``kind`` is ``"atss"`` (class score times centerness, threshold before the product) or
-    ``"retinanet"`` (class score alone).
-
-    ``rules`` is ``"detectron2"`` (the official DyHead code): per level, keep class
-    probabilities above ``score_threshold``, rank them by probability times centerness and keep
-    ``topk_candidates``; decode with ``box_weights``; class-wise NMS in input coordinates (the
-    pipeline then rescales and clips). Or ``"mmdet"`` (``ATSSHead.predict_by_feat`` of
-    mmdetection 3.x): per level, keep probabilities above the threshold and the
-    ``topk_candidates`` highest probabilities; decode as ``DeltaXYWHBBoxCoder`` with
-    ``box_means`` / ``box_stds`` and clip to the resized image; map the boxes back to the
-    original image (multiplying by ``1 / scale`` per axis); score = probability times
-    centerness; drop boxes not wider and taller than ``min_box_size`` (when >= 0); class-aware
-    NMS by coordinate offsets as mmcv computes it; keep ``max_detections``.
+    ``"retinanet"`` (class score alone). Anchors are Detectron2's ``DefaultAnchorGenerator``'s
+    (:class:`~dyhead_serve.decode.anchors.AnchorGenerator`); ``box_weights`` its
+    ``Box2BoxTransform`` weights.
     """
 
     kind: str
@@ -68,46 +46,87 @@ class DenseDecoderSpec:
     nms_threshold: float
     max_detections: int
     num_classes: int
-    rules: str = "detectron2"
-    box_means: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
-    box_stds: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
-    min_box_size: float = -1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in DENSE_DECODER_KINDS:
+        if self.kind not in DENSE_HEAD_KINDS:
             raise ValueError(f"unknown dense decoder kind {self.kind!r}")
-        if self.rules not in DECODER_RULES:
-            raise ValueError(f"unknown dense decoder rules {self.rules!r}; expected one of {DECODER_RULES}")
-        if self.rules == "mmdet" and self.kind != "atss":
-            raise ValueError("the mmdet decoder rules are implemented for ATSS heads only")
-        if len(self.box_means) != 4 or len(self.box_stds) != 4:
-            raise ValueError("box_means and box_stds need 4 values each")
 
 
-class DenseDecoder:
-    """Per-level score threshold and top-k, box decoding, class-wise NMS, top detections."""
+class Detectron2DenseDecoder:
+    """Detectron2's dense inference: per level, keep class probabilities above
+    ``score_threshold``, rank them by probability (times centerness for ATSS) and keep
+    ``topk_candidates``; decode with ``box_weights``; class-wise NMS in resized-image pixels; keep
+    ``max_detections``; then rescale to the original image, clip and drop empty boxes
+    (``detector_postprocess``)."""
 
-    def __init__(self, spec: DenseDecoderSpec) -> None:
+    def __init__(self, spec: Detectron2DenseSpec) -> None:
         self.spec = spec
+        levels = len(spec.strides)  # model.json may give one anchor entry for every level
         self.anchor_generator = AnchorGenerator(
-            spec.strides, spec.anchor_sizes, spec.anchor_aspect_ratios, spec.anchor_offset
+            spec.strides,
+            broadcast_per_level(spec.anchor_sizes, levels, "SIZES"),
+            broadcast_per_level(spec.anchor_aspect_ratios, levels, "ASPECT_RATIOS"),
+            spec.anchor_offset,
         )
         self.box_coder = BoxCoder(spec.box_weights)
 
-    def grid_sizes(self, padded_hw: tuple[int, int]) -> list[tuple[int, int]]:
-        """Feature-map size of each level for a padded input of ``padded_hw``."""
-        h, w = padded_hw
-        return [(-(-h // s), -(-w // s)) for s in self.spec.strides]
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": "dense", "spec": {...}}`` (no ``rules``: absent means Detectron2's)."""
+        return {"type": DENSE_TYPE, "spec": asdict(self.spec)}
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "decoder") -> Detectron2DenseDecoder:
+        """Read a ``"dense"`` entry of model.json whose ``spec.rules`` is absent or
+        ``"detectron2"``; ``box_means``, ``box_stds`` and ``min_box_size`` (mmdetection's, written
+        into older files for every model) are checked and ignored, as they always were.
+
+        Raises:
+            ArtifactError: naming the field that is missing, unknown or out of range.
+        """
+        return cls(Detectron2DenseSpec(**read_dense_spec(data, path, "detectron2", Detectron2DenseSpec)))
+
+    def graph_outputs(self) -> dict[str, Sequence[int] | None]:
+        outputs: dict[str, Sequence[int] | None] = {"logits": [self.spec.num_classes], "deltas": [4]}
+        if self.spec.kind == "atss":
+            outputs["centerness"] = None
+        return outputs
 
     def __call__(
         self,
-        outputs: dict[str, Tensor],
+        outputs: RawOutputs,
+        padded_hw: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]],
+        original_sizes: Sequence[tuple[int, int]],
+        *,
+        score_threshold: float | None = None,
+    ) -> list[DecodedDetections]:
+        """Decode a batch into original-image pixels (see :meth:`decode_resized` for the
+        arguments; ``original_sizes``: (h, w) of each image before resizing)."""
+        if len(original_sizes) != len(image_sizes):
+            raise ValueError(f"got {len(original_sizes)} original sizes for {len(image_sizes)} images")
+        return [
+            rescale_to_original(d.boxes, d.scores, d.classes, image_size, original_size)
+            for d, image_size, original_size in zip(
+                self.decode_resized(outputs, padded_hw, image_sizes, score_threshold),
+                image_sizes,
+                original_sizes,
+                strict=True,
+            )
+        ]
+
+    def decode_resized(
+        self,
+        outputs: RawOutputs,
         padded_hw: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         score_threshold: float | None = None,
-        original_sizes: Sequence[tuple[int, int]] | None = None,
-    ) -> list[RawDetections]:
-        """Decode a batch.
+    ) -> list[DecodedDetections]:
+        """Decode a batch into the resized images' pixels, unclipped (Detectron2's decoder
+        output, before ``detector_postprocess``).
 
         Args:
             outputs: ``logits`` Tensor[N, R, C], ``deltas`` Tensor[N, R, 4] and, for ATSS,
@@ -115,24 +134,13 @@ class DenseDecoder:
             padded_hw: (H, W) of the network input.
             image_sizes: (h, w) of each resized image before padding.
             score_threshold: overrides the configured threshold when given.
-            original_sizes: (h, w) of each image before resizing; needed by the mmdet rules,
-                which return detections in original-image pixels.
         """
         check_output_dim(outputs, "logits", -1, self.spec.num_classes, "class scores")
-        grid = self.grid_sizes(padded_hw)
+        grid = self.anchor_generator.grid_sizes(padded_hw)
         anchors = self.anchor_generator.grid_anchors(grid, device=outputs["logits"].device)
         counts = [len(a) for a in anchors]
         check_output_dim(outputs, "logits", 1, sum(counts), f"anchors for a {padded_hw} input")
         threshold = self.spec.score_threshold if score_threshold is None else score_threshold
-        if self.spec.rules == "mmdet":
-            if original_sizes is None or len(original_sizes) != len(image_sizes):
-                raise ValueError("the mmdet decoder rules need the original size of every image")
-            return [
-                self._decode_image_mmdet(
-                    outputs, i, anchors, counts, threshold, image_sizes[i], original_sizes[i]
-                )
-                for i in range(len(image_sizes))
-            ]
         logits = outputs["logits"].float().split(counts, dim=1)
         deltas = outputs["deltas"].float().split(counts, dim=1)
         ctr = outputs["centerness"].float().split(counts, dim=1) if self.spec.kind == "atss" else None
@@ -149,7 +157,7 @@ class DenseDecoder:
                 classes_all.append(classes)
             boxes, scores, classes = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(classes_all)
             keep = batched_nms(boxes, scores, classes, self.spec.nms_threshold)[: self.spec.max_detections]
-            results.append(RawDetections(boxes[keep], scores[keep], classes[keep]))
+            results.append(DecodedDetections(boxes[keep], scores[keep], classes[keep]))
         return results
 
     def _decode_level(
@@ -166,51 +174,3 @@ class DenseDecoder:
         anchor_idx, classes = torch.nonzero(candidates)[order].unbind(dim=1)
         boxes = self.box_coder.apply_deltas(deltas[anchor_idx], anchors[anchor_idx])
         return boxes, scores, classes
-
-    def _decode_image_mmdet(
-        self,
-        outputs: dict[str, Tensor],
-        index: int,
-        anchors: list[Tensor],
-        counts: list[int],
-        threshold: float,
-        image_size: tuple[int, int],
-        original_size: tuple[int, int],
-    ) -> RawDetections:
-        """mmdetection 3.x's ``_predict_by_feat_single`` + ``_bbox_post_process`` for one image."""
-        spec = self.spec
-        logits = outputs["logits"][index].float().split(counts)
-        deltas = outputs["deltas"][index].float().split(counts)
-        ctr = outputs["centerness"][index].float().split(counts)
-        kept_deltas, kept_anchors, kept_scores, kept_classes, kept_ctr = [], [], [], [], []
-        for level, level_anchors in enumerate(anchors):
-            probs = logits[level].sigmoid()  # [R_l, C]
-            candidates = probs > threshold
-            scores = probs[candidates]
-            positions = torch.nonzero(candidates)  # (anchor, class), row-major
-            scores, order = scores.sort(descending=True)
-            num_topk = min(spec.topk_candidates, positions.shape[0])
-            anchor_idx, classes = positions[order[:num_topk]].unbind(dim=1)
-            kept_scores.append(scores[:num_topk])
-            kept_classes.append(classes)
-            kept_deltas.append(deltas[level][anchor_idx])
-            kept_anchors.append(level_anchors[anchor_idx])
-            kept_ctr.append(ctr[level].sigmoid()[anchor_idx])
-        boxes = decode_delta_xywh(
-            torch.cat(kept_deltas), torch.cat(kept_anchors), spec.box_means, spec.box_stds, image_size
-        )
-        # mmdet's Resize records scale_factor = (new_w / w, new_h / h); boxes are multiplied by
-        # its inverse, computed in float64 and stored as float32.
-        w_scale = image_size[1] / original_size[1]
-        h_scale = image_size[0] / original_size[0]
-        boxes = boxes * boxes.new_tensor([1 / w_scale, 1 / h_scale]).repeat((1, 2))
-        scores = torch.cat(kept_scores) * torch.cat(kept_ctr)
-        classes = torch.cat(kept_classes)
-        if spec.min_box_size >= 0:
-            valid = (boxes[:, 2] - boxes[:, 0] > spec.min_box_size) & (
-                boxes[:, 3] - boxes[:, 1] > spec.min_box_size
-            )
-            if not bool(valid.all()):
-                boxes, scores, classes = boxes[valid], scores[valid], classes[valid]
-        keep = batched_nms_class_offset(boxes, scores, classes, spec.nms_threshold)[: spec.max_detections]
-        return RawDetections(boxes[keep], scores[keep], classes[keep], in_original_image=True)

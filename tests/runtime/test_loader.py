@@ -54,19 +54,3 @@ def test_zoo_download_verifies_checksum(tmp_path):
     assert not target.exists()
     zoo.download(source.as_uri(), target, sha256=zoo.sha256_of(source), progress=False)
     assert target.read_bytes() == b"weights"
-
-
-def test_decoders_round_trip_through_model_json():
-    from dyhead_serve.decode.detectron2_dense import DenseDecoder, DenseDecoderSpec
-    from dyhead_serve.decode.rcnn import RCNNDecoder, RCNNDecoderSpec
-    from dyhead_serve.runtime.artifact import decoder_from_dict, decoder_to_dict
-
-    dense = DenseDecoder(
-        DenseDecoderSpec("atss", [8], [[32.0]], [[1.0]], 0.5, [10.0, 10.0, 5.0, 5.0], 0.05, 1000, 0.6, 100, 3)
-    )
-    rcnn = RCNNDecoder(RCNNDecoderSpec([10.0, 10.0, 5.0, 5.0], 0.05, 0.5, 100, 80))
-    for decoder in (dense, rcnn):
-        rebuilt = decoder_from_dict(decoder_to_dict(decoder))
-        assert type(rebuilt) is type(decoder) and rebuilt.spec == decoder.spec
-    with pytest.raises(ValueError, match="unknown decoder"):
-        decoder_from_dict({"type": "yolo"})
