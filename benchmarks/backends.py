@@ -39,7 +39,7 @@ def time_backend(backend: Backend, images: list[np.ndarray], iters: int, warmup:
     for i in range(warmup + iters):
         t0 = time.perf_counter()
         outputs = backend.infer(batch.images, sizes)
-        backend.decoder(outputs, batch.padded_hw, batch.image_sizes, original_sizes=batch.original_sizes)
+        backend.decoder(outputs, batch.padded_hw, batch.image_sizes, batch.original_sizes)
         if i >= warmup:
             runs.append(time.perf_counter() - t0)
     return runs

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dyhead_serve.ops.onnx_node import DCN_FLAVOURS, MIN_OPSET
-from dyhead_serve.runtime.artifact import ModelArtifact, decoder_to_dict
+from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.options import PRECISIONS
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
@@ -307,7 +307,7 @@ def _export_into(
         name=backend.model_name,
         input_spec=backend.input_spec,
         class_names=list(backend.class_names),
-        decoder=decoder_to_dict(backend.decoder),
+        decoder=backend.decoder.to_dict(),
         inputs=[_tensor_info(v) for v in graph.graph.input],
         outputs=[_tensor_info(v) for v in graph.graph.output],
         provenance=record,

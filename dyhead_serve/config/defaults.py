@@ -308,8 +308,8 @@ def _default_tree() -> dict[str, Any]:
             "EVAL_PERIOD": 0,
             "KEYPOINT_OKS_SIGMAS": [],
             "DETECTIONS_PER_IMAGE": 100,
-            # Ours: post-processing rules of dense detectors, "detectron2" or "mmdet" (see
-            # DenseDecoderSpec), and mmdetection's min_bbox_size (-1: no size filter).
+            # Ours: post-processing rules of dense detectors, "detectron2" or "mmdet" (the
+            # decoders of dyhead_serve/decode/), and mmdetection's min_bbox_size (-1: no filter).
             "POSTPROCESS": "detectron2",
             "MIN_BOX_SIZE": -1.0,
             "AUG": {

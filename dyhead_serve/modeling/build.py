@@ -16,11 +16,12 @@ from typing import Any
 from dyhead_serve.checkpoint import load_state_dict
 from dyhead_serve.checkpoint.mmdet_keys import mmdet_key_map
 from dyhead_serve.config.errors import ConfigError
-from dyhead_serve.modeling.anchors import broadcast_per_level
+from dyhead_serve.decode.anchors import broadcast_per_level
+from dyhead_serve.decode.detectron2_dense import Detectron2DenseDecoder, Detectron2DenseSpec
+from dyhead_serve.decode.mmdet_atss import MMDetATSSDecoder, MMDetATSSSpec
 from dyhead_serve.modeling.backbone.base import Backbone
 from dyhead_serve.modeling.backbone.resnet import build_resnet
 from dyhead_serve.modeling.backbone.swin import build_swin
-from dyhead_serve.modeling.dense_decoder import DenseDecoderSpec
 from dyhead_serve.modeling.detector import DenseDetector
 from dyhead_serve.modeling.detector_protocol import Detector
 from dyhead_serve.modeling.dyhead import DyHeadBackbone
@@ -169,27 +170,49 @@ def _dense_parts(cfg: Cfg, in_features: list[str]) -> _DenseParts:
     )
 
 
-def _decoder_spec(
+def _dense_decoder(
     cfg: Cfg, parts: _DenseParts, kind: str, box_weights: Sequence[float], **test: float
-) -> DenseDecoderSpec:
-    mmdet = cfg.TEST.POSTPROCESS == "mmdet"
-    return DenseDecoderSpec(
-        kind=kind,
+) -> Detectron2DenseDecoder | MMDetATSSDecoder:
+    """The decoder of the rules ``TEST.POSTPROCESS`` names: Detectron2's or mmdetection's (ATSS)."""
+    rules = str(cfg.TEST.POSTPROCESS)
+    if rules not in ("detectron2", "mmdet"):
+        raise ValueError(f"unknown dense decoder rules {rules!r} (TEST.POSTPROCESS); use detectron2 or mmdet")
+    if rules == "mmdet" and kind != "atss":
+        raise ValueError("the mmdet decoder rules are implemented for ATSS heads only")
+    offset = float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
+    score_threshold, nms_threshold = float(test["score_threshold"]), float(test["nms_threshold"])
+    topk, num_classes = int(test["topk_candidates"]), int(test["num_classes"])
+    max_detections = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    if rules == "detectron2":
+        spec = Detectron2DenseSpec(
+            kind=kind,
+            strides=parts.strides,
+            anchor_sizes=parts.sizes,
+            anchor_aspect_ratios=parts.ratios,
+            anchor_offset=offset,
+            box_weights=list(box_weights),
+            score_threshold=score_threshold,
+            topk_candidates=topk,
+            nms_threshold=nms_threshold,
+            max_detections=max_detections,
+            num_classes=num_classes,
+        )
+        return Detectron2DenseDecoder(spec)
+    mmdet_spec = MMDetATSSSpec(
         strides=parts.strides,
         anchor_sizes=parts.sizes,
         anchor_aspect_ratios=parts.ratios,
-        anchor_offset=float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET),
-        box_weights=list(box_weights),
-        score_threshold=float(test["score_threshold"]),
-        topk_candidates=int(test["topk_candidates"]),
-        nms_threshold=float(test["nms_threshold"]),
-        max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
-        num_classes=int(test["num_classes"]),
-        rules=str(cfg.TEST.POSTPROCESS),
-        box_means=[float(v) for v in cfg.MODEL.ATSS.BBOX_REG_MEANS] if mmdet else [0.0] * 4,
-        box_stds=[float(v) for v in cfg.MODEL.ATSS.BBOX_REG_STDS] if mmdet else [1.0] * 4,
+        anchor_offset=offset,
+        score_threshold=score_threshold,
+        topk_candidates=topk,
+        nms_threshold=nms_threshold,
+        max_detections=max_detections,
+        num_classes=num_classes,
+        box_means=[float(v) for v in cfg.MODEL.ATSS.BBOX_REG_MEANS],
+        box_stds=[float(v) for v in cfg.MODEL.ATSS.BBOX_REG_STDS],
         min_box_size=float(cfg.TEST.MIN_BOX_SIZE),
     )
+    return MMDetATSSDecoder(mmdet_spec)
 
 
 def _atss(cfg: Cfg) -> DenseDetector:
@@ -206,12 +229,12 @@ def _atss(cfg: Cfg) -> DenseDetector:
         num_levels=len(parts.in_features),
         pred_kernel_size=c.PRED_KERNEL_SIZE,
     )
-    spec = _decoder_spec(
+    decoder = _dense_decoder(
         cfg, parts, "atss", c.BBOX_REG_WEIGHTS, score_threshold=c.INFERENCE_TH,
         topk_candidates=c.PRE_NMS_TOP_N, nms_threshold=c.NMS_TH, num_classes=c.NUM_CLASSES,
     )  # fmt: skip
     loss = build_atss_loss(cfg, head.num_anchors)
-    return DenseDetector(parts.backbone, head, parts.in_features, spec, loss=loss)
+    return DenseDetector(parts.backbone, head, parts.in_features, decoder, loss=loss)
 
 
 def _retinanet(cfg: Cfg) -> DenseDetector:
@@ -225,11 +248,11 @@ def _retinanet(cfg: Cfg) -> DenseDetector:
         norm=c.NORM,
         prior_prob=c.PRIOR_PROB,
     )
-    spec = _decoder_spec(
+    decoder = _dense_decoder(
         cfg, parts, "retinanet", c.BBOX_REG_WEIGHTS, score_threshold=c.SCORE_THRESH_TEST,
         topk_candidates=c.TOPK_CANDIDATES_TEST, nms_threshold=c.NMS_THRESH_TEST, num_classes=c.NUM_CLASSES,
     )  # fmt: skip
-    return DenseDetector(parts.backbone, head, parts.in_features, spec, loss=build_retinanet_loss(cfg))
+    return DenseDetector(parts.backbone, head, parts.in_features, decoder, loss=build_retinanet_loss(cfg))
 
 
 META_ARCHITECTURES: dict[str, Callable[[Cfg], DenseDetector | GeneralizedRCNN]] = {

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dyhead_serve.decode.detectron2_dense import Detectron2DenseDecoder
+from dyhead_serve.decode.mmdet_atss import MMDetATSSDecoder
 from dyhead_serve.modeling.backbone.base import Backbone
-from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
 from dyhead_serve.modeling.losses.dense_loss import DenseLoss
 
 __all__ = ["DenseDetector"]
@@ -33,7 +34,7 @@ class DenseDetector(nn.Module):
         backbone: Backbone,
         head: nn.Module,
         head_in_features: Sequence[str],
-        decoder_spec: DenseDecoderSpec,
+        decoder: Detectron2DenseDecoder | MMDetATSSDecoder,
         loss: DenseLoss | None = None,
     ) -> None:
         super().__init__()
@@ -44,8 +45,7 @@ class DenseDetector(nn.Module):
         self.backbone = backbone
         self.head = head
         self.head_in_features = list(head_in_features)
-        self.decoder_spec = decoder_spec
-        self.decoder = DenseDecoder(decoder_spec)
+        self.decoder = decoder
         self.loss = loss  # a plain attribute: it holds no tensors of the state dict
 
     @property
@@ -54,7 +54,7 @@ class DenseDetector(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.decoder_spec.num_classes
+        return self.decoder.num_classes
 
     def forward(self, images: Tensor, image_sizes: Tensor | None = None) -> dict[str, Tensor]:
         """``image_sizes`` (Tensor[N, 2], (h, w) before padding) is accepted for a uniform
@@ -124,7 +124,7 @@ class DenseDetector(nn.Module):
                 f"got ground truth for {len(gt_boxes)} / {len(gt_classes)} images, outputs for {num_images}"
             )
         device = outputs["logits"].device
-        grid = self.decoder.grid_sizes(padded_hw)
+        grid = self.decoder.anchor_generator.grid_sizes(padded_hw)
         anchors = self.decoder.anchor_generator.grid_anchors(grid, device=device)
         if sum(len(a) for a in anchors) != outputs["logits"].shape[1]:
             raise ValueError(

@@ -12,8 +12,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from dyhead_serve.modeling.dense_decoder import DenseDecoder
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder
+from dyhead_serve.decode.base import Decoder
 
 __all__ = ["Detector"]
 
@@ -40,7 +39,7 @@ class Detector(Protocol):
         ...
 
     @property
-    def decoder(self) -> DenseDecoder | RCNNDecoder:
+    def decoder(self) -> Decoder:
         """Turns :meth:`forward`'s raw outputs into detections (see the pipeline's ``Decoder``)."""
         ...
 

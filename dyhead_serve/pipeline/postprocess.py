@@ -1,6 +1,5 @@
-"""Detections in original-image pixels: rescale, clip and drop empty boxes (Detectron2's
-``detector_postprocess``), then attach class names. Detections a decoder already mapped back
-(mmdetection's rules, which do so before NMS) are taken as they are."""
+"""Detections as the pipeline hands them out: a decoder's detections (already in original-image
+pixels, see :class:`~dyhead_serve.decode.base.Decoder`) with their class names and image size."""
 
 from __future__ import annotations
 
@@ -8,12 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from dyhead_serve.modeling.dense_decoder import RawDetections
+from dyhead_serve.decode.base import DecodedDetections
 
-__all__ = ["Detections", "to_original_image"]
+__all__ = ["Detections", "label_detections"]
 
 
 @dataclass
@@ -40,36 +38,16 @@ class Detections:
         ]
 
 
-def to_original_image(
-    raw: RawDetections,
-    image_size: tuple[int, int],
-    original_size: tuple[int, int],
-    class_names: Sequence[str],
-    score_threshold: float | None = None,
+def label_detections(
+    decoded: DecodedDetections, original_size: tuple[int, int], class_names: Sequence[str]
 ) -> Detections:
-    """Map detections from the resized network input back to the original image.
+    """Attach class names (the index itself for a class without a name) and the image size.
 
     Args:
-        raw: detections in resized-image coordinates, or in original-image ones when
-            ``raw.in_original_image`` (then neither rescaled nor clipped, as mmdetection leaves
-            them).
-        image_size: (h, w) of the resized image.
+        decoded: a decoder's detections of one image.
         original_size: (h, w) of the original image.
         class_names: name of each class index.
-        score_threshold: drop detections scoring at or below it (after decoding).
     """
-    out_h, out_w = original_size
-    boxes = raw.boxes.clone()
-    if raw.in_original_image:
-        keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
-    else:
-        boxes[:, 0::2] *= out_w / image_size[1]
-        boxes[:, 1::2] *= out_h / image_size[0]
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    if score_threshold is not None:
-        keep &= raw.scores > score_threshold
-    classes = raw.classes[keep]
-    labels = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in classes.tolist()]
-    return Detections(boxes[keep], raw.scores[keep], classes, labels, width=out_w, height=out_h)
+    labels = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in decoded.classes.tolist()]
+    height, width = original_size
+    return Detections(decoded.boxes, decoded.scores, decoded.classes, labels, width=width, height=height)

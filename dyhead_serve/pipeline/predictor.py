@@ -1,4 +1,4 @@
-"""Images in, detections out: preprocessing, one network call per image, decoding, rescaling.
+"""Images in, detections out: preprocessing, one network call per image, decoding, labelling.
 
 The two steps around the network, :func:`prepare_image` and :func:`detections_from_outputs`, are
 what every path runs: ``dyhead-serve predict`` and ``eval`` through :class:`Predictor`, the
@@ -10,19 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from dyhead_serve.decode.base import Decoder
 from dyhead_serve.errors import UserError
-from dyhead_serve.modeling.dense_decoder import RawDetections
-from dyhead_serve.pipeline.postprocess import Detections, to_original_image
+from dyhead_serve.pipeline.postprocess import Detections, label_detections
 from dyhead_serve.pipeline.preprocess import Batch, InputSpec, preprocess
 
 __all__ = [
-    "Decoder",
     "Predictor",
     "StageTimes",
     "UnsupportedImageSizeError",
@@ -31,20 +29,6 @@ __all__ = [
 ]
 
 InferFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
-
-
-class Decoder(Protocol):
-    """Turns a network's raw outputs into detections in resized-image coordinates (or, for
-    rules that map boxes back before NMS, original-image ones: see :class:`RawDetections`)."""
-
-    def __call__(
-        self,
-        outputs: dict[str, Tensor],
-        padded_hw: tuple[int, int],
-        image_sizes: Sequence[tuple[int, int]],
-        score_threshold: float | None = None,
-        original_sizes: Sequence[tuple[int, int]] | None = None,
-    ) -> list[RawDetections]: ...
 
 
 class UnsupportedImageSizeError(UserError, ValueError):
@@ -73,10 +57,10 @@ def detections_from_outputs(
 ) -> Detections:
     """Last step: the network's raw outputs for ``batch`` (one image) -> detections in the
     original image's pixels, best first."""
-    raw = decoder(
-        outputs, batch.padded_hw, batch.image_sizes, score_threshold, original_sizes=batch.original_sizes
+    decoded = decoder(
+        outputs, batch.padded_hw, batch.image_sizes, batch.original_sizes, score_threshold=score_threshold
     )[0]
-    return to_original_image(raw, batch.image_sizes[0], batch.original_sizes[0], class_names)
+    return label_detections(decoded, batch.original_sizes[0], class_names)
 
 
 @dataclass

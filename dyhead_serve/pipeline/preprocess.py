@@ -17,10 +17,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from dyhead_serve.artifact_rules import (
+    ArtifactError,
+    Rule,
+    dataclass_record,
+    integer,
+    list_of,
+    number,
+    one_of,
+)
 from dyhead_serve.config.normalisation import normalisation_problem
 from dyhead_serve.errors import UserError
 
 __all__ = [
+    "INPUT_SPEC_RULES",
+    "MAX_IMAGE_SIDE",
     "RESIZE_BACKENDS",
     "RESIZE_RULES",
     "Batch",
@@ -34,6 +45,24 @@ __all__ = [
 
 RESIZE_RULES = ("detectron2", "mmdet")
 RESIZE_BACKENDS = ("pillow", "cv2")
+
+# Largest min_size / max_size (pixels): 4096 is three times Detectron2's 1333 and more than any
+# multi-scale test setting; 100000 made one image need 20 GB.
+MAX_IMAGE_SIDE = 4096
+
+INPUT_SPEC_RULES: dict[str, Rule] = {
+    "channel_order": one_of("BGR", "RGB"),
+    "pixel_mean": list_of(number(-1e4, 1e4), min_length=3, max_length=3),
+    "pixel_std": list_of(number(0.0, 1e4, above_low=True), min_length=3, max_length=3),
+    "min_size": integer(1, MAX_IMAGE_SIDE),
+    "max_size": integer(1, MAX_IMAGE_SIDE),
+    "size_divisibility": integer(1, 1024),  # TensorRT profiles and the backends divide by it
+    # absent in files written before mmdetection's models: Detectron2's resize with Pillow
+    "resize_rule": one_of(*RESIZE_RULES),
+    "resize_backend": one_of(*RESIZE_BACKENDS),
+}
+"""One rule per :class:`InputSpec` field, for :meth:`InputSpec.from_dict` (model.json's
+``input_spec``)."""
 
 
 class MissingExtraError(UserError, ValueError):
@@ -102,21 +131,32 @@ class InputSpec:
         return resized_shape(height, width, self.min_size, self.max_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The ``input_spec`` object of model.json (lists where the spec holds tuples)."""
+        values = asdict(self)
+        values["pixel_mean"], values["pixel_std"] = list(self.pixel_mean), list(self.pixel_std)
+        return values
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
-        return cls(
-            channel_order=str(data["channel_order"]),
-            pixel_mean=tuple(float(v) for v in data["pixel_mean"]),
-            pixel_std=tuple(float(v) for v in data["pixel_std"]),
-            min_size=int(data["min_size"]),
-            max_size=int(data["max_size"]),
-            size_divisibility=int(data["size_divisibility"]),
-            # model.json files written before mmdetection support resize as Detectron2 does.
-            resize_rule=str(data.get("resize_rule", "detectron2")),
-            resize_backend=str(data.get("resize_backend", "pillow")),
-        )
+    def from_dict(cls, data: Any, path: str = "input_spec") -> InputSpec:
+        """Read and check an ``input_spec`` of model.json (what :meth:`to_dict` writes; files
+        written before mmdetection support lack the resize fields and resize as Detectron2 does).
+
+        Args:
+            data: the parsed JSON object.
+            path: where it sits in the document, for messages.
+
+        Raises:
+            ArtifactError (a ValueError): a field missing, unknown, of the wrong type or out of
+                range, or ``min_size`` above ``max_size``; the message names the field.
+        """
+        values = dataclass_record(cls, INPUT_SPEC_RULES)(data, path)
+        if values["min_size"] > values["max_size"]:
+            raise ArtifactError(
+                f"{path}.min_size: {values['min_size']} is larger than {path}.max_size {values['max_size']}"
+            )
+        values["pixel_mean"] = tuple(values["pixel_mean"])
+        values["pixel_std"] = tuple(values["pixel_std"])
+        return cls(**values)
 
 
 def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:

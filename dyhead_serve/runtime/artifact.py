@@ -8,47 +8,23 @@ checks every field (:mod:`dyhead_serve.runtime.artifact_schema`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dyhead_serve.artifact_rules import ArtifactError
 from dyhead_serve.config.errors import ConfigError
 from dyhead_serve.config.file_limits import read_config_text
-from dyhead_serve.modeling.dense_decoder import DenseDecoder
-from dyhead_serve.pipeline.predictor import Decoder
+from dyhead_serve.decode.base import Decoder
+from dyhead_serve.decode.from_dict import decoder_from_dict
 from dyhead_serve.pipeline.preprocess import InputSpec
-from dyhead_serve.runtime.artifact_schema import DECODER_KINDS, ArtifactError, check_artifact, input_spec_from
+from dyhead_serve.runtime.artifact_schema import check_artifact
 
-__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "ModelArtifact", "decoder_from_dict", "decoder_to_dict"]
+__all__ = ["ARTIFACT_FORMAT", "ModelArtifact"]
 
 ARTIFACT_FORMAT = "dyhead-serve/model@1"
 # A model.json is a few kilobytes (tens with a thousand class names).
 MAX_ARTIFACT_BYTES = 4 << 20
-
-
-def decoder_to_dict(decoder: Decoder) -> dict[str, Any]:
-    """Serialise a decoder (``{"type": ..., "spec": {...}}``)."""
-    if isinstance(decoder, DenseDecoder):
-        return {"type": "dense", "spec": asdict(decoder.spec)}
-    to_dict = getattr(decoder, "to_dict", None)
-    if callable(to_dict):
-        result = to_dict()
-        if isinstance(result, dict):
-            return result
-    raise TypeError(f"{type(decoder).__name__} cannot be written to model.json")
-
-
-def decoder_from_dict(data: Any) -> Decoder:
-    """Rebuild a decoder written by :func:`decoder_to_dict`.
-
-    Raises:
-        ArtifactError: an unknown decoder type, or a spec field missing, unknown or out of range.
-    """
-    kind = data.get("type") if isinstance(data, dict) else None
-    if kind not in DECODER_KINDS:
-        raise ArtifactError(f"model.json names an unknown decoder type {kind!r}")
-    spec = DECODER_KINDS[kind].check_spec(data.get("spec"), "decoder.spec")
-    return DECODER_KINDS[kind].build(DECODER_KINDS[kind].spec(**spec))
 
 
 @dataclass
@@ -59,7 +35,8 @@ class ModelArtifact:
         name: model name (zoo name or config stem).
         input_spec: preprocessing the network expects.
         class_names: name of each class index.
-        decoder: serialised decoder (see :func:`decoder_to_dict`).
+        decoder: the decoder's ``to_dict()`` (read back by
+            :func:`~dyhead_serve.decode.from_dict.decoder_from_dict`).
         inputs / outputs: the graph's tensors: name, dtype and shape (strings for dynamic axes).
         provenance: config, weights checksum, opset, exporter versions, precision, ...
     """
@@ -117,9 +94,9 @@ class ModelArtifact:
             raise ArtifactError(f"{path}: {exc}") from None
         return cls(
             name=checked["name"],
-            input_spec=input_spec_from(checked["input_spec"]),
+            input_spec=checked["input_spec"],
             class_names=checked["class_names"],
-            decoder=checked["decoder"],
+            decoder=checked["decoder"].to_dict(),
             inputs=checked.get("inputs", []),
             outputs=checked.get("outputs", []),
             provenance=checked.get("provenance", {}),

@@ -8,8 +8,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from dyhead_serve.decode.base import Decoder
 from dyhead_serve.errors import UserError
-from dyhead_serve.pipeline.predictor import Decoder, Predictor
+from dyhead_serve.pipeline.predictor import Predictor
 from dyhead_serve.pipeline.preprocess import InputSpec
 
 __all__ = ["Backend", "BackendError", "infer_in_chunks", "make_predictor"]

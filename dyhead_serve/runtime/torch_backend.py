@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from dyhead_serve.data.coco_classes import COCO_CLASS_NAMES
-from dyhead_serve.pipeline.predictor import Decoder
+from dyhead_serve.decode.base import Decoder
 from dyhead_serve.pipeline.preprocess import InputSpec
 
 if TYPE_CHECKING:

@@ -20,13 +20,13 @@ from dyhead_serve.cli.export import main as export_main
 from dyhead_serve.cli.main import main as serve_main
 from dyhead_serve.config import ConfigError
 from dyhead_serve.data.coco_json import DatasetError
+from dyhead_serve.decode.raw_outputs import OutputShapeError
 from dyhead_serve.errors import UserError
 from dyhead_serve.export.engine_cache import EngineCacheError
 from dyhead_serve.export.errors import ExportError
 from dyhead_serve.export.tensorrt_build import EngineBuildError
 from dyhead_serve.export.torch_export import TorchExportError
 from dyhead_serve.model_source import ModelSourceError
-from dyhead_serve.modeling.output_shape import OutputShapeError
 from dyhead_serve.pipeline.image_io import ImageDecodeError
 from dyhead_serve.pipeline.predictor import UnsupportedImageSizeError
 from dyhead_serve.pipeline.preprocess import MissingExtraError

@@ -77,7 +77,7 @@ def test_forward_outputs_fixed_shapes_and_decodes(model, checkpoint):
         assert 0 < n <= 1000
         boxes = out["proposals"][i, :n]
         assert (boxes >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
-    detections = model.decoder(out, (128, 192), [(128, 180), (100, 128)], score_threshold=0.0)
+    detections = model.decoder.decode_resized(out, (128, 192), [(128, 180), (100, 128)], score_threshold=0.0)
     for det, (h, w) in zip(detections, image_sizes.tolist(), strict=True):
         assert 0 < len(det.scores) <= 100
         assert det.scores.tolist() == sorted(det.scores.tolist(), reverse=True)

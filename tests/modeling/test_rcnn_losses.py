@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.modeling.build import build_model
 from dyhead_serve.modeling.matcher import Matcher
 from dyhead_serve.modeling.rcnn import GeneralizedRCNN

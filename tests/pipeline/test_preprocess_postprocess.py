@@ -1,5 +1,5 @@
-"""Preprocessing (Detectron2's ResizeShortestEdge, normalisation, padding) and the mapping of
-boxes back to the original image."""
+"""Preprocessing (Detectron2's ResizeShortestEdge, normalisation, padding), the mapping of boxes
+back to the original image (Detectron2's, done by its decoders) and the labelled detections."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dyhead_serve.modeling.dense_decoder import RawDetections
+from dyhead_serve.decode.rescale import rescale_to_original
 from dyhead_serve.pipeline.image_io import ImageDecodeError, decode_image
-from dyhead_serve.pipeline.postprocess import to_original_image
+from dyhead_serve.pipeline.postprocess import label_detections
 from dyhead_serve.pipeline.preprocess import InputSpec, preprocess, resized_shape
 
 SPEC = InputSpec("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), 800, 1333, 128)
@@ -57,13 +57,15 @@ def test_preprocess_resizes_with_pil_bilinear():
     np.testing.assert_array_equal(batch.images[0].permute(1, 2, 0).numpy().astype(np.uint8), expected)
 
 
-def test_to_original_image_rescales_clips_and_drops_empty():
-    raw = RawDetections(
+def test_rescale_to_original_clips_drops_empty_then_labels():
+    decoded = rescale_to_original(
         boxes=torch.tensor([[10.0, 20.0, 50.0, 60.0], [-5.0, -5.0, 500.0, 40.0], [90.0, 10.0, 95.0, 10.0]]),
         scores=torch.tensor([0.9, 0.8, 0.7]),
         classes=torch.tensor([0, 1, 2]),
+        image_size=(100, 200),
+        original_size=(50, 100),
     )
-    det = to_original_image(raw, image_size=(100, 200), original_size=(50, 100), class_names=["a", "b", "c"])
+    det = label_detections(decoded, original_size=(50, 100), class_names=["a", "b", "c"])
     assert det.boxes.tolist() == [[5.0, 10.0, 25.0, 30.0], [0.0, 0.0, 100.0, 20.0]]  # third has zero height
     assert det.labels == ["a", "b"] and (det.width, det.height) == (100, 50)
     assert det.to_json()[0] == {

@@ -13,11 +13,15 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from dyhead_serve.artifact_rules import ArtifactError
 from dyhead_serve.cli import main as cli_main
 from dyhead_serve.data.sample_image import synthetic_photo
-from dyhead_serve.pipeline.preprocess import InputSpec
-from dyhead_serve.runtime.artifact import ArtifactError, ModelArtifact
-from dyhead_serve.runtime.artifact_schema import DECODER_KINDS, INPUT_SPEC_RULES
+from dyhead_serve.decode.dense_format import DENSE_FIELD_RULES
+from dyhead_serve.decode.detectron2_dense import Detectron2DenseSpec
+from dyhead_serve.decode.mmdet_atss import MMDetATSSSpec
+from dyhead_serve.decode.rcnn import RCNN_FIELD_RULES, RCNNDecoderSpec
+from dyhead_serve.pipeline.preprocess import INPUT_SPEC_RULES, InputSpec
+from dyhead_serve.runtime.artifact import ModelArtifact
 
 SHIPPED = Path(__file__).resolve().parents[2] / "dyhead_serve" / "zoo_files" / "default" / "model.json"
 GOOD: dict[str, Any] = json.loads(SHIPPED.read_text())
@@ -204,8 +208,13 @@ def test_a_valid_model_json_of_another_model_is_refused_at_the_first_image(
     assert "Traceback" not in err
 
 
+def _fields(spec_class: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(spec_class)}
+
+
 def test_every_spec_field_has_a_rule() -> None:
-    """Adding a field to a spec dataclass needs a rule in artifact_schema (and the reverse)."""
-    assert set(INPUT_SPEC_RULES) == {f.name for f in dataclasses.fields(InputSpec)}
-    for name, kind in DECODER_KINDS.items():
-        assert set(kind.rules) == {f.name for f in dataclasses.fields(kind.spec)}, name
+    """Adding a field to a spec dataclass needs a rule beside it (and the reverse). A "dense"
+    entry holds the fields of either dense decoder, and the ``rules`` that picks one."""
+    assert set(INPUT_SPEC_RULES) == _fields(InputSpec)
+    assert set(RCNN_FIELD_RULES) == _fields(RCNNDecoderSpec)
+    assert set(DENSE_FIELD_RULES) == _fields(Detectron2DenseSpec) | _fields(MMDetATSSSpec) | {"rules"}

@@ -59,22 +59,6 @@ def test_zoo_download_verifies_checksum(tmp_path):
     assert target.read_bytes() == b"weights"
 
 
-def test_decoders_round_trip_through_model_json():
-    from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
-    from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
-    from dyhead_serve.runtime.artifact import decoder_from_dict, decoder_to_dict
-
-    dense = DenseDecoder(
-        DenseDecoderSpec("atss", [8], [[32.0]], [[1.0]], 0.5, [10.0, 10.0, 5.0, 5.0], 0.05, 1000, 0.6, 100, 3)
-    )
-    rcnn = RCNNDecoder(RCNNDecoderSpec([10.0, 10.0, 5.0, 5.0], 0.05, 0.5, 100, 80))
-    for decoder in (dense, rcnn):
-        rebuilt = decoder_from_dict(decoder_to_dict(decoder))
-        assert type(rebuilt) is type(decoder) and rebuilt.spec == decoder.spec
-    with pytest.raises(ValueError, match="unknown decoder"):
-        decoder_from_dict({"type": "yolo"})
-
-
 def test_exported_predictor_runs_the_folder_with_the_backend_asked_for(tmp_path):
     """The embedded model's folder carries its weights (model.safetensors) and names its config
     (zoo:default): ONNX Runtime runs model.onnx, torch rebuilds the detector; same detections."""

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.distributed import all_reduce_sum, get_world_size
-from dyhead_serve.modeling.box_coding import BoxCoder
 from dyhead_serve.modeling.losses.atss_assign import atss_assign
 from dyhead_serve.modeling.losses.focal import sigmoid_focal_loss_from_labels
 from dyhead_serve.modeling.losses.giou import atss_giou_loss

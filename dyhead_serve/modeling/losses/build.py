@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.modeling.losses.atss_loss import ATSSLoss
 from dyhead_serve.modeling.losses.retinanet_loss import RetinaNetLoss
 from dyhead_serve.modeling.matcher import Matcher

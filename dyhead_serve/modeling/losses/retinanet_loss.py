@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.modeling.box_iou import pairwise_iou
 from dyhead_serve.modeling.losses.focal import sigmoid_focal_loss
 from dyhead_serve.modeling.losses.giou import giou_loss

@@ -1,7 +1,7 @@
-"""Faster R-CNN: region proposal network, ROI pooling, box head and their post-processing."""
+"""Faster R-CNN: region proposal network, ROI pooling and box head (its post-processing is
+:mod:`dyhead_serve.decode.rcnn`)."""
 
 from dyhead_serve.modeling.rcnn.build import build_rcnn
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.modeling.rcnn.detector import GeneralizedRCNN
 
-__all__ = ["GeneralizedRCNN", "RCNNDecoder", "RCNNDecoderSpec", "build_rcnn"]
+__all__ = ["GeneralizedRCNN", "build_rcnn"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.modeling.losses.giou import giou_loss
 from dyhead_serve.modeling.losses.smooth_l1 import smooth_l1_loss
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dyhead_serve.modeling.anchors import AnchorGenerator, broadcast_per_level
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.anchors import AnchorGenerator, broadcast_per_level
+from dyhead_serve.decode.box_coding import BoxCoder
+from dyhead_serve.decode.rcnn import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.modeling.matcher import Matcher
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoderSpec
 from dyhead_serve.modeling.rcnn.detector import GeneralizedRCNN
 from dyhead_serve.modeling.rcnn.fast_rcnn_loss import FastRCNNLoss
 from dyhead_serve.modeling.rcnn.pooler import ROIPooler
@@ -145,7 +145,7 @@ def build_rcnn(cfg: Cfg) -> GeneralizedRCNN:
         sigmoid_ce=bool(b.USE_SIGMOID_CE),
     )
     roi_heads = StandardROIHeads(pooler, box_head, predictor, sampler, box_loss)
-    return GeneralizedRCNN(backbone, rpn, roi_heads, rpn_in, roi_in, spec)
+    return GeneralizedRCNN(backbone, rpn, roi_heads, rpn_in, roi_in, RCNNDecoder(spec))
 
 
 def _rpn_loss(cfg: Cfg) -> RPNLoss:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dyhead_serve.decode.rcnn import RCNNDecoder
 from dyhead_serve.modeling.backbone.base import Backbone
-from dyhead_serve.modeling.rcnn.decoder import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.modeling.rcnn.roi_heads import StandardROIHeads
 from dyhead_serve.modeling.rcnn.rpn import RPN
 
@@ -33,7 +33,7 @@ class GeneralizedRCNN(nn.Module):
         roi_heads: class logits and box deltas from the levels named ``roi_in_features``.
         rpn_in_features: backbone outputs the RPN reads, finest first.
         roi_in_features: backbone outputs the ROI pooler reads, finest first.
-        decoder_spec: post-processing settings.
+        decoder: post-processing (Detectron2's rules).
     """
 
     def __init__(
@@ -43,7 +43,7 @@ class GeneralizedRCNN(nn.Module):
         roi_heads: StandardROIHeads,
         rpn_in_features: Sequence[str],
         roi_in_features: Sequence[str],
-        decoder_spec: RCNNDecoderSpec,
+        decoder: RCNNDecoder,
     ) -> None:
         super().__init__()
         shapes = backbone.output_shape()
@@ -55,8 +55,7 @@ class GeneralizedRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.rpn_in_features = list(rpn_in_features)
         self.roi_in_features = list(roi_in_features)
-        self.decoder_spec = decoder_spec
-        self.decoder = RCNNDecoder(decoder_spec)
+        self.decoder = decoder
 
     # forward loops over images in Python; an ONNX trace records one image (see export/).
     traces_dynamic_batch = False
@@ -67,7 +66,7 @@ class GeneralizedRCNN(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.decoder_spec.num_classes
+        return self.decoder.num_classes
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         """Run the network.

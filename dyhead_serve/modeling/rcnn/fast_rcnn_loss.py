@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.modeling.rcnn.box_loss import box_regression_loss, check_box_reg_loss_type
 
 __all__ = ["FastRCNNLoss"]

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from dyhead_serve.modeling.anchors import AnchorGenerator
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.anchors import AnchorGenerator
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.modeling.heads.flatten import flatten_levels
 from dyhead_serve.modeling.rcnn.rpn_loss import RPNLoss
 

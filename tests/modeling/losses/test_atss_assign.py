@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dyhead_serve.modeling.anchors import AnchorGenerator
+from dyhead_serve.decode.anchors import AnchorGenerator
 from dyhead_serve.modeling.losses import atss_assign
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dyhead_serve.modeling.anchors import AnchorGenerator
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.anchors import AnchorGenerator
+from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.modeling.losses import ATSSLoss, RetinaNetLoss
 from dyhead_serve.modeling.matcher import Matcher
 

@@ -1,5 +1,5 @@
-"""mmdetection's ATSS post-processing rules (DenseDecoderSpec rules "mmdet"), its box decoding and
-mmcv's class-offset NMS, checked by hand and against straightforward re-statements."""
+"""mmdetection's ATSS post-processing rules (MMDetATSSDecoder), its box decoding and mmcv's
+class-offset NMS, checked by hand and against straightforward re-statements."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from dyhead_serve.modeling.box_coding import decode_delta_xywh
-from dyhead_serve.modeling.class_offset_nms import batched_nms_class_offset, nms_mmcv
-from dyhead_serve.modeling.dense_decoder import DenseDecoder, DenseDecoderSpec
+from dyhead_serve.decode.box_coding import decode_delta_xywh
+from dyhead_serve.decode.class_offset_nms import batched_nms_class_offset, nms_mmcv
+from dyhead_serve.decode.detectron2_dense import Detectron2DenseDecoder, Detectron2DenseSpec
+from dyhead_serve.decode.mmdet_atss import MMDetATSSDecoder, MMDetATSSSpec
+
+ANCHORS_AND_TEST = dict(
+    strides=[8, 16], anchor_sizes=[[16.0], [32.0]], anchor_aspect_ratios=[[1.0], [1.0]], anchor_offset=0.5,
+    score_threshold=0.05, topk_candidates=1000, nms_threshold=0.6, max_detections=100, num_classes=2,
+)  # fmt: skip
 
 
-def _spec(**kw) -> DenseDecoderSpec:
-    base = dict(
-        kind="atss", strides=[8, 16], anchor_sizes=[[16.0], [32.0]], anchor_aspect_ratios=[[1.0], [1.0]],
-        anchor_offset=0.5, box_weights=[10.0, 10.0, 5.0, 5.0], score_threshold=0.05, topk_candidates=1000,
-        nms_threshold=0.6, max_detections=100, num_classes=2, rules="mmdet", box_means=[0.0] * 4,
-        box_stds=[0.1, 0.1, 0.2, 0.2], min_box_size=0.0,
-    )  # fmt: skip
+def _spec(**kw) -> MMDetATSSSpec:
+    base = dict(ANCHORS_AND_TEST, box_means=[0.0] * 4, box_stds=[0.1, 0.1, 0.2, 0.2], min_box_size=0.0)
     base.update(kw)
-    return DenseDecoderSpec(**base)
+    return MMDetATSSSpec(**base)
 
 
 def _logit(p: float) -> float:
@@ -47,20 +48,21 @@ def test_topk_ranks_by_probability_and_the_score_is_the_product():
     # scored 0.9 x 0.1 (no square root); the Detectron2 rules keep anchor 3 (ranked by
     # probability x centerness: 0.5 x 1 > 0.9 x 0.1).
     out = _outputs(5, {(0, 0): 0.9, (3, 1): 0.5}, centerness={0: 0.1})
-    (det,) = DenseDecoder(_spec(topk_candidates=1))(out, (16, 16), [(16, 16)], original_sizes=[(16, 16)])
-    assert det.in_original_image
+    (det,) = MMDetATSSDecoder(_spec(topk_candidates=1))(out, (16, 16), [(16, 16)], [(16, 16)])
     assert det.classes.tolist() == [0]
     torch.testing.assert_close(det.scores, torch.tensor([0.09]))
-    detectron2 = _spec(topk_candidates=1, rules="detectron2", box_stds=[1.0] * 4, min_box_size=-1.0)
-    (d2,) = DenseDecoder(detectron2)(out, (16, 16), [(16, 16)])
-    assert d2.classes.tolist() == [1] and not d2.in_original_image
+    detectron2 = Detectron2DenseSpec(
+        **dict(ANCHORS_AND_TEST, topk_candidates=1), kind="atss", box_weights=[10.0, 10.0, 5.0, 5.0]
+    )
+    (d2,) = Detectron2DenseDecoder(detectron2)(out, (16, 16), [(16, 16)], [(16, 16)])
+    assert d2.classes.tolist() == [1]
 
 
 def test_boxes_are_clipped_to_the_resized_image_then_mapped_back_before_nms():
     # Anchor 3 of level 0: centre (12, 12), 16 px -> (4, 4, 20, 20), clipped to the 16x16 image
     # -> (4, 4, 16, 16); the original image was 32x24 (h x w): scale factors w 16/24, h 16/32.
     out = _outputs(5, {(3, 0): 0.9})
-    (det,) = DenseDecoder(_spec())(out, (16, 16), [(16, 16)], original_sizes=[(32, 24)])
+    (det,) = MMDetATSSDecoder(_spec())(out, (16, 16), [(16, 16)], [(32, 24)])
     expected = torch.tensor([4.0, 4.0, 16.0, 16.0]) * torch.tensor([1 / (16 / 24), 1 / (16 / 32)] * 2)
     assert torch.equal(det.boxes[0], expected)
 
@@ -71,25 +73,17 @@ def test_min_box_size_drops_empty_boxes_and_needs_original_sizes():
     out = _outputs(5, {(0, 0): 0.9})
     out["deltas"] = deltas
     out["deltas"][0, 0, 0] = -100.0  # centre far left: the box is clipped to x0 = x1 = 0
-    (det,) = DenseDecoder(_spec())(out, (16, 16), [(16, 16)], original_sizes=[(16, 16)])
+    (det,) = MMDetATSSDecoder(_spec())(out, (16, 16), [(16, 16)], [(16, 16)])
     assert len(det.scores) == 0
-    (kept,) = DenseDecoder(_spec(min_box_size=-1.0))(out, (16, 16), [(16, 16)], original_sizes=[(16, 16)])
+    (kept,) = MMDetATSSDecoder(_spec(min_box_size=-1.0))(out, (16, 16), [(16, 16)], [(16, 16)])
     assert len(kept.scores) == 1
     with pytest.raises(ValueError, match="original size"):
-        DenseDecoder(_spec())(out, (16, 16), [(16, 16)])
+        MMDetATSSDecoder(_spec())(out, (16, 16), [(16, 16)], [])
 
 
-def test_spec_validation_and_defaults_keep_old_model_json():
-    with pytest.raises(ValueError, match="unknown dense decoder rules"):
-        _spec(rules="yolo")
-    with pytest.raises(ValueError, match="ATSS heads only"):
-        _spec(kind="retinanet")
-    old = {
-        k: v
-        for k, v in vars(_spec(rules="detectron2")).items()
-        if k not in ("rules", "box_means", "box_stds", "min_box_size")
-    }
-    assert DenseDecoderSpec(**old).rules == "detectron2"
+def test_spec_validation():
+    with pytest.raises(ValueError, match="4 values"):
+        _spec(box_stds=[0.1, 0.1, 0.2])
 
 
 def test_delta_xywh_decoding_by_hand():

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dyhead_serve.modeling.anchors import AnchorGenerator, broadcast_per_level, cell_anchors
-from dyhead_serve.modeling.box_coding import BoxCoder
+from dyhead_serve.decode.anchors import AnchorGenerator, broadcast_per_level, cell_anchors
+from dyhead_serve.decode.box_coding import BoxCoder
 
 
 def test_cell_anchors_area_and_ratio():

@@ -1,4 +1,9 @@
-"""The check that a network's raw outputs have the shapes its decoder spec describes.
+"""Raw outputs, the named tensors every backend returns, and the check that they have the shapes
+the decoder spec describes.
+
+Every backend (torch, ONNX Runtime, TensorRT) returns the same names: ``logits``, ``deltas`` and,
+for ATSS, ``centerness`` for dense detectors; ``proposals``, ``num_proposals``, ``logits`` and
+``deltas`` for Faster R-CNN (see each decoder's docstring for the shapes).
 
 A decoder spec travels in ``model.json`` beside the graph; one edited or copied from another
 model (another number of classes, other strides) would otherwise decode into wrong labels
@@ -11,14 +16,17 @@ from torch import Tensor
 
 from dyhead_serve.errors import UserError
 
-__all__ = ["OutputShapeError", "check_output_dim"]
+__all__ = ["OutputShapeError", "RawOutputs", "check_output_dim"]
+
+RawOutputs = dict[str, Tensor]
+"""A network's outputs by name, as every backend returns them."""
 
 
 class OutputShapeError(UserError, ValueError):
     """The network's outputs do not have the shapes the decoder spec (model.json) describes."""
 
 
-def check_output_dim(outputs: dict[str, Tensor], name: str, dim: int, expected: int, meaning: str) -> None:
+def check_output_dim(outputs: RawOutputs, name: str, dim: int, expected: int, meaning: str) -> None:
     """Raise :class:`OutputShapeError` unless ``outputs[name].shape[dim] == expected``.
 
     Args:

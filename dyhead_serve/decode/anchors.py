@@ -71,6 +71,11 @@ class AnchorGenerator:
     def num_anchors_per_location(self) -> list[int]:
         return [len(c) for c in self.cell_anchors]
 
+    def grid_sizes(self, padded_hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """Feature-map size (H_l, W_l) of each level for a padded input of ``padded_hw``."""
+        h, w = padded_hw
+        return [(-(-h // s), -(-w // s)) for s in self.strides]
+
     def grid_anchors(
         self, grid_sizes: Sequence[tuple[int, int]], device: torch.device | None = None
     ) -> list[Tensor]:

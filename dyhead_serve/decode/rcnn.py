@@ -1,6 +1,7 @@
-"""Test-time post-processing of Faster R-CNN outputs, as Detectron2's ``fast_rcnn_inference``.
+"""Test-time post-processing of Faster R-CNN outputs, as Detectron2's ``fast_rcnn_inference``
+followed by its ``detector_postprocess``.
 
-Like :mod:`dyhead_serve.modeling.dense_decoder`, it works on the raw outputs every backend
+Like :mod:`dyhead_serve.decode.detectron2_dense`, it works on the raw outputs every backend
 returns, so one implementation decides the detections whichever backend ran the network.
 """
 
@@ -14,11 +15,30 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from dyhead_serve.modeling.box_coding import BoxCoder
-from dyhead_serve.modeling.dense_decoder import RawDetections
-from dyhead_serve.modeling.output_shape import check_output_dim
+from dyhead_serve.artifact_rules import (
+    Rule,
+    boolean,
+    dataclass_record,
+    integer,
+    list_of,
+    number,
+    one_of,
+    record,
+)
+from dyhead_serve.decode.base import DecodedDetections
+from dyhead_serve.decode.box_coding import BoxCoder
+from dyhead_serve.decode.raw_outputs import RawOutputs, check_output_dim
+from dyhead_serve.decode.rescale import rescale_to_original
 
-__all__ = ["RCNNDecoder", "RCNNDecoderSpec", "fast_rcnn_inference_single_image"]
+__all__ = [
+    "RCNN_FIELD_RULES",
+    "RCNN_TYPE",
+    "RCNNDecoder",
+    "RCNNDecoderSpec",
+    "fast_rcnn_inference_single_image",
+]
+
+RCNN_TYPE = "rcnn"
 
 
 @dataclass
@@ -37,6 +57,19 @@ class RCNNDecoderSpec:
     sigmoid_scores: bool = False
 
 
+_PROBABILITY = number(0.0, 1.0)
+
+RCNN_FIELD_RULES: dict[str, Rule] = {
+    "box_weights": list_of(number(0.0, 1e6, above_low=True), min_length=4, max_length=4),
+    "score_threshold": _PROBABILITY,
+    "nms_threshold": _PROBABILITY,
+    "max_detections": integer(-1, 100_000),  # negative: all (Detectron2's convention)
+    "num_classes": integer(1, 100_000),
+    "sigmoid_scores": boolean,
+}
+"""Every field of an ``"rcnn"`` spec in model.json, with its rule."""
+
+
 def fast_rcnn_inference_single_image(
     boxes: Tensor,
     scores: Tensor,
@@ -44,7 +77,7 @@ def fast_rcnn_inference_single_image(
     score_threshold: float,
     nms_threshold: float,
     max_detections: int,
-) -> RawDetections:
+) -> DecodedDetections:
     """Threshold, class-wise NMS and top-k over one image's per-class boxes.
 
     Args:
@@ -55,7 +88,7 @@ def fast_rcnn_inference_single_image(
         max_detections: keep at most this many (negative: all).
 
     Returns:
-        Detections ordered by score, highest first.
+        Detections in the resized image's pixels, ordered by score, highest first.
     """
     finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     boxes, scores = boxes[finite], scores[finite]
@@ -74,29 +107,79 @@ def fast_rcnn_inference_single_image(
     keep = batched_nms(boxes, scores, classes, nms_threshold)
     if max_detections >= 0:
         keep = keep[:max_detections]
-    return RawDetections(boxes[keep], scores[keep], classes[keep])
+    return DecodedDetections(boxes[keep], scores[keep], classes[keep])
 
 
 class RCNNDecoder:
-    """Softmax, per-class box decoding, clipping, threshold, class-wise NMS, top detections."""
+    """Softmax, per-class box decoding, clipping, threshold, class-wise NMS, top detections, then
+    Detectron2's rescale to the original image (clip, drop empty boxes)."""
 
     def __init__(self, spec: RCNNDecoderSpec) -> None:
         self.spec = spec
         self.box_coder = BoxCoder(spec.box_weights)
 
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
     def to_dict(self) -> dict[str, Any]:
         """``{"type": "rcnn", "spec": {...}}``, for a model artifact's JSON."""
-        return {"type": "rcnn", "spec": asdict(self.spec)}
+        return {"type": RCNN_TYPE, "spec": asdict(self.spec)}
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "decoder") -> RCNNDecoder:
+        """Read an ``"rcnn"`` entry of model.json (what :meth:`to_dict` writes).
+
+        Raises:
+            ArtifactError: naming the field that is missing, unknown or out of range.
+        """
+        entry = record(
+            {"type": one_of(RCNN_TYPE), "spec": dataclass_record(RCNNDecoderSpec, RCNN_FIELD_RULES)},
+            ("type", "spec"),
+        )(data, path)
+        return cls(RCNNDecoderSpec(**entry["spec"]))
+
+    def graph_outputs(self) -> dict[str, Sequence[int] | None]:
+        classes = self.spec.num_classes
+        return {
+            "proposals": [4],
+            "num_proposals": None,
+            "logits": [classes + 1],
+            "deltas": [4, 4 * classes],  # class-agnostic or per-class regression
+        }
 
     def __call__(
         self,
-        outputs: dict[str, Tensor],
+        outputs: RawOutputs,
+        padded_hw: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]],
+        original_sizes: Sequence[tuple[int, int]],
+        *,
+        score_threshold: float | None = None,
+    ) -> list[DecodedDetections]:
+        """Decode a batch into original-image pixels (see :meth:`decode_resized` for the
+        arguments; ``original_sizes``: (h, w) of each image before resizing)."""
+        if len(original_sizes) != len(image_sizes):
+            raise ValueError(f"got {len(original_sizes)} original sizes for {len(image_sizes)} images")
+        return [
+            rescale_to_original(d.boxes, d.scores, d.classes, image_size, original_size)
+            for d, image_size, original_size in zip(
+                self.decode_resized(outputs, padded_hw, image_sizes, score_threshold),
+                image_sizes,
+                original_sizes,
+                strict=True,
+            )
+        ]
+
+    def decode_resized(
+        self,
+        outputs: RawOutputs,
         padded_hw: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         score_threshold: float | None = None,
-        original_sizes: Sequence[tuple[int, int]] | None = None,
-    ) -> list[RawDetections]:
-        """Decode a batch.
+    ) -> list[DecodedDetections]:
+        """Decode a batch into the resized images' pixels (Detectron2's ``fast_rcnn_inference``,
+        before ``detector_postprocess``).
 
         Args:
             outputs: as :class:`~dyhead_serve.modeling.rcnn.detector.GeneralizedRCNN` returns
@@ -106,7 +189,6 @@ class RCNNDecoder:
             padded_hw: (H, W) of the network input (unused: proposals are already in pixels).
             image_sizes: (h, w) of each resized image before padding; boxes are clipped to it.
             score_threshold: overrides the configured threshold when given.
-            original_sizes: unused (detections stay in input coordinates).
         """
         classes = self.spec.num_classes
         check_output_dim(outputs, "logits", -1, classes + 1, "class scores (classes + background)")
