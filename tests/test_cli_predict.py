@@ -108,3 +108,19 @@ def test_a_draw_threshold_outside_0_1_is_a_usage_error(capsys, photo_path, tmp_p
     code, out, err = _predict(capsys, "--out-dir", str(tmp_path), "--draw-threshold", "1.5", str(photo_path))
     assert code != 0 and not out
     assert "--draw-threshold must be in [0, 1], got 1.5" in err
+
+
+def test_score_threshold_is_the_minimum_score_returned(capsys, tmp_path):
+    """``--score-threshold T`` returns exactly the detections of a plain predict scoring at least
+    T (it used to move ATSS's candidate threshold, which applies before centerness, so detections
+    below T came back)."""
+    from dyhead_serve.data.synthetic import render_image
+
+    image = tmp_path / "shapes.png"
+    Image.fromarray(render_image(np.random.default_rng(11), 320, 320)[0]).save(image)
+    assert main(["-q", "predict", str(image)]) == 0
+    plain = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert main(["-q", "predict", "--score-threshold", "0.3", str(image)]) == 0
+    kept = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert kept == [d for d in plain if d["score"] >= 0.3]
+    assert any(d["score"] < 0.3 for d in plain) and kept

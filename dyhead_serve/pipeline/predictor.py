@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dyhead_serve.decode.base import Decoder
+from dyhead_serve.decode.base import DecodedDetections, Decoder
 from dyhead_serve.errors import UserError
 from dyhead_serve.pipeline.postprocess import Detections, label_detections
 from dyhead_serve.pipeline.preprocess import Batch, InputSpec, preprocess
@@ -56,10 +56,17 @@ def detections_from_outputs(
     score_threshold: float | None = None,
 ) -> Detections:
     """Last step: the network's raw outputs for ``batch`` (one image) -> detections in the
-    original image's pixels, best first."""
-    decoded = decoder(
-        outputs, batch.padded_hw, batch.image_sizes, batch.original_sizes, score_threshold=score_threshold
-    )[0]
+    original image's pixels, best first.
+
+    ``score_threshold`` is the minimum score returned: the decoder keeps the candidates its own
+    config's threshold keeps (so detections stay exactly the framework's), and those scoring below
+    ``score_threshold`` are then dropped. (Handing it to the decoder instead would move the
+    candidate threshold, which ATSS applies to class probabilities before centerness: scores
+    below it came back.)"""
+    decoded = decoder(outputs, batch.padded_hw, batch.image_sizes, batch.original_sizes)[0]
+    if score_threshold is not None:
+        keep = decoded.scores >= score_threshold
+        decoded = DecodedDetections(decoded.boxes[keep], decoded.scores[keep], decoded.classes[keep])
     return label_detections(decoded, batch.original_sizes[0], class_names)
 
 
