@@ -39,6 +39,9 @@ Classes = Annotated[
     list[str] | None,
     Query(description="keep only these classes, by name or id; repeat or separate by commas"),
 ]
+DrawThreshold = Annotated[
+    float, Query(ge=0.0, le=1.0, description="draw only detections scoring at least this (query string only)")
+]
 _DETECT_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 503, 504)
 
 
@@ -141,9 +144,7 @@ async def detect_annotated(
     max_detections: MaxDetections = None,
     classes: Classes = None,
     image_format: Annotated[Literal["jpeg", "png"], Query(alias="format")] = "jpeg",
-    draw_threshold: Annotated[
-        float, Query(ge=0.0, le=1.0, description="draw only detections scoring at least this (query string only)")
-    ] = DRAW_THRESHOLD,
+    draw_threshold: DrawThreshold = DRAW_THRESHOLD,
 ) -> Response:
     query = {"score_threshold": score_threshold, "max_detections": max_detections, "classes": classes}
     images, options = await _read(request, service, 1, query)

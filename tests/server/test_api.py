@@ -123,7 +123,8 @@ def test_annotated_image_draws_what_predict_out_dir_draws(client):
         height=120,
     )
     photo = np.asarray(Image.open(io.BytesIO(photo_bytes())).convert("RGB"))
-    for params, threshold in (({}, DRAW_THRESHOLD), ({"draw_threshold": 0.0}, 0.0), ({"draw_threshold": 1.0}, 1.0)):
+    cases = [({}, DRAW_THRESHOLD), ({"draw_threshold": 0.0}, 0.0), ({"draw_threshold": 1.0}, 1.0)]
+    for params, threshold in cases:
         response = annotated_png(client, **params)
         assert response.status_code == 200, response.text
         assert int(response.headers["x-detections"]) == len(found)
