@@ -12,6 +12,7 @@ from dyhead_serve.cli.export_engine import add_engine_parser
 from dyhead_serve.cli.export_tensorrt import add_tensorrt_parser
 from dyhead_serve.cli.model_options import add_model_arguments, model_source_from_args
 from dyhead_serve.cli.run import run_command
+from dyhead_serve.cli.version import add_version_argument
 from dyhead_serve.export.onnx_export import DEFAULT_EXPORTER, EXPORTERS
 from dyhead_serve.runtime.options import PRECISIONS
 
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dyhead-export",
         description="Export DyHead detectors: PyTorch weights -> ONNX -> TensorRT engine.",
     )
+    add_version_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_onnx(subparsers)

@@ -12,6 +12,7 @@ from dyhead_serve.cli.predict import add_predict_parser
 from dyhead_serve.cli.run import run_command
 from dyhead_serve.cli.serve import add_serve_parser
 from dyhead_serve.cli.train import add_train_parser
+from dyhead_serve.cli.version import add_version_argument
 from dyhead_serve.cli.zoo import add_zoo_parser
 
 __all__ = ["build_parser", "main"]
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DyHead models (its .py configs, read without executing them, and its checkpoints), with "
         "each implementation's own detections.",
     )
+    add_version_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dyhead_serve.cli.model_options import add_model_arguments, add_runtime_arguments, model_options_from_args
 from dyhead_serve.errors import UserError
+from dyhead_serve.pipeline.draw_threshold import DRAW_THRESHOLD
 
 __all__ = ["add_predict_parser"]
 
@@ -54,9 +55,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--draw-threshold",
         type=float,
-        default=0.3,
-        help="with --out-dir, draw only detections scoring at least this (default 0.3; the JSON "
-        "keeps all above --score-threshold)",
+        default=DRAW_THRESHOLD,
+        help=f"with --out-dir, draw only detections scoring at least this (default {DRAW_THRESHOLD}; "
+        "the JSON keeps all above --score-threshold)",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.set_defaults(func=run_predict)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from dyhead_serve.pipeline.draw import draw_detections
+from dyhead_serve.pipeline.draw_threshold import DRAW_THRESHOLD
 from dyhead_serve.server.deps import ApiKey, Service, Settings
 from dyhead_serve.server.errors import ApiError
 from dyhead_serve.server.openapi_docs import detect_request_body, error_responses
@@ -37,6 +38,9 @@ MaxDetections = Annotated[int | None, Query(ge=1, le=10_000, description="at mos
 Classes = Annotated[
     list[str] | None,
     Query(description="keep only these classes, by name or id; repeat or separate by commas"),
+]
+DrawThreshold = Annotated[
+    float, Query(ge=0.0, le=1.0, description="draw only detections scoring at least this (query string only)")
 ]
 _DETECT_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 503, 504)
 
@@ -103,9 +107,9 @@ async def detect(
     )
 
 
-def _encode(result: ImageResult, image_format: str) -> bytes:
+def _encode(result: ImageResult, image_format: str, draw_threshold: float) -> bytes:
     assert result.image is not None
-    canvas = draw_detections(result.image, result.detections)
+    canvas = draw_detections(result.image, result.detections, draw_threshold)
     buffer = io.BytesIO()
     if image_format == "png":
         canvas.save(buffer, format="PNG")
@@ -117,7 +121,12 @@ def _encode(result: ImageResult, image_format: str) -> bytes:
 @router.post(
     "/detect/annotated",
     summary="One image with its detections drawn",
-    description="Same input and options as /v1/detect, for a single image; answers a JPEG (default) or PNG.",
+    description=(
+        "Same input and options as /v1/detect, for a single image; answers a JPEG (default) or PNG "
+        f"showing the detections that score at least `draw_threshold` (default {DRAW_THRESHOLD}, as "
+        "`dyhead-serve predict --out-dir` draws). Header `X-Detections`: the detections found (as "
+        "/v1/detect returns them); `X-Detections-Drawn`: those drawn."
+    ),
     response_class=Response,
     responses={
         200: {
@@ -135,16 +144,19 @@ async def detect_annotated(
     max_detections: MaxDetections = None,
     classes: Classes = None,
     image_format: Annotated[Literal["jpeg", "png"], Query(alias="format")] = "jpeg",
+    draw_threshold: DrawThreshold = DRAW_THRESHOLD,
 ) -> Response:
     query = {"score_threshold": score_threshold, "max_detections": max_detections, "classes": classes}
     images, options = await _read(request, service, 1, query)
     result = (await service.detect(images, options, keep_images=True))[0]
-    content = await service.run_in_pool(_encode, result, image_format)
+    content = await service.run_in_pool(_encode, result, image_format, draw_threshold)
+    drawn = sum(1 for score in result.detections.scores.tolist() if score >= draw_threshold)
     return Response(
         content,
         media_type=f"image/{image_format}",
         headers={
             "X-Detections": str(len(result.detections)),
+            "X-Detections-Drawn": str(drawn),
             "X-Model": service.require_backend().model_name,
         },
     )

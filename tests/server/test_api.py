@@ -95,6 +95,57 @@ def test_annotated_image(client):
     assert two.status_code == 413 and two.json()["error"]["code"] == "too_many_files"
 
 
+def annotated_png(client, **params):
+    files = {"file": ("photo.png", photo_bytes(), "image/png")}
+    return client.post("/v1/detect/annotated", files=files, params={"format": "png", **params})
+
+
+def test_annotated_image_draws_what_predict_out_dir_draws(client):
+    """By default the route draws the detections scoring at least predict's --draw-threshold
+    default (one constant), pixel for pixel as predict's drawing does; `draw_threshold` moves it."""
+    import numpy as np
+    import torch
+
+    from dyhead_serve.cli.main import build_parser
+    from dyhead_serve.pipeline.draw import draw_detections
+    from dyhead_serve.pipeline.draw_threshold import DRAW_THRESHOLD
+    from dyhead_serve.pipeline.postprocess import Detections
+
+    assert build_parser().parse_args(["predict", "x.jpg"]).draw_threshold == DRAW_THRESHOLD == 0.3
+    found = detect_one(client).json()["results"][0]["detections"]
+    assert any(d["score"] < DRAW_THRESHOLD for d in found), "some detection is returned and not drawn"
+    detections = Detections(
+        boxes=torch.tensor([d["box"] for d in found], dtype=torch.float32).reshape(-1, 4),
+        scores=torch.tensor([d["score"] for d in found], dtype=torch.float32),
+        classes=torch.tensor([d["class_id"] for d in found], dtype=torch.int64),
+        labels=[d["label"] for d in found],
+        width=160,
+        height=120,
+    )
+    photo = np.asarray(Image.open(io.BytesIO(photo_bytes())).convert("RGB"))
+    cases = [({}, DRAW_THRESHOLD), ({"draw_threshold": 0.0}, 0.0), ({"draw_threshold": 1.0}, 1.0)]
+    for params, threshold in cases:
+        response = annotated_png(client, **params)
+        assert response.status_code == 200, response.text
+        assert int(response.headers["x-detections"]) == len(found)
+        assert int(response.headers["x-detections-drawn"]) == sum(d["score"] >= threshold for d in found)
+        drawn = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+        expected = np.asarray(draw_detections(photo, detections, threshold))
+        assert np.array_equal(drawn, expected), params
+    assert not np.array_equal(np.asarray(draw_detections(photo, detections, 0.0)), photo), "boxes drawn at 0"
+    for bad in (-0.1, 1.5, "x"):
+        assert annotated_png(client, draw_threshold=bad).status_code == 422
+
+
+def test_demo_slider_starts_at_the_draw_threshold():
+    from importlib import resources
+
+    from dyhead_serve.pipeline.draw_threshold import DRAW_THRESHOLD
+
+    page = resources.files("dyhead_serve.server").joinpath("static/demo.html").read_text()
+    assert f'value="{DRAW_THRESHOLD:.2f}"' in page and f">{DRAW_THRESHOLD:.2f}<" in page
+
+
 def test_models_health_readiness(client):
     (model,) = client.get("/v1/models").json()["models"]
     assert model["backend"] == "onnxruntime" and model["device"] == "cpu" and model["ready"] is True
