@@ -47,7 +47,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         "--score-threshold",
         type=float,
         default=None,
-        help="minimum score of a detection (default: the model's test threshold, 0.05 for the official ones)",
+        help="minimum score of a returned detection; the model's own candidate threshold (0.05 for the "
+        "official ones) applies first either way, so this only drops detections (default: none dropped)",
     )
     p.add_argument(
         "--out-dir", type=Path, default=None, help="also write each image with its boxes drawn here"

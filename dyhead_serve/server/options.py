@@ -25,7 +25,8 @@ class DetectOptions:
     """Checked options of one request.
 
     Attributes:
-        score_threshold: replaces the model's test threshold (None: keep it).
+        score_threshold: minimum score of a returned detection (None: every detection the model's
+            own threshold keeps).
         max_detections: keep at most this many detections per image (None: the model's limit).
         class_ids: keep only these classes (None: all).
     """

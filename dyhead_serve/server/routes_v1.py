@@ -32,7 +32,8 @@ __all__ = ["model_info", "router"]
 router = APIRouter(prefix="/v1", tags=["detection"], dependencies=[ApiKey])
 
 ScoreThreshold = Annotated[
-    float | None, Query(ge=0.0, lt=1.0, description="minimum score (default: the model's test threshold)")
+    float | None,
+    Query(ge=0.0, lt=1.0, description="minimum score of a returned detection (default: none dropped)"),
 ]
 MaxDetections = Annotated[int | None, Query(ge=1, le=10_000, description="at most this many per image")]
 Classes = Annotated[

@@ -45,7 +45,8 @@ class DetectOptionsIn(BaseModel):
         default=None,
         ge=0.0,
         lt=1.0,
-        description="minimum score; default: the model's test threshold (0.05 for the official models)",
+        description="minimum score of a returned detection; the model's own candidate threshold "
+        "(0.05 for the official models) applies first either way (default: none dropped)",
         examples=[0.3],
     )
     max_detections: Annotated[int | None, NotBoolean] = Field(
