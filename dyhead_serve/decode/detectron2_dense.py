@@ -20,7 +20,7 @@ from dyhead_serve.decode.base import DecodedDetections
 from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.decode.dense_format import DENSE_HEAD_KINDS, DENSE_TYPE, read_dense_spec
 from dyhead_serve.decode.raw_outputs import RawOutputs, check_output_dim
-from dyhead_serve.decode.rescale import rescale_to_original
+from dyhead_serve.decode.rescale import RescaledAfterDecoding
 
 __all__ = ["Detectron2DenseDecoder", "Detectron2DenseSpec"]
 
@@ -52,7 +52,7 @@ class Detectron2DenseSpec:
             raise ValueError(f"unknown dense decoder kind {self.kind!r}")
 
 
-class Detectron2DenseDecoder:
+class Detectron2DenseDecoder(RescaledAfterDecoding):
     """Detectron2's dense inference: per level, keep class probabilities above
     ``score_threshold``, rank them by probability (times centerness for ATSS) and keep
     ``topk_candidates``; decode with ``box_weights``; class-wise NMS in resized-image pixels; keep
@@ -94,29 +94,6 @@ class Detectron2DenseDecoder:
         if self.spec.kind == "atss":
             outputs["centerness"] = None
         return outputs
-
-    def __call__(
-        self,
-        outputs: RawOutputs,
-        padded_hw: tuple[int, int],
-        image_sizes: Sequence[tuple[int, int]],
-        original_sizes: Sequence[tuple[int, int]],
-        *,
-        score_threshold: float | None = None,
-    ) -> list[DecodedDetections]:
-        """Decode a batch into original-image pixels (see :meth:`decode_resized` for the
-        arguments; ``original_sizes``: (h, w) of each image before resizing)."""
-        if len(original_sizes) != len(image_sizes):
-            raise ValueError(f"got {len(original_sizes)} original sizes for {len(image_sizes)} images")
-        return [
-            rescale_to_original(d.boxes, d.scores, d.classes, image_size, original_size)
-            for d, image_size, original_size in zip(
-                self.decode_resized(outputs, padded_hw, image_sizes, score_threshold),
-                image_sizes,
-                original_sizes,
-                strict=True,
-            )
-        ]
 
     def decode_resized(
         self,

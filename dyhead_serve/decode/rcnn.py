@@ -28,7 +28,7 @@ from dyhead_serve.artifact_rules import (
 from dyhead_serve.decode.base import DecodedDetections
 from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.decode.raw_outputs import RawOutputs, check_output_dim
-from dyhead_serve.decode.rescale import rescale_to_original
+from dyhead_serve.decode.rescale import RescaledAfterDecoding
 
 __all__ = [
     "RCNN_FIELD_RULES",
@@ -110,7 +110,7 @@ def fast_rcnn_inference_single_image(
     return DecodedDetections(boxes[keep], scores[keep], classes[keep])
 
 
-class RCNNDecoder:
+class RCNNDecoder(RescaledAfterDecoding):
     """Softmax, per-class box decoding, clipping, threshold, class-wise NMS, top detections, then
     Detectron2's rescale to the original image (clip, drop empty boxes)."""
 
@@ -147,29 +147,6 @@ class RCNNDecoder:
             "logits": [classes + 1],
             "deltas": [4, 4 * classes],  # class-agnostic or per-class regression
         }
-
-    def __call__(
-        self,
-        outputs: RawOutputs,
-        padded_hw: tuple[int, int],
-        image_sizes: Sequence[tuple[int, int]],
-        original_sizes: Sequence[tuple[int, int]],
-        *,
-        score_threshold: float | None = None,
-    ) -> list[DecodedDetections]:
-        """Decode a batch into original-image pixels (see :meth:`decode_resized` for the
-        arguments; ``original_sizes``: (h, w) of each image before resizing)."""
-        if len(original_sizes) != len(image_sizes):
-            raise ValueError(f"got {len(original_sizes)} original sizes for {len(image_sizes)} images")
-        return [
-            rescale_to_original(d.boxes, d.scores, d.classes, image_size, original_size)
-            for d, image_size, original_size in zip(
-                self.decode_resized(outputs, padded_hw, image_sizes, score_threshold),
-                image_sizes,
-                original_sizes,
-                strict=True,
-            )
-        ]
 
     def decode_resized(
         self,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from dyhead_serve.decode.base import DecodedDetections
+from dyhead_serve.decode.raw_outputs import RawOutputs
 
-__all__ = ["rescale_to_original"]
+__all__ = ["RescaledAfterDecoding", "rescale_to_original"]
 
 
 def rescale_to_original(
@@ -34,3 +37,41 @@ def rescale_to_original(
     boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return DecodedDetections(boxes[keep], scores[keep], classes[keep])
+
+
+class RescaledAfterDecoding:
+    """The Detectron2 decoders' common last step: a subclass decodes into the resized image's
+    pixels (:meth:`decode_resized`, Detectron2's decoder), and calling it maps those detections to
+    the original image with :func:`rescale_to_original` (``detector_postprocess``)."""
+
+    def decode_resized(
+        self,
+        outputs: RawOutputs,
+        padded_hw: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]],
+        score_threshold: float | None = None,
+    ) -> list[DecodedDetections]:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        outputs: RawOutputs,
+        padded_hw: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]],
+        original_sizes: Sequence[tuple[int, int]],
+        *,
+        score_threshold: float | None = None,
+    ) -> list[DecodedDetections]:
+        """Decode a batch into original-image pixels (see :meth:`decode_resized` for the
+        arguments; ``original_sizes``: (h, w) of each image before resizing)."""
+        if len(original_sizes) != len(image_sizes):
+            raise ValueError(f"got {len(original_sizes)} original sizes for {len(image_sizes)} images")
+        return [
+            rescale_to_original(d.boxes, d.scores, d.classes, image_size, original_size)
+            for d, image_size, original_size in zip(
+                self.decode_resized(outputs, padded_hw, image_sizes, score_threshold),
+                image_sizes,
+                original_sizes,
+                strict=True,
+            )
+        ]
