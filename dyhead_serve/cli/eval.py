@@ -72,6 +72,13 @@ def run_eval(args: argparse.Namespace) -> int:
         source = resolve_model(options.model, config=options.config, weights=options.weights)
         if source.kind == "exported":
             assert source.folder is not None
+            model_keys = [key for key in overrides[::2] if str(key).startswith("MODEL.")]
+            if model_keys:
+                raise ConfigError(
+                    f"{source.folder} is an exported network: {', '.join(model_keys)} cannot change it "
+                    "(export it again with the override); --set reaches only DATASETS, DATALOADER and "
+                    "OUTPUT_DIR here"
+                )
             config, recorded = exported_config(source.folder)
             cfg = load_config(config, overrides=[*recorded, *overrides])
             options = replace(options, overrides=())  # the network is fixed; the config's datasets are not

@@ -11,6 +11,7 @@ from pathlib import Path
 from dyhead_serve.cli.model_options import add_model_arguments, overrides_from_args
 from dyhead_serve.errors import UserError
 from dyhead_serve.export.tensorrt_build import PROFILES
+from dyhead_serve.runtime.options import PRECISIONS
 
 __all__ = ["add_engine_parser", "server_batch_size"]
 
@@ -48,7 +49,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="engine cache folder (default: $DYHEAD_SERVE_CACHE/engines, else ~/.cache/dyhead-serve/engines)",
     )
-    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="default fp16")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp16", help="default fp16")
     p.add_argument(
         "--max-batch",
         type=int,

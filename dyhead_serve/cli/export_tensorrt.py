@@ -10,12 +10,13 @@ from typing import Any
 from dyhead_serve.cli.model_options import add_model_arguments, model_source_from_args, overrides_from_args
 from dyhead_serve.errors import UserError
 from dyhead_serve.export.tensorrt_build import PROFILES, parse_shape
+from dyhead_serve.runtime.options import PRECISIONS
 
 __all__ = ["add_tensorrt_parser", "profile_from_args"]
 
 EPILOG = """\
 examples:
-  dyhead-export tensorrt --onnx exported/atss --out exported/atss --fp16
+  dyhead-export tensorrt --onnx exported/atss --out exported/atss --precision fp16  # a float16 export
   dyhead-export tensorrt --config dyhead_r50_atss_fpn_1x --weights w.pth --out exported/atss-trt --fp16
   dyhead-export tensorrt --onnx exported/atss --out exported/atss --profile coco-batch8 --workspace 8
   dyhead-export tensorrt --onnx exported/atss --out exported/atss --min-shape 1x3x128x128 \\
@@ -45,10 +46,16 @@ def add_tensorrt_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output folder for model.plan and model.json")
     p.add_argument(
-        "--fp16",
-        action="store_true",
-        help="an fp16 engine (verified with looser tolerances); TensorRT >= 10.12 builds strongly typed "
-        "networks, so it needs a float16 ONNX (dyhead-export onnx --precision fp16)",
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="engine precision (default fp32). fp16 builds from the float16 ONNX graph (strongly typed "
+        "from TensorRT 10.12 on): exported so from --config/--model, or, with --onnx of a float32 export "
+        "and another --out, converted into --out first (an in-place --out needs `dyhead-export onnx "
+        "--precision fp16`); verified with float16 tolerances",
+    )
+    p.add_argument(
+        "--fp16", dest="precision", action="store_const", const="fp16", help="same as --precision fp16"
     )
     p.add_argument(
         "--profile",
@@ -110,6 +117,8 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     def step(text: str) -> None:
         print(f"[tensorrt] {text}", file=sys.stderr)
 
+    fp16 = args.precision == "fp16"
+
     if args.onnx is not None and (args.weights is not None or overrides_from_args(args)):
         raise UserError(
             f"{args.onnx} is an exported network: --weights and config overrides no longer apply "
@@ -130,7 +139,7 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
                 f"{onnx_dir}/model.onnx has {found} nodes but --dcn {args.dcn} was asked; "
                 f"re-export with `dyhead-export onnx --dcn {args.dcn}`"
             )
-        if args.fp16 and graph_precision(graph) == "fp32" and args.out.resolve() != onnx_dir.resolve():
+        if fp16 and graph_precision(graph) == "fp32" and args.out.resolve() != onnx_dir.resolve():
             # An fp16 engine comes from a float16 graph (strongly typed builds): write the float16
             # twin into --out and build from it.
             onnx_dir = _float16_twin(onnx_dir, args.out, step)
@@ -140,7 +149,7 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
         flavour = args.dcn or "plugin"
     options = BuildOptions(
         profile=profile_from_args(args),
-        fp16=args.fp16,
+        fp16=fp16,
         workspace_gb=args.workspace,
         plugin_impl=args.plugin_impl,
         timing_cache=args.timing_cache,
@@ -165,7 +174,7 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
             "to verify against PyTorch"
         )
         return 0
-    return _verify(reference, args.out, image, args.fp16, step)
+    return _verify(reference, args.out, image, fp16, step)
 
 
 def _export_first(args: argparse.Namespace, step: Any) -> Any:
@@ -182,7 +191,7 @@ def _export_first(args: argparse.Namespace, step: Any) -> Any:
         dcn=args.dcn or "plugin",
         provenance=source.provenance(),
         on_step=step,
-        precision="fp16" if args.fp16 else "fp32",
+        precision=args.precision,
     )
     return backend
 

@@ -236,3 +236,9 @@ def test_eval_command_takes_an_exported_folder(tmp_path: Path, capsys: pytest.Ca
     assert run_eval(args) == 0, capsys.readouterr().err
     assert "== tiny_val" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "coco_eval.json").read_text())["AP50"] > 50
+
+
+def test_eval_of_an_exported_folder_refuses_model_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse(["--model", str(DEFAULT_DIR), "--set", "MODEL.ATSS.INFERENCE_TH", "0.01"])
+    assert run_eval(args) == 2
+    assert "MODEL.ATSS.INFERENCE_TH cannot change it" in capsys.readouterr().err
