@@ -49,9 +49,16 @@ def check_namespace() -> None:
     if [n for n in ours if not n.endswith(".dist-info")] != ["dyhead_serve"]:
         fail(f"expected only dyhead_serve at the top of {purelib}, found {ours}")
     for bare in ("export", "plugins"):
-        probe = subprocess.run([sys.executable, "-c", f"import {bare}"], capture_output=True, check=False)
+        # -I: only what is installed counts (not the working folder, not PYTHONPATH); where it is
+        # found is printed, so that a failure says what was found.
+        probe = subprocess.run(
+            [sys.executable, "-I", "-c", f"import {bare}; print({bare}.__spec__)"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if probe.returncode == 0:
-            fail(f"`import {bare}` works: a generic top-level package is installed")
+            fail(f"`import {bare}` works: a generic top-level package is installed ({probe.stdout.strip()})")
     run(sys.executable, "-c", "import dyhead_serve.export.onnx_export, dyhead_serve.plugins.schema")
     run(sys.executable, "-c", "import dyhead_serve.cli.export")
 
