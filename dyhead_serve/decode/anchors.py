@@ -67,6 +67,24 @@ class AnchorGenerator:
         self.offset = offset
         self.cell_anchors = [cell_anchors(s, a) for s, a in zip(sizes, aspect_ratios, strict=True)]
 
+    @classmethod
+    def per_level(
+        cls,
+        strides: Sequence[int],
+        sizes: Sequence,
+        aspect_ratios: Sequence,
+        offset: float = 0.0,
+    ) -> AnchorGenerator:
+        """The generator of ``strides``, with ``sizes`` and ``aspect_ratios`` given as Detectron2
+        does (a flat list or a single entry serves every level; see :func:`broadcast_per_level`)."""
+        levels = len(strides)
+        return cls(
+            strides,
+            broadcast_per_level(sizes, levels, "SIZES"),
+            broadcast_per_level(aspect_ratios, levels, "ASPECT_RATIOS"),
+            offset,
+        )
+
     @property
     def num_anchors_per_location(self) -> list[int]:
         return [len(c) for c in self.cell_anchors]

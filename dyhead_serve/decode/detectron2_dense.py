@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from dyhead_serve.decode.anchors import AnchorGenerator, broadcast_per_level
+from dyhead_serve.decode.anchors import AnchorGenerator
 from dyhead_serve.decode.base import DecodedDetections
 from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.decode.dense_format import DENSE_HEAD_KINDS, DENSE_TYPE, read_dense_spec
@@ -61,12 +61,9 @@ class Detectron2DenseDecoder(RescaledAfterDecoding):
 
     def __init__(self, spec: Detectron2DenseSpec) -> None:
         self.spec = spec
-        levels = len(spec.strides)  # model.json may give one anchor entry for every level
-        self.anchor_generator = AnchorGenerator(
-            spec.strides,
-            broadcast_per_level(spec.anchor_sizes, levels, "SIZES"),
-            broadcast_per_level(spec.anchor_aspect_ratios, levels, "ASPECT_RATIOS"),
-            spec.anchor_offset,
+        # model.json may give one anchor entry for every level
+        self.anchor_generator = AnchorGenerator.per_level(
+            spec.strides, spec.anchor_sizes, spec.anchor_aspect_ratios, spec.anchor_offset
         )
         self.box_coder = BoxCoder(spec.box_weights)
 

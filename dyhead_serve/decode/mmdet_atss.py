@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from dyhead_serve.artifact_rules import ArtifactError
-from dyhead_serve.decode.anchors import AnchorGenerator, broadcast_per_level
+from dyhead_serve.decode.anchors import AnchorGenerator
 from dyhead_serve.decode.base import DecodedDetections
 from dyhead_serve.decode.box_coding import decode_delta_xywh
 from dyhead_serve.decode.class_offset_nms import batched_nms_class_offset
@@ -66,12 +66,9 @@ class MMDetATSSDecoder:
 
     def __init__(self, spec: MMDetATSSSpec) -> None:
         self.spec = spec
-        levels = len(spec.strides)  # model.json may give one anchor entry for every level
-        self.anchor_generator = AnchorGenerator(
-            spec.strides,
-            broadcast_per_level(spec.anchor_sizes, levels, "SIZES"),
-            broadcast_per_level(spec.anchor_aspect_ratios, levels, "ASPECT_RATIOS"),
-            spec.anchor_offset,
+        # model.json may give one anchor entry for every level
+        self.anchor_generator = AnchorGenerator.per_level(
+            spec.strides, spec.anchor_sizes, spec.anchor_aspect_ratios, spec.anchor_offset
         )
 
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dyhead_serve.decode.anchors import AnchorGenerator, broadcast_per_level
+from dyhead_serve.decode.anchors import AnchorGenerator
 from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.decode.rcnn import RCNNDecoder, RCNNDecoderSpec
 from dyhead_serve.modeling.matcher import Matcher
@@ -89,9 +89,9 @@ def build_rcnn(cfg: Cfg) -> GeneralizedRCNN:
     in_channels = channels.pop()
 
     a = cfg.MODEL.ANCHOR_GENERATOR
-    sizes = broadcast_per_level(a.SIZES, len(rpn_in), "SIZES")
-    ratios = broadcast_per_level(a.ASPECT_RATIOS, len(rpn_in), "ASPECT_RATIOS")
-    anchors = AnchorGenerator([shapes[f].stride for f in rpn_in], sizes, ratios, float(a.OFFSET))
+    anchors = AnchorGenerator.per_level(
+        [shapes[f].stride for f in rpn_in], a.SIZES, a.ASPECT_RATIOS, float(a.OFFSET)
+    )
     num_anchors = set(anchors.num_anchors_per_location)
     if len(num_anchors) != 1:
         raise ValueError("every RPN level needs the same number of anchors per location")
