@@ -22,18 +22,14 @@ float16 folder cannot give an fp32 engine, which is checked before anything is b
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,9 +40,15 @@ from dyhead_serve.errors import UserError
 from dyhead_serve.model_source import ModelSourceError, resolve_model
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import BackendError
+from dyhead_serve.runtime.export_cache import (
+    ExportCacheError,
+    exclusive,
+    model_fingerprint,
+    run_exporter,
+    source_arguments,
+)
+from dyhead_serve.runtime.export_command import exporter_command
 from dyhead_serve.runtime.tensorrt_compat import check_engine_compatibility
-
-from .command import exporter_command, override_flags
 
 __all__ = [
     "BuildSource",
@@ -158,19 +160,13 @@ def resolve_source(
             )
         fields: dict[str, object] = {name: sha256_of(folder / name) for name in ("model.onnx", "model.json")}
         return BuildSource(source.name, _model_id(fields), ("--onnx", str(folder)))
-    weights_file = source.weights
-    if weights_file is None or not weights_file.is_file():
-        raise EngineCacheError(f"{weights_file}: no such checkpoint")
-    set_args = override_flags(source.overrides)
-    fields = {"weights": sha256_of(weights_file), "overrides": list(source.overrides)}
-    if source.kind == "config":
-        config_file = Path(str(source.config))
-        fields["config"] = sha256_of(config_file) if config_file.is_file() else f"shipped:{source.config}"
-        args = ("--config", str(source.config), "--weights", str(weights_file), *set_args)
-        return BuildSource(config_file.stem, _model_id(fields), args)
-    fields["zoo"] = source.name
-    args = ("--model", source.name, "--weights", str(weights_file), *set_args)
-    return BuildSource(source.name, _model_id(fields), args)
+    try:
+        fields = {"model": model_fingerprint(source)}
+        args = source_arguments(source)
+    except ExportCacheError as exc:
+        raise EngineCacheError(str(exc)) from exc
+    label = Path(str(source.config)).stem if source.kind == "config" else source.name
+    return BuildSource(label, _model_id(fields), args)
 
 
 def profile_for_batch(max_batch: int, profile: str | None = None) -> str:
@@ -300,33 +296,12 @@ def check_source_precision(source: BuildSource, target: BuildTarget) -> None:
         raise EngineCacheError(str(exc)) from exc
 
 
-@contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` (waiting, and saying so, while another holds it)."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning("another process is building this engine; waiting for it (%s)", lock_file)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _run_export(command: Sequence[str]) -> int:
-    """Run a ``dyhead-export`` command with its output on stderr (stdout carries the result)."""
-    return subprocess.run(list(command), stdout=sys.stderr, check=False).returncode
-
-
 def find_or_build(
     source: BuildSource,
     target: BuildTarget,
     root: Path,
     *,
-    run: Callable[[Sequence[str]], int] = _run_export,
+    run: Callable[[Sequence[str]], int] = run_exporter,
     extra_build_args: Sequence[str] = (),
 ) -> EngineResult:
     """The cached engine of ``source`` for ``target`` under ``root``, built first when missing.
@@ -344,7 +319,8 @@ def find_or_build(
     if (final / "model.plan").is_file():
         return EngineResult(final, "reused")
     check_source_precision(source, target)
-    with _exclusive(root / ".locks" / f"{str(key).replace(os.sep, '__')}.lock"):
+    lock = root / ".locks" / f"{str(key).replace(os.sep, '__')}.lock"
+    with exclusive(lock, "another process is building this engine"):
         if (final / "model.plan").is_file():  # built by another replica while this one waited
             return EngineResult(final, "reused")
         # Half-built folders of a start that died (the lock is ours: nobody else is building this).

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +19,10 @@ from PIL import Image
 # Servers the tests start serve gRPC only where a test asks for it, on a free port: the default
 # port (8001) may be taken on a shared machine, and most tests speak HTTP only.
 os.environ.setdefault("DYHEAD_SERVE_GRPC_PORT", "0")
+# Tests never read or write the user's cache (downloaded weights, ONNX exports, engines): a fresh
+# folder for the session, which child processes inherit; tests that need their own set it.
+os.environ["DYHEAD_SERVE_CACHE"] = tempfile.mkdtemp(prefix="dyhead-serve-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DYHEAD_SERVE_CACHE"], ignore_errors=True)
 
 DATA = Path(__file__).parent / "data"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -69,6 +76,14 @@ def official_format_checkpoint(config_name: str, path: Path, seed: int = 0) -> P
 @pytest.fixture(scope="session")
 def atss_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return official_format_checkpoint("dyhead_r50_atss_fpn_1x", tmp_path_factory.mktemp("ckpt") / "atss.pth")
+
+
+@pytest.fixture
+def placeholder_weights(tmp_path: Path) -> Path:
+    """A file that stands for a checkpoint where only its bytes count (cache keys): not loadable."""
+    path = tmp_path / "atss.pth"
+    path.write_bytes(b"weights v1")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ def test_predict_prints_json_and_draws(capsys, atss_checkpoint, photo_path, tmp_
     out_dir = tmp_path / "drawn"
     code, out, err = _predict(
         capsys, "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(atss_checkpoint), "--device", "cpu",
-        "--score-threshold", "0.0", "--out-dir", str(out_dir), *SMALL, str(photo_path),
+        "--backend", "torch", "--score-threshold", "0.0", "--out-dir", str(out_dir), *SMALL, str(photo_path),
     )  # fmt: skip
     assert code == 0, err
     (result,) = json.loads(out)
@@ -47,7 +47,7 @@ def test_bad_images_are_reported_and_others_processed(capsys, atss_checkpoint, p
     Image.fromarray(np.zeros((1, 4000, 3), np.uint8)).save(sliver)
     code, out, err = _predict(
         capsys, "--config", "dyhead_r50_atss_fpn_1x", "--weights", str(atss_checkpoint), "--device", "cpu",
-        *SMALL, str(tmp_path / "missing.jpg"), str(junk), str(sliver), str(photo_path),
+        "--backend", "torch", *SMALL, str(tmp_path / "missing.jpg"), str(junk), str(sliver), str(photo_path),
     )  # fmt: skip
     assert code == 1
     assert [r["file"] for r in json.loads(out)] == [str(photo_path)]
@@ -79,7 +79,7 @@ def test_bad_config_is_one_line_error(capsys, tmp_path, photo_path, atss_checkpo
 def test_mismatched_checkpoint_fails_with_report(capsys, tmp_path, photo_path, atss_checkpoint):
     code, out, err = _predict(
         capsys, "--config", "dyhead_r50_retina_fpn_1x", "--weights", str(atss_checkpoint), "--device", "cpu",
-        str(photo_path),
+        "--backend", "torch", str(photo_path),
     )  # fmt: skip
     assert code == 2 and out == ""
     assert "head.centerness" in err and "head.cls_subnet" in err

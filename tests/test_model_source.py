@@ -11,8 +11,8 @@ from dyhead_serve.checkpoint import sha256_of
 from dyhead_serve.cli import build_parser as serve_parser
 from dyhead_serve.cli.export import build_parser as export_parser
 from dyhead_serve.cli.model_options import model_source_from_args, overrides_from_args
-from dyhead_serve.export.command import override_flags
 from dyhead_serve.model_source import ModelSourceError, resolve_model
+from dyhead_serve.runtime.export_command import override_flags
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -28,8 +28,8 @@ import dyhead_serve
 from dyhead_serve.checkpoint import CheckpointError, sha256_of
 from dyhead_serve.config import ConfigError
 from dyhead_serve.data.synthetic import generate_synthetic_dataset
-from dyhead_serve.export.command import exporter_command
 from dyhead_serve.export.external_weights import WEIGHTS_FILE, write_weights_file
+from dyhead_serve.runtime.export_command import exporter_command
 from dyhead_serve.runtime.loader import load_torch_backend
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from dyhead_serve.errors import UserError
 from dyhead_serve.model_source import ModelSource, resolve_model
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import Backend, BackendError
+from dyhead_serve.runtime.export_cache import ExportCacheError, OnnxExportCache, cached_engine
 from dyhead_serve.runtime.options import BACKENDS, ModelOptions
 from dyhead_serve.runtime.torch_backend import TorchBackend, build_torch_backend
 
@@ -56,28 +58,55 @@ def load_torch_backend(
     return build_torch_backend(cfg, weights, model_name or Path(str(config)).stem, names)
 
 
-def _load_exported(model_dir: Path, backend: str, device: str, threads: int) -> Backend:
-    has_plan = (model_dir / "model.plan").is_file()
-    has_onnx = (model_dir / "model.onnx").is_file()
+def fastest_runtime(device: str) -> tuple[str, str]:
+    """The runtime ``--backend auto`` gives a model on this host, and why when it is torch:
+    ONNX Runtime on a CPU, TensorRT on a CUDA GPU with TensorRT installed, torch otherwise."""
+    if resolve_torch_device(device) == "cpu":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "torch", "onnxruntime is not installed (pip install onnxruntime)"
+        return "onnxruntime", ""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "torch", "CUDA GPU without TensorRT (the GPU image has it; or pip install tensorrt)"
+    return "tensorrt", ""
+
+
+def _auto_exported(model_dir: Path, device: str) -> tuple[Path, str]:
+    """Where and in what ``auto`` runs an exported folder: its own engine on a host with TensorRT
+    and a GPU, else this GPU's engine of its model.onnx from the engine cache (built once), else
+    ONNX Runtime."""
+    if fastest_runtime(device)[0] != "tensorrt":
+        return model_dir, "onnxruntime"
+    if (model_dir / "model.plan").is_file():
+        return model_dir, "tensorrt"
+    if not (model_dir / "model.onnx").is_file():
+        return model_dir, "onnxruntime"  # the error names what is missing
+    try:
+        return cached_engine(ModelSource("exported", model_dir.name, folder=model_dir)), "tensorrt"
+    except ExportCacheError as exc:
+        logger.warning("auto: running %s in ONNX Runtime, not TensorRT: %s", model_dir, exc)
+        return model_dir, "onnxruntime"
+
+
+def _load_exported(model_dir: Path, options: ModelOptions, backend: str | None = None) -> Backend:
+    backend = backend or options.backend
     if backend == "auto":
-        trt_ready = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
-        backend = "tensorrt" if has_plan and trt_ready else "onnxruntime"
+        model_dir, backend = _auto_exported(model_dir, options.device)
     if backend == "tensorrt":
-        if not has_plan:
+        if not (model_dir / "model.plan").is_file():
             raise BackendError(
                 f"{model_dir}: no model.plan; build one with "
                 f"`dyhead-export tensorrt --onnx {model_dir} --out {model_dir}`"
             )
         from dyhead_serve.runtime.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(model_dir, device=device)
+        return TensorRTBackend(model_dir, device=options.device)
     if backend == "torch":
-        return _exported_torch_backend(model_dir, device)
-    if not has_onnx:
+        return _exported_torch_backend(model_dir, options.device)
+    if not (model_dir / "model.onnx").is_file():
         raise BackendError(f"{model_dir}: no model.onnx to run with onnxruntime")
     from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(model_dir, device=device, intra_op_threads=threads)
+    return OnnxRuntimeBackend(model_dir, device=options.device, intra_op_threads=options.threads)
 
 
 def exported_config(model_dir: str | Path) -> tuple[str | Path, list[str]]:
@@ -147,17 +176,54 @@ def load_torch_backend_from(source: ModelSource, device: str = "auto") -> TorchB
     )
 
 
+def _onnx_cache(source: ModelSource) -> OnnxExportCache:
+    from dyhead_serve.checkpoint.cache import cache_folder
+
+    try:
+        root = cache_folder("onnx")
+    except UserError as exc:
+        raise ExportCacheError(str(exc)) from None
+    return OnnxExportCache(source, root)
+
+
+def _auto_onnxruntime(source: ModelSource, options: ModelOptions) -> Backend:
+    """``auto`` on a CPU: the cached ONNX export of a zoo model or config, made on first use.
+
+    Before a first export the PyTorch model is built here, so that a model that does not load
+    (a mismatched checkpoint, a bad config) fails with its own error, and so that it serves when
+    the export fails."""
+    try:
+        cache = _onnx_cache(source)
+    except ExportCacheError as exc:
+        logger.warning("auto: %s runs in torch, not onnxruntime: %s", source.name, exc)
+        return load_torch_backend_from(source, options.device)
+    found = cache.lookup()
+    if found is None:
+        torch_backend = load_torch_backend_from(source, options.device)
+        try:
+            found = cache.export()
+        except ExportCacheError as exc:
+            logger.warning("auto: %s runs in torch, not onnxruntime: %s", source.name, str(exc).strip())
+            return torch_backend
+        del torch_backend
+    return _load_exported(found.path, options, "onnxruntime")
+
+
 def load_backend(options: ModelOptions | None = None) -> Backend:
     """Load the model ``options`` name for inference (None: the embedded default).
 
-    ``options.backend`` ``auto`` picks TensorRT for an engine on a GPU host, ONNX Runtime for
-    ``model.onnx``, torch for configs and zoo names; see :class:`ModelOptions` for the rest.
+    ``options.backend`` ``auto`` runs the model in the fastest verified runtime of this host (see
+    :func:`fastest_runtime`): a zoo model or a config with weights is exported once into the cache
+    and verified (:mod:`dyhead_serve.runtime.export_cache`), then reused; where that fails, it
+    runs in torch, with one log line saying why. ``onnxruntime`` and ``tensorrt`` go through the
+    same caches and fail rather than fall back; ``torch`` builds the PyTorch detector. See
+    :class:`ModelOptions` for the rest.
 
     Raises:
-        BackendError, ModelSourceError, ZooError, ConfigError, CheckpointError.
+        BackendError, ExportCacheError, ModelSourceError, ZooError, ConfigError, CheckpointError.
     """
     options = options if options is not None else ModelOptions()
-    backend, device, threads = options.backend, options.device, options.threads
+    backend, device = options.backend, options.device
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     source = resolve_model(
@@ -165,17 +231,24 @@ def load_backend(options: ModelOptions | None = None) -> Backend:
     )
     if source.kind == "exported":
         assert source.folder is not None
-        return _load_exported(source.folder, backend, device, threads)
-    if source.embedded and backend in ("auto", "onnxruntime") and not source.overrides:
-        # The embedded model ships exported (model.onnx + model.json beside its weights) and runs
-        # in ONNX Runtime unless torch is asked for.
+        return _load_exported(source.folder, options)
+    if backend == "torch":
+        return load_torch_backend_from(source, device)
+    if source.embedded and not source.overrides and backend != "tensorrt":
+        # The embedded model ships exported (model.onnx + model.json beside its weights).
         assert source.weights is not None
-        return _load_exported(source.weights.parent, "onnxruntime", device, threads)
-    if backend not in ("auto", "torch"):
-        if source.kind == "config":
-            raise BackendError(f"--config runs in the torch backend; export it first for {backend}")
-        raise BackendError(
-            f"zoo model {source.name} runs in the torch backend; export it with "
-            f"`dyhead-export onnx --model {source.name} --out DIR` and pass --model DIR for {backend}"
-        )
+        return _load_exported(source.weights.parent, options)
+    if backend == "onnxruntime":  # asked for: an export that failed before is tried again
+        return _load_exported(_onnx_cache(source).export(retry_failed=True).path, options, backend)
+    if backend == "tensorrt":
+        return _load_exported(cached_engine(source, options.max_batch), options, backend)
+    fastest, why = fastest_runtime(device)
+    if fastest == "onnxruntime":
+        return _auto_onnxruntime(source, options)
+    if fastest == "tensorrt":
+        try:
+            return _load_exported(cached_engine(source, options.max_batch), options, fastest)
+        except ExportCacheError as exc:
+            why = f"not tensorrt: {str(exc).strip()}"
+    logger.warning("auto: %s runs in torch, %s", source.name, why)
     return load_torch_backend_from(source, device)

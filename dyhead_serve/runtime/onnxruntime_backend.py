@@ -42,7 +42,7 @@ class OnnxRuntimeBackend:
             raise BackendError(
                 "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
             ) from exc
-        model_dir = Path(model_dir)
+        self.model_dir = model_dir = Path(model_dir)
         onnx_path = model_dir / "model.onnx"
         if not onnx_path.is_file():
             raise BackendError(f"{model_dir}: no model.onnx (export one with `dyhead-export onnx`)")

@@ -12,7 +12,11 @@ __all__ = ["BACKENDS", "BACKEND_HELP", "DEVICE_HELP", "PRECISIONS", "BackendName
 BackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 # The runtime backends a model can run in (``auto``: chosen from what the model is).
 BACKENDS: tuple[str, ...] = get_args(BackendName)
-BACKEND_HELP = "auto: TensorRT for an engine on a GPU host, ONNX Runtime for model.onnx, torch for configs"
+BACKEND_HELP = (
+    "auto: the fastest verified runtime of this host: for a zoo name or a config, ONNX Runtime on a "
+    "CPU (exported once into the cache, then reused), a cached TensorRT engine on a GPU host with "
+    "TensorRT, else torch; for an exported folder, its engine or its model.onnx"
+)
 DEVICE_HELP = "cpu, cuda or auto (cuda when available)"
 # An exported network's precision (model.json's provenance.precision; fp16: a mixed-precision
 # graph or a float16 engine). Files written before it was recorded are fp32.
@@ -33,6 +37,8 @@ class ModelOptions:
         backend: one of :data:`BACKENDS`.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: ONNX Runtime intra-op threads (0: its default).
+        max_batch: the most images one call runs, which a TensorRT engine built for ``auto`` must
+            take (None: the server's batch size).
     """
 
     model: str | Path | None = None
@@ -42,3 +48,4 @@ class ModelOptions:
     backend: BackendName = "auto"
     device: str = "auto"
     threads: int = 0
+    max_batch: int | None = None

@@ -196,6 +196,7 @@ class ServerSettings(BaseSettings):
             backend=self.backend,
             device=self.device,
             threads=self.threads,
+            max_batch=self.max_batch_size,
         )
 
     @property

@@ -25,15 +25,17 @@ def test_predict_flags_become_model_options():
 
 
 def test_server_settings_hold_the_same_options(monkeypatch):
-    for name in ("MODEL", "CONFIG", "WEIGHTS", "OVERRIDES", "BACKEND", "DEVICE", "THREADS"):
+    for name in ("MODEL", "CONFIG", "WEIGHTS", "OVERRIDES", "BACKEND", "DEVICE", "THREADS", "MAX_BATCH_SIZE"):
         monkeypatch.delenv(f"DYHEAD_SERVE_{name}", raising=False)
     monkeypatch.setenv("DYHEAD_SERVE_THREADS", "3")
     settings = ServerSettings(model="exported/atss", backend="onnxruntime", overrides=["A.B", "1"])
+    # The server's batch size is the largest batch its model runs (a TensorRT engine must take it).
     assert settings.model_options == ModelOptions(
-        model="exported/atss", overrides=("A.B", "1"), backend="onnxruntime", threads=3
+        model="exported/atss", overrides=("A.B", "1"), backend="onnxruntime", threads=3, max_batch=8
     )
     monkeypatch.delenv("DYHEAD_SERVE_THREADS")
-    assert ServerSettings().model_options == ModelOptions()  # one set of defaults
+    defaults = ServerSettings()
+    assert defaults.model_options == ModelOptions(max_batch=defaults.max_batch_size)  # one set of defaults
 
 
 def test_the_backend_list_is_the_one_of_the_runtime():

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from dyhead_serve.export.command import exporter_command, override_flags
 from dyhead_serve.export.engine_cache import (
     BuildSource,
     BuildTarget,
@@ -30,6 +29,7 @@ from dyhead_serve.export.engine_cache import (
 )
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
+from dyhead_serve.runtime.export_command import exporter_command, override_flags
 from dyhead_serve.runtime.tensorrt_compat import ENGINE_KEY
 from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import needs_tensorrt
@@ -74,10 +74,8 @@ class StandInBuild:
 
 
 @pytest.fixture
-def weights(tmp_path: Path) -> Path:
-    path = tmp_path / "atss.pth"
-    path.write_bytes(b"weights v1")
-    return path
+def weights(placeholder_weights: Path) -> Path:
+    return placeholder_weights
 
 
 def test_key_names_model_tensorrt_gpu_precision_and_profile(weights):
@@ -93,8 +91,14 @@ def test_model_id_follows_weights_and_overrides(weights, tmp_path):
     first = resolve_source("dyhead_r50_atss_fpn_1x", weights=str(weights))
     assert first == resolve_source("dyhead_r50_atss_fpn_1x", weights=str(weights))
     assert first.build_args == ("--model", "dyhead_r50_atss_fpn_1x", "--weights", str(weights))
-    changed = resolve_source("dyhead_r50_atss_fpn_1x", weights=str(weights), overrides=["TEST.X", "1"])
-    assert changed.model_id != first.model_id and changed.build_args[-3:] == ("--set", "TEST.X", "1")
+    changed = resolve_source(
+        "dyhead_r50_atss_fpn_1x", weights=str(weights), overrides=["TEST.DETECTIONS_PER_IMAGE", "50"]
+    )
+    assert changed.model_id != first.model_id and changed.build_args[-3:] == (
+        "--set",
+        "TEST.DETECTIONS_PER_IMAGE",
+        "50",
+    )
     weights.write_bytes(b"weights v2")
     assert resolve_source("dyhead_r50_atss_fpn_1x", weights=str(weights)).model_id != first.model_id
 

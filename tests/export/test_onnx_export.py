@@ -11,12 +11,12 @@ from PIL import Image
 
 from dyhead_serve.cli.export import main as export_main
 from dyhead_serve.data.sample_image import synthetic_photo
-from dyhead_serve.export.command import override_flags
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
 from dyhead_serve.export.tensorrt_build import graph_input_dims
 from dyhead_serve.export.verify import compare_backends
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
+from dyhead_serve.runtime.export_command import override_flags
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from dyhead_serve.runtime.options import ModelOptions

@@ -13,7 +13,6 @@ from dyhead_serve import zoo
 from dyhead_serve.cli.export import main as export_main
 from dyhead_serve.cli.export_tensorrt import profile_from_args
 from dyhead_serve.config import load_config
-from dyhead_serve.export.command import override_flags
 from dyhead_serve.export.onnx_export import input_dims
 from dyhead_serve.export.tensorrt_build import (
     PROFILES,
@@ -38,6 +37,7 @@ from dyhead_serve.ops import ModulatedDeformConv2d
 from dyhead_serve.ops.onnx_symbolic import deform_conv_onnx_symbolic
 from dyhead_serve.pipeline.preprocess import InputSpec
 from dyhead_serve.runtime.artifact import ModelArtifact
+from dyhead_serve.runtime.export_command import override_flags
 from tests.conftest import TINY_OVERRIDES, one_class_dense_decoder
 from tests.hardware import HAS_TENSORRT, needs_tensorrt
 from tests.tensorrt_calls import TensorRTCalls, TensorRTFlags

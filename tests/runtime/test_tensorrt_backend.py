@@ -119,7 +119,7 @@ assert not loaded, f"serving imported {loaded}"
 def aot_engine(tiny_weights, tmp_path_factory):
     """The tiny ATSS model's fp32 engine with the plugin's AOT kernels ("small" profile)."""
     from dyhead_serve.cli.export import main as export_main
-    from dyhead_serve.export.command import override_flags
+    from dyhead_serve.runtime.export_command import override_flags
     from tests.conftest import TINY_OVERRIDES
 
     out = tmp_path_factory.mktemp("aot-engine")

@@ -1,4 +1,4 @@
-"""How other processes run this installation's ``dyhead-export`` (the engine cache, tools)."""
+"""How other processes run this installation's ``dyhead-export`` (the export and engine caches, tools)."""
 
 from __future__ import annotations
 
