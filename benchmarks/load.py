@@ -8,6 +8,10 @@ With --url, it measures a server already running on this machine (one mode).
     python benchmarks/load.py --model exported/tiny                       # on vs off, 1/8/32 clients
     python benchmarks/load.py --model exported/atss --requests 64 --duration 60 --clients 1 --clients 8
     python benchmarks/load.py --url http://127.0.0.1:8000 --image photo.jpg
+    python benchmarks/load.py --model dyhead_r50_atss_fpn_1x --weights atss.pth --clients 1 --clients 4
+
+A zoo name runs as `serve` runs it (``--backend auto``: on a CPU, ONNX Runtime from the export
+cache; the first start exports it once, which the readiness wait allows for).
 
 Every level is bounded: at most --requests answered requests and --duration seconds. Only
 loopback addresses are accepted as targets. Each client sends one image per request
@@ -34,6 +38,8 @@ from urllib.parse import urlsplit
 import httpx
 from environment import describe
 from PIL import Image
+
+from dyhead_serve.runtime.options import BACKENDS
 
 MAX_REQUESTS = 5000
 MAX_DURATION_S = 300.0
@@ -132,13 +138,14 @@ def start_server(model: str, port: int, batch_size: int, args: argparse.Namespac
         sys.executable, "-m", "dyhead_serve.cli", "-q", "serve", "--model", model, "--host", "127.0.0.1",
         "--port", str(port), "--device", args.device, "--max-batch-size", str(batch_size),
         "--max-batch-delay-ms", str(args.max_batch_delay_ms), "--max-queue", str(4 * MAX_CLIENTS),
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), "--backend", args.backend,
+        *(["--weights", str(args.weights)] if args.weights else []),
     ]  # fmt: skip
     # HTTP is measured: no gRPC listener (whose default port may be taken on a shared machine).
     env = {**os.environ, "DYHEAD_SERVE_GRPC_PORT": "0"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_ready(process, f"http://127.0.0.1:{port}", timeout=300)
+        wait_ready(process, f"http://127.0.0.1:{port}", timeout=900)
     except RuntimeError:
         process.kill()
         raise
@@ -236,6 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         "--max-batch-size", type=int, default=8, help="batch size with batching on (default 8)"
     )
     parser.add_argument("--max-batch-delay-ms", type=float, default=10.0, help="batching delay (default 10)")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="a local copy of the zoo model's weights (serve --weights)"
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="server backend (default auto: a zoo name runs from the export cache)",
+    )
     parser.add_argument("--device", default="cpu", help="server device (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="server ONNX Runtime threads (0: its default)")
     args = parser.parse_args(argv)
