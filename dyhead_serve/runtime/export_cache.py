@@ -104,12 +104,25 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
+# Config keys that do not change the exported network or its model.json (datasets, training,
+# where the weights came from: the weights count by their checksum): `eval` and `train` pass
+# them as overrides, and they must not make another export.
+NOT_THE_NETWORK = (
+    "DATASETS", "DATALOADER", "SOLVER", "OUTPUT_DIR", "SEED", "VIS_PERIOD", "CUDNN_BENCHMARK",
+    "GLOBAL", "MODEL.WEIGHTS", "MODEL.DEVICE",
+)  # fmt: skip
+
+
+def _outside_the_network(key: str) -> bool:
+    return any(key == name or key.startswith(f"{name}.") for name in NOT_THE_NETWORK)
+
+
 def model_fingerprint(source: ModelSource) -> dict[str, Any]:
     """Everything that decides the network of a zoo model or a config with weights.
 
     The config is resolved (defaults, ``_BASE_`` files or mmdetection ``_base_`` files, the
-    overrides) and recorded whole, so an edit anywhere in its inheritance counts; the weights count
-    by their SHA-256.
+    overrides) and recorded whole but for :data:`NOT_THE_NETWORK`, so an edit anywhere in its
+    inheritance counts; the weights count by their SHA-256.
 
     Raises:
         ExportCacheError: the source is an exported folder.
@@ -124,12 +137,20 @@ def model_fingerprint(source: ModelSource) -> dict[str, Any]:
     if not source.weights.is_file():
         raise UserError(f"{source.weights}: no such checkpoint file")
     config = load_config(source.config, overrides=list(source.overrides)).to_dict()
+    for key in NOT_THE_NETWORK:
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
     config_text = json.dumps(config, sort_keys=True, default=str)
+    pairs = zip(source.overrides[::2], source.overrides[1::2], strict=True)
+    overrides = [item for key, value in pairs if not _outside_the_network(key) for item in (key, value)]
     return {
         "name": source.name,
         "weights_sha256": sha256_of(source.weights),
         "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
-        "overrides": list(source.overrides),
+        "overrides": overrides,
         "dyhead_serve": __version__,
         "code_sha256": _code_digest(),
         "packages": {name: _package_version(name) for name in _GRAPH_PACKAGES},

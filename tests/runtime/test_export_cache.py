@@ -88,6 +88,14 @@ def test_fingerprint_follows_weights_config_overrides_and_code(weights, tmp_path
     assert model_fingerprint(_source(weights))["weights_sha256"] != first["weights_sha256"]
 
 
+def test_datasets_and_training_keys_are_not_the_network(weights):
+    """eval passes its datasets as overrides: they must not make another export."""
+    first = model_fingerprint(_source(weights))
+    eval_like = ["DATASETS.TEST", "('coco_2017_val',)", "OUTPUT_DIR", "out/x", "SOLVER.BASE_LR", "0.1"]
+    assert model_fingerprint(_source(weights, eval_like)) == first
+    assert model_fingerprint(_source(weights, [*eval_like, "MODEL.ATSS.NMS_TH", "0.5"])) != first
+
+
 def test_fingerprint_resolves_the_config_through_its_base(weights, tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("MODEL:\n  META_ARCHITECTURE: ATSS\n")
