@@ -69,7 +69,7 @@ class TensorRTBackend:
         if device not in ("auto", "cuda") and not device.startswith("cuda:"):
             raise BackendError(f"the tensorrt backend runs on CUDA devices, not {device!r}")
         self.device = torch.device("cuda" if device == "auto" else device)
-        model_dir = Path(model_dir)
+        self.model_dir = model_dir = Path(model_dir)
         plan = model_dir / "model.plan"
         if not plan.is_file():
             raise BackendError(f"{model_dir}: no model.plan (build one with `dyhead-export tensorrt`)")

@@ -35,6 +35,7 @@ from dyhead_serve.runtime.loader import fastest_runtime, load_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from dyhead_serve.runtime.options import ModelOptions
 from tests.conftest import TINY_OVERRIDES
+from tests.hardware import needs_tensorrt
 
 ATSS = "dyhead_r50_atss_fpn_1x"
 
@@ -350,3 +351,51 @@ def test_the_server_runs_a_named_model_from_the_export_cache(tmp_path, monkeypat
     assert isinstance(backend, OnnxRuntimeBackend)
     (entry,) = [p for p in (tmp_path / "onnx").iterdir() if p.name.startswith(f"{DEFAULT_MODEL}-")]
     assert backend.model_dir == entry
+
+
+def test_auto_on_a_gpu_host_with_tensorrt_asks_the_engine_cache_first(tiny_weights, monkeypatch, caplog):
+    """A recording stand-in for the `dyhead-export engine` child (no engine is built here): auto
+    asks the engine cache for the model with the server's batch size, and when no engine comes back
+    runs torch with one line saying why."""
+    calls: list[list[str]] = []
+
+    def stand_in(command: Sequence[str]) -> tuple[int, str]:
+        calls.append(list(command))
+        return 1, ""
+
+    monkeypatch.setattr(loader, "fastest_runtime", lambda device: ("tensorrt", ""))
+    monkeypatch.setattr(export_cache, "capture_exporter", stand_in)
+    options = ModelOptions(
+        config=ATSS, weights=tiny_weights, overrides=tuple(TINY_OVERRIDES), device="cpu", max_batch=4
+    )
+    with caplog.at_level(logging.WARNING, logger="dyhead_serve.runtime"):
+        assert load_backend(options).name == "torch"
+    (command,) = calls
+    assert command[len(exporter_command()) :][:5] == [
+        "engine",
+        "--config",
+        ATSS,
+        "--weights",
+        str(tiny_weights),
+    ]
+    assert command[-2:] == ["--max-batch", "4"]
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auto:")]
+    assert "runs in torch, not tensorrt" in line and "exit status 1" in line
+
+
+@needs_tensorrt
+@pytest.mark.slow
+def test_auto_on_a_gpu_host_builds_the_engine_once_then_reuses_it(tmp_path, monkeypatch):
+    """The real thing where TensorRT and a GPU are: the default model named by its weights file
+    gets an engine built into the engine cache on first load, found there on the second."""
+    from dyhead_serve.runtime.tensorrt_backend import TensorRTBackend
+    from dyhead_serve.zoo import DEFAULT_MODEL, get_model, weights_path
+
+    monkeypatch.setenv("DYHEAD_SERVE_CACHE", str(tmp_path))
+    options = ModelOptions(DEFAULT_MODEL, weights=str(weights_path(get_model(DEFAULT_MODEL))), max_batch=1)
+    first = load_backend(options)
+    assert isinstance(first, TensorRTBackend)
+    (engine_dir,) = [p.parent for p in (tmp_path / "engines").glob("*/*/model.plan")]
+    assert first.model_dir == engine_dir
+    second = load_backend(options)
+    assert isinstance(second, TensorRTBackend) and second.model_dir == engine_dir
