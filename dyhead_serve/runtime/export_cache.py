@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from dyhead_serve import __version__
 from dyhead_serve.checkpoint import sha256_of
@@ -188,7 +188,18 @@ def exclusive(lock_file: Path, waiting: str = "another process is building this"
 def run_exporter(command: Sequence[str]) -> int:
     """Run a ``dyhead-export`` command line with its output on stderr (stdout belongs to the
     caller: detections, an engine folder) and return its exit status."""
-    return subprocess.run(list(command), stdout=sys.stderr, check=False).returncode
+    return subprocess.run(list(command), stdout=_stderr_of_this_process(), check=False).returncode
+
+
+def _stderr_of_this_process() -> int | IO[str]:
+    """``sys.stderr`` when it is a file, else file descriptor 2: where a notebook or a test has
+    replaced ``sys.stderr`` with an object without a file descriptor."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last
+        return 2
+    sys.stderr.flush()
+    return sys.stderr
 
 
 def _entry_files(folder: Path) -> dict[str, str]:

@@ -34,7 +34,7 @@ def _predict_default_model(weights: Path, image: Path) -> subprocess.CompletedPr
     a kernel is a signal there, not a dead test run)."""
     command = [
         sys.executable, "-m", "dyhead_serve.cli", "-q", "predict", "--config", str(DEFAULT_CONFIG),
-        "--weights", str(weights), "--device", "cpu", str(image),
+        "--weights", str(weights), "--device", "cpu", "--backend", "torch", str(image),
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
 

@@ -14,6 +14,7 @@ from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export.onnx_export import ExportError, export_onnx
 from dyhead_serve.export.tensorrt_build import graph_input_dims
 from dyhead_serve.export.verify import compare_backends
+from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.plugins.schema import MDCN_SCHEMA
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.export_command import override_flags
@@ -190,6 +191,21 @@ def _narrow_rcnn():
     ]  # fmt: skip
     torch.manual_seed(0)
     return load_torch_backend("dyhead_r50_rcnn_fpn_1x", None, device="cpu", overrides=overrides)
+
+
+def test_rcnn_float64_reference_runs():
+    """The verification's float64 twin (its fallback when float32 rounding exceeds a tolerance)
+    runs Faster R-CNN: boxes are decoded in float32 whatever the model's dtype, and NMS took them
+    with float64 logits (a dtype error that failed `dyhead-export onnx` on random weights)."""
+    from dyhead_serve.export.verify import _float64_twin
+
+    backend = _narrow_rcnn()
+    batch = preprocess([synthetic_photo(160, 224)], backend.input_spec)
+    reference = backend.infer(batch.images, batch.image_sizes_tensor())
+    twin = _float64_twin(backend).infer(batch.images, batch.image_sizes_tensor())
+    assert twin.keys() == reference.keys()
+    for name, value in twin.items():
+        assert value.dtype == reference[name].dtype and value.shape == reference[name].shape, name
 
 
 def test_rcnn_exports_with_a_fixed_batch_and_runs_batches_in_chunks(tmp_path):

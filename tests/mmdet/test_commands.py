@@ -33,7 +33,8 @@ SMALL_FLAGS = [flag for i in range(0, len(SMALL), 2) for flag in ("--set", SMALL
 
 
 def _predict(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict]:
-    assert main(["-q", "predict", *args]) == 0
+    """PyTorch's detections (what mmdetection's are compared with, bit for bit)."""
+    assert main(["-q", "predict", "--backend", "torch", *args]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -55,7 +56,8 @@ def test_predict_with_a_shipped_config_name_and_a_zoo_name(tmp_path, capsys, che
 def test_a_missing_opencv_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch, checkpoints):
     image = write_photo("astronaut", tmp_path)
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now fails
-    assert main(["-q", "predict", "--config", SIMPLE, "--weights", str(checkpoints(SIMPLE)), str(image)]) == 2
+    args = ["--backend", "torch", "--config", SIMPLE, "--weights", str(checkpoints(SIMPLE)), str(image)]
+    assert main(["-q", "predict", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "pip install 'dyhead-serve[mmdet]'" in err and "\n" not in err
 
@@ -106,8 +108,8 @@ def test_eval_on_a_coco_json(tmp_path, capsys, checkpoints):
     json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     out = tmp_path / "eval"
     args = ["eval", "--config", CAFFE, "--weights", str(checkpoints(CAFFE)), "--device", "cpu",
-            "--no-progress", "--register-coco", "astro", str(json_file), str(tmp_path), *SMALL,
-            "DATASETS.TEST", "('astro',)", "OUTPUT_DIR", str(out)]  # fmt: skip
+            "--backend", "torch", "--no-progress", "--register-coco", "astro", str(json_file), str(tmp_path),
+            *SMALL, "DATASETS.TEST", "('astro',)", "OUTPUT_DIR", str(out)]  # fmt: skip
     assert main(["-q", *args]) == 0
     assert "AP" in capsys.readouterr().out
     results = json.loads((out / "coco_instances_results.json").read_text())

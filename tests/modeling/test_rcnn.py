@@ -94,6 +94,7 @@ def test_predict_cli(capsys, checkpoint, photo_path):
     code = main(
         [
             "-q", "predict", "--config", NAME, "--weights", str(checkpoint), "--device", "cpu",
+            "--backend", "torch",
             # random weights score below the config's 0.05: lower the model's own threshold
             # (--score-threshold only drops detections)
             "--set", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "--set", "INPUT.MIN_SIZE_TEST", "128",

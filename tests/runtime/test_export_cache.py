@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -235,6 +236,15 @@ def test_the_engine_cache_command_and_its_failures(weights):
     assert calls == [[*exporter, "engine", "--model", ATSS, "--weights", str(weights), "--max-batch", "4"]]
     with pytest.raises(ExportCacheError, match="exit status 3"):
         cached_engine(_source(weights), run=lambda command: (3, ""))
+
+
+def test_the_exporter_runs_where_stderr_is_no_file(monkeypatch):
+    """In a notebook, or under a test's capture, sys.stderr has no file descriptor: the child
+    writes to the process's own stderr instead of failing (it raised io.UnsupportedOperation)."""
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert export_cache.run_exporter([sys.executable, "-c", "print('progress')"]) == 0
 
 
 def test_fastest_runtime_per_host(monkeypatch):

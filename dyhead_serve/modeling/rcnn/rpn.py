@@ -82,7 +82,9 @@ def select_proposals(
     boxes = clip_boxes(boxes, image_size)
     nonempty = ((boxes[:, 2] - boxes[:, 0]) > min_box_size) & ((boxes[:, 3] - boxes[:, 1]) > min_box_size)
     boxes, scores, level_ids = boxes[nonempty], scores[nonempty], level_ids[nonempty]
-    keep = batched_nms(boxes, scores, level_ids, nms_threshold)[:post_nms_topk]
+    # Boxes are decoded in float32 (Detectron2's rule); logits of a float64 model (the export's
+    # float64 reference) are float64, and NMS takes one dtype.
+    keep = batched_nms(boxes, scores.to(boxes.dtype), level_ids, nms_threshold)[:post_nms_topk]
     return boxes[keep], scores[keep]
 
 
