@@ -132,11 +132,12 @@ def model_fingerprint(source: ModelSource) -> dict[str, Any]:
 
     if source.kind == "exported" or source.config is None:
         raise ExportCacheError(f"{source.folder or source.name} is already exported")
+    # The config first, as the torch backend reads them: its errors are named before the file's.
+    config = load_config(source.config, overrides=list(source.overrides)).to_dict()
     if source.weights is None:
         raise ExportCacheError(f"{source.name}: its weights were not resolved")
     if not source.weights.is_file():
         raise UserError(f"{source.weights}: no such checkpoint file")
-    config = load_config(source.config, overrides=list(source.overrides)).to_dict()
     for key in NOT_THE_NETWORK:
         *parents, leaf = key.split(".")
         node = config
