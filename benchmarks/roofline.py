@@ -16,29 +16,40 @@ For each model, the benchmark
    ``numpy.matmul``, whichever is faster;
 3. computes the roofline time, FLOPs / peak, and times each backend's network (``infer``:
    tensor in, raw outputs out; no preprocessing or decoding) on a batch of one image: the median
-   of ``--iters`` runs after ``--warmup`` untimed ones. The fraction of the roofline is
+   of ``--iters`` runs (more for a fast model: at least ``--min-seconds`` of them) after
+   ``--warmup`` untimed ones. The fraction of the roofline is
    roofline time / measured time.
 
-The models have random weights (``dyhead_r50_atss_fpn_1x`` is built from its config; ``default``
-is the embedded demo model with its trained weights): FLOPs and time do not depend on weight
-values. The offsets of randomly initialised deformable convolutions are near zero, so their
-sampling is nearly regular; trained offsets read scattered memory, which may cost a little more.
+The models' weights: ``dyhead_r50_atss_fpn_1x`` is built from its config with random weights
+(seeded), ``default`` is the embedded demo model with its trained weights. FLOPs and GEMM time do
+not depend on weight values; the deformable convs' sampling does a little, through the offsets:
+random weights give ATSS R-50 offsets of about 0.1 pixel (the embedded model's trained ones are
+about 1.5 on a photograph), so its samples read nearly regular memory. ``--offset-gain 20``
+scales the offset convs' weights to offsets of trained magnitude (~1.7 pixel); the line above
+each table prints the mean |offset|.
 
-    python benchmarks/roofline.py                                  # both models, all backends
-    python benchmarks/roofline.py --model dyhead_r50_atss_fpn_1x --backends onnxruntime --iters 3
-    python benchmarks/roofline.py --model default --profile        # + ONNX Runtime time per op type
+    python benchmarks/roofline.py                                  # both models, torch + ONNX Runtime
+    python benchmarks/roofline.py --model dyhead_r50_atss_fpn_1x --backends onnxruntime,openvino --profile
+    python benchmarks/roofline.py --model dyhead_r50_atss_fpn_1x --backends onnxruntime --ort-variants
+    python benchmarks/roofline.py --model dyhead_r50_atss_fpn_1x --offset-gain 20 --backends onnxruntime
     python benchmarks/roofline.py --flops-only                     # FLOP count and SGEMM peak only
 
 Backends: ``torch`` (eager PyTorch, torchvision's deformable conv), ``onnxruntime`` (the graph
-``dyhead-export onnx`` writes, in :class:`OnnxRuntimeBackend` as shipped).
-ATSS R-50 at 800x1344 takes 10-20 s per image in torch eager on 2 cores: choose ``--backends``
-and ``--iters`` accordingly.
+``dyhead-export onnx`` writes, in :class:`OnnxRuntimeBackend` as shipped), ``openvino`` (not a
+dyhead-serve runtime: measured for comparison, ``pip install openvino``; the torch model
+converted in this process by ``openvino.convert_model``, as OpenVINO's ONNX reader has no
+``DeformConv``). ``--ort-variants`` adds ONNX Runtime with one session setting changed at a
+time (:data:`ORT_VARIANTS`). ``max|diff|`` is the largest absolute difference of the raw outputs
+from torch's on the same input. ATSS R-50 at 800x1344 takes about 8 s per image in torch eager
+on 2 cores: choose ``--backends`` and ``--iters`` accordingly.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib.metadata
 import json
 import statistics
 import tempfile
@@ -48,10 +59,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from environment import _version, describe
+from environment import describe
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,6 +85,7 @@ class FlopCount:
     standard: int
     deformable: int
     deformable_layers: int
+    mean_abs_offset: float = 0.0  # pixels, over every deformable conv's offsets (0: none)
 
     @property
     def total(self) -> int:
@@ -96,12 +109,15 @@ def deform_conv_flops(weight_shape: tuple[int, ...], output_shape: tuple[int, ..
 
 def count_flops(model: nn.Module, *inputs: Tensor) -> FlopCount:
     """Run ``model(*inputs)`` once under ``FlopCounterMode``, with a forward hook on every
-    :class:`ModulatedDeformConv2d` adding its analytic GEMM count."""
+    :class:`ModulatedDeformConv2d` adding its analytic GEMM count and recording how far its
+    offsets move the samples (the cost of the sampling grows with it: scattered reads)."""
     deformable: list[int] = []
+    offsets: list[Tensor] = []
 
-    def hook(module: nn.Module, _args: object, output: Tensor) -> None:
+    def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
         assert isinstance(module, ModulatedDeformConv2d)
         deformable.append(deform_conv_flops(tuple(module.weight.shape), tuple(output.shape)))
+        offsets.append(args[1].abs().mean())
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
     counter = FlopCounterMode(display=False)
@@ -111,10 +127,27 @@ def count_flops(model: nn.Module, *inputs: Tensor) -> FlopCount:
     finally:
         for handle in handles:
             handle.remove()
-    return FlopCount(counter.get_total_flops(), sum(deformable), len(deformable))
+    mean_abs_offset = float(torch.stack(offsets).mean()) if offsets else 0.0
+    return FlopCount(counter.get_total_flops(), sum(deformable), len(deformable), mean_abs_offset)
 
 
-def sgemm_peak(size: int = 4096, repeats: int = 5) -> tuple[float, str]:
+def scale_offsets(model: nn.Module, gain: float) -> int:
+    """Multiply the weights and biases of the convolutions that predict the deformable convs'
+    offsets and masks (DyHead's 27-channel ``offset`` convs) by ``gain``: random weights give
+    offsets of about 0.1 pixel, trained ones about 1.5 (the embedded model's). Returns how many
+    convolutions were scaled."""
+    scaled = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and name.endswith("offset") and module.out_channels == 27:
+            with torch.no_grad():
+                module.weight.mul_(gain)
+                if module.bias is not None:
+                    module.bias.mul_(gain)
+            scaled += 1
+    return scaled
+
+
+def sgemm_peak(size: int = 4096, repeats: int = 8) -> tuple[float, str]:
     """The best float32 matrix-product rate in FLOP/s over ``repeats`` ``size``-cubed products,
     through torch and numpy; returns (rate, which library reached it)."""
     rng = np.random.default_rng(0)
@@ -139,14 +172,16 @@ def sgemm_peak(size: int = 4096, repeats: int = 5) -> tuple[float, str]:
 Run = Callable[[], dict[str, np.ndarray]]
 
 
-def time_runs(run: Run, iters: int, warmup: int) -> list[float]:
-    """Wall-clock seconds of ``run()`` per call, after ``warmup`` untimed calls."""
-    runs = []
-    for i in range(warmup + iters):
+def time_runs(run: Run, iters: int, warmup: int, min_seconds: float = 0.0) -> list[float]:
+    """Wall-clock seconds of ``run()`` per call, after ``warmup`` untimed calls: at least ``iters``
+    calls, more until ``min_seconds`` have been timed."""
+    for _ in range(warmup):
+        run()
+    runs: list[float] = []
+    while len(runs) < iters or sum(runs) < min_seconds:
         t0 = time.perf_counter()
         run()
-        if i >= warmup:
-            runs.append(time.perf_counter() - t0)
+        runs.append(time.perf_counter() - t0)
     return runs
 
 
@@ -175,6 +210,48 @@ def onnxruntime_run(model_dir: Path, images: Tensor, sizes: Tensor) -> Run:
 
     def run() -> dict[str, np.ndarray]:
         return as_numpy(backend.infer(images, sizes))
+
+    return run
+
+
+def _extended(options: Any, ort: Any) -> None:
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+
+
+def _parallel(options: Any, ort: Any) -> None:
+    options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    options.inter_op_num_threads = torch.get_num_threads()
+
+
+# ONNX Runtime session settings tried against the shipped ones (ORT_ENABLE_ALL, default threads):
+# --ort-variants times each; name -> a change to SessionOptions.
+ORT_VARIANTS: dict[str, Callable[[Any, Any], None]] = {
+    "extended": _extended,  # no layout optimisations (NCHWc convolutions)
+    "no-nchwc": lambda o, _: o.add_session_config_entry(
+        "optimization.disable_specified_optimizers", "NchwcTransformer"
+    ),
+    "no-spin": lambda o, _: o.add_session_config_entry("session.intra_op.allow_spinning", "0"),
+    "no-mem-pattern": lambda o, _: setattr(o, "enable_mem_pattern", False),
+    "no-arena": lambda o, _: setattr(o, "enable_cpu_mem_arena", False),
+    "block-base-4": lambda o, _: o.add_session_config_entry("session.dynamic_block_base", "4"),
+    "parallel": _parallel,  # independent branches (the FPN levels) at once
+}
+
+
+def onnxruntime_variant_run(model_dir: Path, images: Tensor, sizes: Tensor, variant: str) -> Run:
+    """A bare ONNX Runtime CPU session with the shipped settings changed by ``ORT_VARIANTS[variant]``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    ORT_VARIANTS[variant](options, ort)
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    arrays = {"images": images.numpy(), "image_sizes": sizes.numpy()}
+    feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+
+    def run() -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds), strict=True))
 
     return run
 
@@ -299,9 +376,31 @@ def main() -> None:
         "openvino needs `pip install openvino`)",
     )
     parser.add_argument("--iters", type=int, default=3, help="timed runs per backend (default 3)")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="time more runs than --iters until this many seconds are timed (default 2: a small "
+        "model's median over many runs)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument(
         "--profile", action="store_true", help="print ONNX Runtime's (and OpenVINO's) time per op type"
+    )
+    parser.add_argument(
+        "--offset-gain",
+        type=float,
+        default=1.0,
+        help="multiply the offset-predicting convs' weights by this (e.g. 10 for ATSS R-50's random "
+        "weights: offsets of trained magnitude, ~1.5 px, instead of ~0.1)",
+    )
+    parser.add_argument(
+        "--ort-variants",
+        nargs="?",
+        const=",".join(ORT_VARIANTS),
+        default="",
+        help="also time ONNX Runtime with one session setting changed, for each of these "
+        f"(comma-separated; all when none are named): {', '.join(ORT_VARIANTS)}",
     )
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs and measure SGEMM only")
     args = parser.parse_args()
@@ -309,10 +408,19 @@ def main() -> None:
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
+    variants = [v.strip() for v in args.ort_variants.split(",") if v.strip()]
+    if set(variants) - set(ORT_VARIANTS):
+        parser.error(f"unknown --ort-variants {', '.join(sorted(set(variants) - set(ORT_VARIANTS)))}")
+    if variants and "onnxruntime" not in backends:
+        parser.error("--ort-variants needs the onnxruntime backend")
+    args.ort_variants = variants
     models = args.model or ["dyhead_r50_atss_fpn_1x", "default"]
 
     threads = torch.get_num_threads()
-    print(describe(threads) + (f" | openvino {_version('openvino')}" if "openvino" in backends else ""))
+    print(
+        describe(threads)
+        + (f" | openvino {importlib.metadata.version('openvino')}" if "openvino" in backends else "")
+    )
     peak, peak_source = sgemm_peak()
     print(f"SGEMM peak: {peak / 1e9:.1f} GFLOP/s ({peak_source}, 4096^3 float32, {threads} threads)")
     for name in models:
@@ -331,12 +439,14 @@ def benchmark_model(
     height, width = (int(v) for v in (size or DEFAULT_SIZES.get(name) or "{}x{}".format(*padded)).split("x"))
     images = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     sizes = torch.tensor([[height, width]], dtype=torch.int64)
+    if args.offset_gain != 1.0 and not scale_offsets(reference.model, args.offset_gain):
+        raise SystemExit(f"{name}: no offset convolutions to scale")
     flops = count_flops(reference.model, images, sizes)
     roofline_s = flops.total / peak
     print(
         f"\n{name} at {height}x{width}: {flops.total / 1e9:.1f} GFLOP = {flops.standard / 1e9:.1f} "
         f"counted by torch + {flops.deformable / 1e9:.1f} in {flops.deformable_layers} deformable "
-        f"convs; roofline {1000 * roofline_s:.1f} ms"
+        f"convs (mean |offset| {flops.mean_abs_offset:.2f} px); roofline {1000 * roofline_s:.1f} ms"
     )
     if args.flops_only:
         return
@@ -352,30 +462,37 @@ def benchmark_model(
         "of roofline",
         "max|diff|",
     )
-    print("{:24s} {:>9s} {:12s} {:>6s} {:>11s} {:>9s} {:>8s} {:>11s} {:>9s}".format(*columns))
+    print("{:24s} {:>9s} {:18s} {:>6s} {:>11s} {:>9s} {:>8s} {:>11s} {:>9s}".format(*columns))
     label = f"{name:24s} {height:4d}x{width:<4d}"
-    runs: dict[str, Run] = {}
+    # Each backend is built just before it runs and dropped after: one model in memory at a time.
+    builders: dict[str, Callable[[], Run]] = {}
     profiles: list[tuple[str, dict[str, float]]] = []
     with contextlib.ExitStack() as stack:
         if "torch" in backends:
-            runs["torch"] = torch_run(reference, images, sizes)
+            builders["torch"] = lambda: torch_run(reference, images, sizes)
         if "onnxruntime" in backends:
             model_dir = stack.enter_context(onnx_export_of(reference))
-            runs["onnxruntime"] = onnxruntime_run(model_dir, images, sizes)
+            builders["onnxruntime"] = lambda: onnxruntime_run(model_dir, images, sizes)
+            for variant in args.ort_variants:
+                builders[f"ort:{variant}"] = functools.partial(
+                    onnxruntime_variant_run, model_dir, images, sizes, variant
+                )
             if args.profile:
                 profiles.append(("onnxruntime", onnxruntime_profile(model_dir, images, sizes)))
         if "openvino" in backends:
-            runs["openvino"] = openvino_run(reference, images, sizes, args.profile)
-        for backend_name, run in runs.items():
+            builders["openvino"] = lambda: openvino_run(reference, images, sizes, args.profile)
+        for backend_name, build in builders.items():
+            run = build()
             difference = max_difference(run(), expected)
-            times = time_runs(run, args.iters, args.warmup)
+            times = time_runs(run, args.iters, args.warmup, args.min_seconds)
             median, p90 = statistics.median(times), float(np.percentile(times, 90))
             print(
-                f"{label} {backend_name:12s} {flops.total / 1e9:6.1f} {1000 * roofline_s:11.1f} "
+                f"{label} {backend_name:18s} {flops.total / 1e9:6.1f} {1000 * roofline_s:11.1f} "
                 f"{1000 * median:9.1f} {1000 * p90:8.1f} {100 * roofline_s / median:10.1f}% {difference:9.1e}"
             )
             if args.profile and backend_name == "openvino":
                 profiles.append(("openvino", openvino_profile(run)))
+            del run
     for backend_name, per_type in profiles:
         print_profile(backend_name, per_type, flops, peak)
 

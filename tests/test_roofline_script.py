@@ -76,3 +76,68 @@ def test_profile_summary_groups_deformable_convs_convs_and_the_rest(roofline, ca
     )
     assert "convs" in lines[2] and "2000.0 ms" in lines[2] and "150 GFLOP/s = 75% of peak" in lines[2]
     assert "the rest" in lines[3] and "1000.0 ms" in lines[3]
+
+
+def test_count_flops_reports_how_far_the_offsets_move_the_samples(roofline):
+    model = ConvThenDeformable().eval()
+    nn.init.zeros_(model.offsets.weight)
+    with torch.no_grad():
+        model.offsets.bias.copy_(torch.cat([torch.full((18,), -0.5), torch.zeros(9)]))
+    flops = roofline.count_flops(model, torch.randn(1, 8, 6, 6))
+    assert flops.mean_abs_offset == pytest.approx(0.5)
+
+
+class WithOffsetConv(nn.Module):
+    """Named like DyHead's offset convs: ``offset`` (official layout), 27 output channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Conv2d(4, 27, 3, padding=1)
+        self.other = nn.Conv2d(4, 27, 3, padding=1)
+
+
+def test_scale_offsets_scales_only_the_offset_convs(roofline):
+    model = WithOffsetConv()
+    offset_weight, other_weight = model.offset.weight.clone(), model.other.weight.clone()
+    assert roofline.scale_offsets(model, 10.0) == 1
+    torch.testing.assert_close(model.offset.weight, offset_weight * 10)
+    torch.testing.assert_close(model.other.weight, other_weight)
+    assert roofline.scale_offsets(nn.Sequential(nn.Conv2d(4, 27, 1)), 10.0) == 0
+
+
+def test_every_onnxruntime_variant_applies_to_session_options(roofline):
+    ort = pytest.importorskip("onnxruntime")
+    for variant in roofline.ORT_VARIANTS.values():
+        variant(ort.SessionOptions(), ort)
+
+
+def test_onnxruntime_profile_sums_kernel_time_by_op_type(roofline, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "weight")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["images", "weight"], ["conv"]),
+            helper.make_node("Sigmoid", ["conv"], ["out"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), tmp_path / "model.onnx")
+    per_type = roofline.onnxruntime_profile(tmp_path, torch.randn(1, 3, 16, 16), torch.tensor([[16, 16]]))
+    # ONNX Runtime may fuse the sigmoid into the conv and run it in its blocked (NCHWc) layout.
+    assert {"Conv", "FusedConv"} & set(per_type)
+    assert set(per_type) <= {"Conv", "FusedConv", "Sigmoid", "ReorderInput", "ReorderOutput"}
+    assert all(seconds > 0 for seconds in per_type.values())
+
+
+def test_time_runs_discards_the_warmup_calls(roofline):
+    calls = []
+    times = roofline.time_runs(lambda: calls.append(1) or {}, iters=3, warmup=2)
+    assert len(calls) == 5
+    assert len(times) == 3
