@@ -9,7 +9,8 @@ For each model, the benchmark
    convolution, which the counter does not see (torchvision's custom op): its GEMM,
    ``2 * N * Cout * (Cin / groups) * kh * kw * Hout * Wout``. Not counted: the bilinear sampling
    of the deformable convolutions (about 4 multiply-adds per sampled value and a mask multiply,
-   ``~10 * N * Cin * kh * kw * Hout * Wout``, a few percent of their GEMM), decoding and
+   ``~10 * N * Cin * kh * kw * Hout * Wout``, ``5 / Cout`` of their GEMM: 2% at DyHead's 256
+   channels, though it costs far more time than that, see ``--profile``), decoding and
    preprocessing;
 2. measures this machine's SGEMM peak in the same run, with the same thread count: the best
    of several float32 matrix products (4096 x 4096 x 4096) through ``torch.matmul`` and
