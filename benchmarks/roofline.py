@@ -14,7 +14,8 @@ For each model, the benchmark
    preprocessing;
 2. measures this machine's SGEMM peak in the same run, with the same thread count: the best
    of several float32 matrix products (4096 x 4096 x 4096) through ``torch.matmul`` and
-   ``numpy.matmul``, whichever is faster;
+   ``numpy.matmul``, before and after the models (on a shared machine a neighbour's load can
+   lower one measurement by 5-10%, which would flatter every fraction);
 3. computes the roofline time, FLOPs / peak, and times each backend's network (``infer``:
    tensor in, raw outputs out; no preprocessing or decoding) on a batch of one image: the median
    of ``--iters`` runs (more for a fast model: at least ``--min-seconds`` of them) after
@@ -53,12 +54,13 @@ import functools
 import importlib.metadata
 import json
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -422,16 +424,34 @@ def main() -> None:
         describe(threads)
         + (f" | openvino {importlib.metadata.version('openvino')}" if "openvino" in backends else "")
     )
-    peak, peak_source = sgemm_peak()
-    print(f"SGEMM peak: {peak / 1e9:.1f} GFLOP/s ({peak_source}, 4096^3 float32, {threads} threads)")
-    for name in models:
-        benchmark_model(name, args.size, backends, args, peak)
+    # Measured before and after the models, the best of both counting: a neighbour's load during
+    # one measurement would otherwise lower the peak and flatter every fraction.
+    first, first_source = sgemm_peak()
+    results = [measure_model(name, args.size, backends, args) for name in models]
+    last, last_source = sgemm_peak()
+    peak, source = max((first, first_source), (last, last_source))
+    print(
+        f"SGEMM peak: {peak / 1e9:.1f} GFLOP/s ({source}, 4096^3 float32, {threads} threads; "
+        f"{first / 1e9:.1f} before the models, {last / 1e9:.1f} after)"
+    )
+    for result in results:
+        print_result(result, peak, args.flops_only)
 
 
-def benchmark_model(
-    name: str, size: str | None, backends: list[str], args: argparse.Namespace, peak: float
-) -> None:
-    """Print one model's FLOP count and a table row per backend (and profiles when asked)."""
+@dataclass
+class ModelResult:
+    """One model's FLOPs, each backend's timings and the profiles asked for."""
+
+    name: str
+    height: int
+    width: int
+    flops: FlopCount
+    rows: list[tuple[str, list[float], float]] = field(default_factory=list)  # backend, times, max|diff|
+    profiles: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+
+
+def measure_model(name: str, size: str | None, backends: list[str], args: argparse.Namespace) -> ModelResult:
+    """Count one model's FLOPs and time each backend on it (and profile when asked)."""
     torch.manual_seed(0)  # the same random weights, hence the same offsets, in every run
     reference = torch_backend_for(name)
     spec = reference.input_spec
@@ -442,32 +462,13 @@ def benchmark_model(
     sizes = torch.tensor([[height, width]], dtype=torch.int64)
     if args.offset_gain != 1.0 and not scale_offsets(reference.model, args.offset_gain):
         raise SystemExit(f"{name}: no offset convolutions to scale")
-    flops = count_flops(reference.model, images, sizes)
-    roofline_s = flops.total / peak
-    print(
-        f"\n{name} at {height}x{width}: {flops.total / 1e9:.1f} GFLOP = {flops.standard / 1e9:.1f} "
-        f"counted by torch + {flops.deformable / 1e9:.1f} in {flops.deformable_layers} deformable "
-        f"convs (mean |offset| {flops.mean_abs_offset:.2f} px); roofline {1000 * roofline_s:.1f} ms"
-    )
+    result = ModelResult(name, height, width, count_flops(reference.model, images, sizes))
     if args.flops_only:
-        return
+        return result
+    print(f"timing {name} at {height}x{width}: {', '.join(backends)}", file=sys.stderr)
     expected = torch_run(reference, images, sizes)()
-    columns = (
-        "model",
-        "input",
-        "backend",
-        "GFLOP",
-        "roofline ms",
-        "median ms",
-        "p90 ms",
-        "of roofline",
-        "max|diff|",
-    )
-    print("{:24s} {:>9s} {:18s} {:>6s} {:>11s} {:>9s} {:>8s} {:>11s} {:>9s}".format(*columns))
-    label = f"{name:24s} {height:4d}x{width:<4d}"
     # Each backend is built just before it runs and dropped after: one model in memory at a time.
     builders: dict[str, Callable[[], Run]] = {}
-    profiles: list[tuple[str, dict[str, float]]] = []
     with contextlib.ExitStack() as stack:
         if "torch" in backends:
             builders["torch"] = lambda: torch_run(reference, images, sizes)
@@ -479,22 +480,43 @@ def benchmark_model(
                     onnxruntime_variant_run, model_dir, images, sizes, variant
                 )
             if args.profile:
-                profiles.append(("onnxruntime", onnxruntime_profile(model_dir, images, sizes)))
+                result.profiles.append(("onnxruntime", onnxruntime_profile(model_dir, images, sizes)))
         if "openvino" in backends:
             builders["openvino"] = lambda: openvino_run(reference, images, sizes, args.profile)
         for backend_name, build in builders.items():
             run = build()
             difference = max_difference(run(), expected)
-            times = time_runs(run, args.iters, args.warmup, args.min_seconds)
-            median, p90 = statistics.median(times), float(np.percentile(times, 90))
-            print(
-                f"{label} {backend_name:18s} {flops.total / 1e9:6.1f} {1000 * roofline_s:11.1f} "
-                f"{1000 * median:9.1f} {1000 * p90:8.1f} {100 * roofline_s / median:10.1f}% {difference:9.1e}"
+            result.rows.append(
+                (backend_name, time_runs(run, args.iters, args.warmup, args.min_seconds), difference)
             )
             if args.profile and backend_name == "openvino":
-                profiles.append(("openvino", openvino_profile(run)))
+                result.profiles.append(("openvino", openvino_profile(run)))
             del run
-    for backend_name, per_type in profiles:
+    return result
+
+
+def print_result(result: ModelResult, peak: float, flops_only: bool) -> None:
+    """The model's FLOP line, a table row per backend, then the profiles."""
+    flops = result.flops
+    roofline_s = flops.total / peak
+    print(
+        f"\n{result.name} at {result.height}x{result.width}: {flops.total / 1e9:.1f} GFLOP = "
+        f"{flops.standard / 1e9:.1f} counted by torch + {flops.deformable / 1e9:.1f} in "
+        f"{flops.deformable_layers} deformable convs (mean |offset| {flops.mean_abs_offset:.2f} px); "
+        f"roofline {1000 * roofline_s:.1f} ms"
+    )
+    if flops_only:
+        return
+    columns = ("model", "input", "backend", "GFLOP", "roofline ms", "median ms", "p90 ms", "of roofline")
+    print("{:24s} {:>9s} {:18s} {:>6s} {:>11s} {:>9s} {:>8s} {:>11s} max|diff|".format(*columns))
+    label = f"{result.name:24s} {result.height:4d}x{result.width:<4d}"
+    for backend_name, times, difference in result.rows:
+        median, p90 = statistics.median(times), float(np.percentile(times, 90))
+        print(
+            f"{label} {backend_name:18s} {flops.total / 1e9:6.1f} {1000 * roofline_s:11.1f} "
+            f"{1000 * median:9.1f} {1000 * p90:8.1f} {100 * roofline_s / median:10.1f}% {difference:9.1e}"
+        )
+    for backend_name, per_type in result.profiles:
         print_profile(backend_name, per_type, flops, peak)
 
 
