@@ -29,9 +29,12 @@ import logging
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from typing import IO, Any, Literal
 
 from dyhead_serve import __version__
 from dyhead_serve.checkpoint import sha256_of
+from dyhead_serve.checkpoint.cache import CACHE_VARIABLE
 from dyhead_serve.errors import UserError
 from dyhead_serve.model_source import ModelSource
 from dyhead_serve.runtime.export_command import exporter_command, override_flags
@@ -63,8 +67,15 @@ logger = logging.getLogger(__name__)
 ENTRY_FILE = "cache_entry.json"
 # Bumped when the layout of an entry changes (old entries are then exported again).
 CACHE_FORMAT = 1
-# dyhead-export's exit status for a user error (`error: ...`; see dyhead_serve.cli.run).
-USER_ERROR_STATUS = 2
+# Exit statuses of `dyhead-export onnx` that mean the model does not export or verify (1: the
+# verification failed or an exception; 2: `error: ...`), remembered so that later runs do not
+# spend the export again. Signals (negative) and shells' 128+ are not.
+REMEMBERED_STATUSES = (1, 2)
+# The largest batch of `dyhead-export engine`'s shape presets (export/engine_cache.BATCH_PROFILES).
+LARGEST_PRESET_BATCH = 8
+ENGINE_PRECISION_VARIABLE = "DYHEAD_ENGINE_PRECISION"
+# Half-written export folders older than this are abandoned (their process died).
+ABANDONED_AFTER_S = 6 * 3600.0
 # The packages whose versions change the exported graph or the runtime that verified it.
 _GRAPH_PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript")
 
@@ -89,12 +100,19 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
+# Subpackages whose code does not change an exported network or its model.json.
+_NOT_GRAPH_CODE = ("server", "training")
+
+
 def _code_digest() -> str:
-    """SHA-256 of this installation's Python sources (``dyhead_serve`` and what it links in, such
-    as ``export/``): an edited working tree exports again, as a new release does."""
+    """SHA-256 of this installation's Python sources that make the graph (``dyhead_serve`` and
+    what it links in, such as ``export/``; not the server's or training's): an edited working tree
+    exports again, as a new release does."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for folder, subfolders, files in os.walk(package, followlinks=True):
+        if Path(folder) == package:
+            subfolders[:] = [name for name in subfolders if name not in _NOT_GRAPH_CODE]
         subfolders.sort()
         for name in sorted(files):
             if name.endswith(".py"):
@@ -166,7 +184,9 @@ def source_arguments(source: ModelSource) -> tuple[str, ...]:
     name = ("--model", source.name) if source.kind == "zoo" else ("--config", str(source.config))
     # A zoo model's own weights are found by the command itself (they are cached by now).
     weights = ("--weights", str(source.weights)) if source.weights_given else ()
-    return (*name, *weights, *override_flags(source.overrides))
+    pairs = zip(source.overrides[::2], source.overrides[1::2], strict=True)
+    network = [item for key, value in pairs if not _outside_the_network(key) for item in (key, value)]
+    return (*name, *weights, *override_flags(network))
 
 
 @contextmanager
@@ -176,20 +196,60 @@ def exclusive(lock_file: Path, waiting: str = "another process is building this"
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning("%s; waiting for it (%s)", waiting, lock_file)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.warning("%s; waiting for it (%s)", waiting, lock_file)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a network file system without locks
+            raise ExportCacheError(
+                f"cannot lock {lock_file} ({exc.strerror or exc}): this file system does not support "
+                f"locks; point {CACHE_VARIABLE} at a local folder"
+            ) from None
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# The longest a child export or engine build may take (Swin-L, Faster R-CNN: minutes).
+CHILD_TIMEOUT_S = 3 * 3600
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment, with the folder this process imports ``dyhead_serve`` from first on the
+    child's path: the child exports with the code the cache key was computed from, whichever
+    ``dyhead-export`` it runs (an installed script, a source tree)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: ask Linux to stop it when its parent dies (a server killed
+    during its first start must not leave an export running)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child may outlive its parent
+        pass
+
+
+def _run_child(command: Sequence[str], stdout: Any) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(command), stdout=stdout, env=_child_environment(), preexec_fn=_die_with_parent,
+            timeout=CHILD_TIMEOUT_S, text=True, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ExportCacheError(f"`{' '.join(command[-8:])}` ran past {CHILD_TIMEOUT_S} s; stopped") from None
+
+
 def run_exporter(command: Sequence[str]) -> int:
     """Run a ``dyhead-export`` command line with its output on stderr (stdout belongs to the
     caller: detections, an engine folder) and return its exit status."""
-    return subprocess.run(list(command), stdout=_stderr_of_this_process(), check=False).returncode
+    return _run_child(command, _stderr_of_this_process()).returncode
 
 
 def _stderr_of_this_process() -> int | IO[str]:
@@ -204,11 +264,14 @@ def _stderr_of_this_process() -> int | IO[str]:
 
 
 def _entry_files(folder: Path) -> dict[str, str]:
-    return {
-        path.name: sha256_of(path)
-        for path in sorted(folder.iterdir())
-        if path.is_file() and path.name != ENTRY_FILE
-    }
+    """SHA-256 of each file of an entry; a link or a folder inside it is a changed entry."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            files[path.name] = "not a plain file"
+        elif path.name != ENTRY_FILE:
+            files[path.name] = sha256_of(path)
+    return files
 
 
 def entry_problem(folder: Path, key: str) -> str | None:
@@ -273,7 +336,11 @@ class OnnxExportCache:
         return CachedExport(self.path, "reused") if entry_problem(self.path, self.key) is None else None
 
     def export(
-        self, *, retry_failed: bool = False, run: Callable[[Sequence[str]], int] | None = None
+        self,
+        *,
+        retry_failed: bool = False,
+        run: Callable[[Sequence[str]], int] | None = None,
+        before_export: Callable[[], None] | None = None,
     ) -> CachedExport:
         """The entry, exported first with ``dyhead-export onnx`` (verified against PyTorch) when
         the cache has none, or only a corrupt or partial one; one process exports, others wait.
@@ -282,62 +349,79 @@ class OnnxExportCache:
             retry_failed: export again even when an earlier export of this key failed (otherwise
                 that failure is raised at once, without spending minutes on it again).
             run: runs a command line and returns its exit status (default: :func:`run_exporter`).
+            before_export: called under the lock just before an export starts (not when the
+                entry is reused): where the caller builds its fallback, so that processes that
+                wait and reuse never hold a second model.
 
         Raises:
-            ExportCacheError: the export failed (now or, unless ``retry_failed``, before).
-            UserError: ``dyhead-export`` found the model arguments wrong (a mismatched checkpoint,
-                a config error); its ``error:`` line is on stderr.
+            ExportCacheError: the export failed (now or, unless ``retry_failed``, before), the
+                cache cannot be written or locked.
         """
         run = run if run is not None else run_exporter
-        source, root, final, failed = self.source, self.root, self.path, self.failed
         found = self.lookup()
         if found is not None:
             return found
+        try:
+            return self._export_locked(run, retry_failed, before_export)
+        except OSError as exc:  # a full disk, a read-only or vanished volume
+            where = exc.filename or self.root
+            raise ExportCacheError(
+                f"the export cache {where} cannot be written ({exc.strerror or exc}); set "
+                f"{CACHE_VARIABLE} to a writable folder"
+            ) from None
+
+    def _export_locked(
+        self,
+        run: Callable[[Sequence[str]], int],
+        retry_failed: bool,
+        before_export: Callable[[], None] | None,
+    ) -> CachedExport:
+        source, root, final, failed = self.source, self.root, self.path, self.failed
+        root.mkdir(parents=True, exist_ok=True)
         with exclusive(root / ".locks" / f"{self.name}.lock", f"another process is exporting {source.name}"):
             problem = entry_problem(final, self.key)
             if problem is None:  # exported by another process while this one waited
                 return CachedExport(final, "reused")
             if failed.is_file() and not retry_failed:
                 raise ExportCacheError(_failure_text(failed))
+            if before_export is not None:
+                before_export()
             if problem != "missing":
-                logger.warning(
-                    "cached export %s is not to be trusted (%s); exporting it again", final, problem
-                )
-                shutil.rmtree(final, ignore_errors=True)
-            for stale in root.glob(f".{self.name}.partial-*"):  # of a run that died (the lock is ours)
-                shutil.rmtree(stale, ignore_errors=True)
-            staging = root / f".{self.name}.partial-{os.getpid()}"
+                logger.warning("cached export %s is not to be trusted (%s); exporting again", final, problem)
+                shutil.rmtree(final)
+            _remove_abandoned(root, self.name)
+            # Named by host, process and a random part: replicas on one volume may share a PID.
+            unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            staging = root / f".{self.name}.partial-{unique}"
             command = [*exporter_command(), "onnx", *source_arguments(source), *self.export_options]
             command += ["--out", str(staging)]
             logger.warning(
                 "first run of %s here: exporting it to ONNX and verifying it against PyTorch, once "
-                "(about a minute per 100 MB of weights); later runs reuse %s",
+                "(ATSS R-50: half a minute on two cores); later runs reuse %s",
                 source.name,
                 final,
             )
             started = time.monotonic()
             status = run(command)
             seconds = time.monotonic() - started
-            if status == USER_ERROR_STATUS:
-                # Its `error:` line is above: the arguments name no loadable model (a mismatched
-                # checkpoint, a config error). Torch would fail the same way, so this is no export
-                # failure to remember or to fall back from.
+            written = all((staging / name).is_file() for name in ("model.onnx", "model.json"))
+            if status != 0 or not written:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise UserError(f"{source.name} cannot be loaded (`dyhead-export onnx` said why above)")
-            if (
-                status != 0
-                or not (staging / "model.onnx").is_file()
-                or not (staging / "model.json").is_file()
-            ):
-                shutil.rmtree(staging, ignore_errors=True)
-                record = {
-                    "model": source.name,
-                    "exit_status": status,
-                    "command": command,
-                    "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-                failed.write_text(json.dumps(record, indent=2) + "\n")
-                raise ExportCacheError(_failure_text(failed, now=True))
+                if status in REMEMBERED_STATUSES:
+                    # A clean failure (the graph does not export, or differs from PyTorch):
+                    # remembered. A signal (the OOM killer, a stop) or a crash is tried again.
+                    record = {
+                        "model": source.name,
+                        "exit_status": status,
+                        "host": socket.gethostname(),
+                        "command": command,
+                        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    }
+                    failed.write_text(json.dumps(record, indent=2) + "\n")
+                raise ExportCacheError(
+                    f"`dyhead-export onnx` failed for {source.name} (exit status {status}; its output "
+                    "is above)"
+                )
             entry = {
                 "key": self.key,
                 "fields": self.fields,
@@ -346,29 +430,47 @@ class OnnxExportCache:
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             (staging / ENTRY_FILE).write_text(json.dumps(entry, indent=2) + "\n")
-            os.replace(staging, final)
+            try:
+                os.replace(staging, final)
+            except OSError:  # another host, whose lock this file system did not honour, was first
+                shutil.rmtree(staging, ignore_errors=True)
+                if entry_problem(final, self.key) is not None:
+                    raise
+                return CachedExport(final, "reused")
             failed.unlink(missing_ok=True)
         logger.warning("exported %s to ONNX in %.0f s (verified): %s", source.name, seconds, final)
         return CachedExport(final, "exported", seconds)
 
 
-def _failure_text(failed: Path, now: bool = False) -> str:
+def _remove_abandoned(root: Path, name: str) -> None:
+    """Remove the half-written folders of exports of ``name`` that were abandoned: older than
+    :data:`ABANDONED_AFTER_S` (an export in progress on another host that shares the volume, if
+    its lock did not reach this one, is younger)."""
+    for partial in root.glob(f".{name}.partial-*"):
+        try:
+            age = time.time() - partial.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age > ABANDONED_AFTER_S:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _failure_text(failed: Path) -> str:
     try:
         record = json.loads(failed.read_text())
         status, when = record["exit_status"], record["when"]
     except (OSError, ValueError, KeyError, TypeError):
         status, when = "?", "?"
-    if now:
-        what = f"exit status {status}; its output is above"
-    else:
-        what = f"exit status {status} on {when}, not tried again; delete {failed} to try again"
-    return f"`dyhead-export onnx` failed for this model ({what})"
+    return (
+        f"`dyhead-export onnx` failed for this model (exit status {status} on {when}), not tried "
+        f"again; delete {failed} to try again"
+    )
 
 
 def capture_exporter(command: Sequence[str]) -> tuple[int, str]:
     """Run a ``dyhead-export`` command line, its progress on stderr; returns the exit status and
     what it printed on stdout."""
-    result = subprocess.run(list(command), stdout=subprocess.PIPE, text=True, check=False)
+    result = _run_child(command, subprocess.PIPE)
     return result.returncode, result.stdout
 
 
@@ -382,8 +484,9 @@ def cached_engine(
     engine cache: ``dyhead-export engine`` finds it there, or builds and verifies it once.
 
     Args:
-        max_batch: the most images per batch the engine must take (None: the command's default,
-            the server's batch size).
+        max_batch: the most images per batch the engine must take (None: one); more than the
+            largest shape preset (8) is run in chunks of 8. ``$DYHEAD_ENGINE_PRECISION`` picks the
+            precision, as in the GPU image (default: the command's, fp16).
         run: runs a command line, returns its exit status and standard output (default:
             :func:`capture_exporter`).
 
@@ -391,8 +494,12 @@ def cached_engine(
         ExportCacheError: the command failed (its output went to stderr).
     """
     run = run if run is not None else capture_exporter
-    batch = ("--max-batch", str(max_batch)) if max_batch is not None else ()
-    command = [*exporter_command(), "engine", *source_arguments(source), *batch]
+    # The engine's profile takes the caller's batches (one image for predict and eval); the largest
+    # shape preset takes 8, and the backend runs larger batches in chunks of what it takes.
+    batch = min(max_batch or 1, LARGEST_PRESET_BATCH)
+    precision = os.environ.get(ENGINE_PRECISION_VARIABLE)  # as the GPU image's entrypoint reads it
+    command = [*exporter_command(), "engine", *source_arguments(source), "--max-batch", str(batch)]
+    command += ["--precision", precision] if precision else []
     status, out = run(command)
     lines = out.strip().splitlines()
     folder = Path(lines[-1]) if lines else None

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from dyhead_serve.errors import UserError
 from dyhead_serve.model_source import ModelSource, resolve_model
 from dyhead_serve.runtime.artifact import ModelArtifact
 from dyhead_serve.runtime.base import Backend, BackendError
@@ -70,7 +69,7 @@ def fastest_runtime(device: str) -> tuple[str, str]:
     return "tensorrt", ""
 
 
-def _auto_exported(model_dir: Path, device: str) -> tuple[Path, str]:
+def _auto_exported(model_dir: Path, device: str, max_batch: int | None) -> tuple[Path, str]:
     """Where and in what ``auto`` runs an exported folder: its own engine on a host with TensorRT
     and a GPU, else this GPU's engine of its model.onnx from the engine cache (built once), else
     ONNX Runtime."""
@@ -81,7 +80,8 @@ def _auto_exported(model_dir: Path, device: str) -> tuple[Path, str]:
     if not (model_dir / "model.onnx").is_file():
         return model_dir, "onnxruntime"  # the error names what is missing
     try:
-        return cached_engine(ModelSource("exported", model_dir.name, folder=model_dir)), "tensorrt"
+        source = ModelSource("exported", model_dir.name, folder=model_dir)
+        return cached_engine(source, max_batch), "tensorrt"
     except ExportCacheError as exc:
         logger.warning("auto: running %s in ONNX Runtime, not TensorRT: %s", model_dir, exc)
         return model_dir, "onnxruntime"
@@ -90,7 +90,7 @@ def _auto_exported(model_dir: Path, device: str) -> tuple[Path, str]:
 def _load_exported(model_dir: Path, options: ModelOptions, backend: str | None = None) -> Backend:
     backend = backend or options.backend
     if backend == "auto":
-        model_dir, backend = _auto_exported(model_dir, options.device)
+        model_dir, backend = _auto_exported(model_dir, options.device, options.max_batch)
     if backend == "tensorrt":
         if not (model_dir / "model.plan").is_file():
             raise BackendError(
@@ -177,35 +177,32 @@ def load_torch_backend_from(source: ModelSource, device: str = "auto") -> TorchB
 
 
 def _onnx_cache(source: ModelSource) -> OnnxExportCache:
-    from dyhead_serve.checkpoint.cache import cache_folder
+    """The export cache entry of ``source`` (the folder is created only when it is exported into:
+    a read-only volume with the entry already in it serves)."""
+    from dyhead_serve.checkpoint.cache import cache_dir
 
-    try:
-        root = cache_folder("onnx")
-    except UserError as exc:
-        raise ExportCacheError(str(exc)) from None
-    return OnnxExportCache(source, root)
+    return OnnxExportCache(source, cache_dir() / "onnx")
 
 
 def _auto_onnxruntime(source: ModelSource, options: ModelOptions) -> Backend:
     """``auto`` on a CPU: the cached ONNX export of a zoo model or config, made on first use.
 
-    Before a first export the PyTorch model is built here, so that a model that does not load
-    (a mismatched checkpoint, a bad config) fails with its own error, and so that it serves when
-    the export fails."""
+    The process that exports builds the PyTorch model first (under the export's lock, so that
+    processes that wait and reuse the export never build it): a model that does not load (a
+    mismatched checkpoint, a bad config) fails with its own error, and the model serves when the
+    export fails."""
+    cache = _onnx_cache(source)
+    torch_backend: list[TorchBackend] = []
+
+    def build_torch() -> None:
+        torch_backend.append(load_torch_backend_from(source, options.device))
+
     try:
-        cache = _onnx_cache(source)
+        found = cache.export(before_export=build_torch)
     except ExportCacheError as exc:
-        logger.warning("auto: %s runs in torch, not onnxruntime: %s", source.name, exc)
-        return load_torch_backend_from(source, options.device)
-    found = cache.lookup()
-    if found is None:
-        torch_backend = load_torch_backend_from(source, options.device)
-        try:
-            found = cache.export()
-        except ExportCacheError as exc:
-            logger.warning("auto: %s runs in torch, not onnxruntime: %s", source.name, str(exc).strip())
-            return torch_backend
-        del torch_backend
+        logger.warning("auto: %s runs in torch, not onnxruntime: %s", source.name, str(exc).strip())
+        return torch_backend[0] if torch_backend else load_torch_backend_from(source, options.device)
+    torch_backend.clear()
     return _load_exported(found.path, options, "onnxruntime")
 
 
@@ -248,7 +245,8 @@ def load_backend(options: ModelOptions | None = None) -> Backend:
     if fastest == "tensorrt":
         try:
             return _load_exported(cached_engine(source, options.max_batch), options, fastest)
-        except ExportCacheError as exc:
-            why = f"not tensorrt: {str(exc).strip()}"
-    logger.warning("auto: %s runs in torch, %s", source.name, why)
+        except (ExportCacheError, BackendError, OSError) as exc:  # no engine, or one that does not load
+            logger.warning("auto: %s runs in torch, not tensorrt: %s", source.name, str(exc).strip())
+            return load_torch_backend_from(source, device)
+    logger.info("auto: %s runs in torch: %s", source.name, why)
     return load_torch_backend_from(source, device)

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from dyhead_serve.errors import UserError
 from dyhead_serve.model_source import resolve_model
 from dyhead_serve.runtime import export_cache, loader
 from dyhead_serve.runtime.export_cache import (
@@ -43,12 +43,14 @@ ATSS = "dyhead_r50_atss_fpn_1x"
 
 class StandInExport:
     """Records each command line and writes model.onnx + model.json into its ``--out`` as
-    ``dyhead-export onnx`` does (placeholder bytes: no export happens); a non-zero ``status``
-    writes nothing, like a failed export. ``log`` (a file) gets one line per call, across
-    processes."""
+    ``dyhead-export onnx`` does (placeholder bytes, or ``copy_from``'s files: no export happens);
+    a non-zero ``status`` writes nothing, like a failed export. ``log`` (a file) gets one line per
+    call, across processes."""
 
-    def __init__(self, status: int = 0, seconds: float = 0.0, log: Path | None = None) -> None:
-        self.status, self.seconds, self.log = status, seconds, log
+    def __init__(
+        self, status: int = 0, seconds: float = 0.0, log: Path | None = None, copy_from: Path | None = None
+    ) -> None:
+        self.status, self.seconds, self.log, self.copy_from = status, seconds, log, copy_from
         self.commands: list[list[str]] = []
 
     def __call__(self, command: Sequence[str]) -> int:
@@ -60,14 +62,24 @@ class StandInExport:
         if self.status == 0:
             out = Path(command[command.index("--out") + 1])
             out.mkdir(parents=True)
-            (out / "model.onnx").write_bytes(b"onnx graph")
-            (out / "model.json").write_text("{}")
+            if self.copy_from is not None:  # a real folder's files (with its external weights)
+                for name in ("model.onnx", "model.json", "model.safetensors"):
+                    shutil.copy(self.copy_from / name, out / name)
+            else:
+                (out / "model.onnx").write_bytes(b"onnx graph")
+                (out / "model.json").write_text("{}")
         return self.status
 
 
 @pytest.fixture
 def weights(placeholder_weights: Path) -> Path:
     return placeholder_weights
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own cache: a failed export's marker must not reach the next test."""
+    monkeypatch.setenv("DYHEAD_SERVE_CACHE", str(tmp_path / "own-cache"))
 
 
 def _source(weights: Path, overrides: Sequence[str] = ()):
@@ -125,10 +137,11 @@ def test_exports_once_then_reuses(weights, tmp_path):
     (command,) = export.commands
     exporter = exporter_command()
     assert command[: len(exporter) + 1] == [*exporter, "onnx"]
-    assert command[len(exporter) + 1 :] == [
-        "--model", ATSS, "--weights", str(weights), "--precision", "fp32", "--out",
-        str(tmp_path / f".{first.path.name}.partial-{os.getpid()}"),
+    assert command[len(exporter) + 1 : -1] == [
+        "--model", ATSS, "--weights", str(weights), "--precision", "fp32", "--out"
     ]  # fmt: skip
+    staging = Path(command[-1])
+    assert staging.parent == tmp_path and staging.name.startswith(f".{first.path.name}.partial-")
     record = json.loads((first.path / ENTRY_FILE).read_text())
     assert set(record["files"]) == {"model.onnx", "model.json"}
     again = OnnxExportCache(_source(weights), tmp_path).export(run=export)
@@ -167,11 +180,35 @@ def test_half_written_folders_of_a_run_that_died_are_removed(weights, tmp_path):
     export, root = StandInExport(), tmp_path / "cache"
     entry = OnnxExportCache(_source(weights), root).export(run=export).path
     shutil.rmtree(entry)
-    died = root / f".{entry.name}.partial-999999"
+    died = root / f".{entry.name}.partial-otherhost-1-0123abcd"
     died.mkdir()
     (died / "model.onnx").write_bytes(b"half")
+    old = time.time() - export_cache.ABANDONED_AFTER_S - 60
+    os.utime(died, (old, old))
+    # One that is young may be an export in progress on another host that shares the volume.
+    running = root / f".{entry.name}.partial-otherhost-1-4567cdef"
+    running.mkdir()
     OnnxExportCache(_source(weights), root).export(run=export)
-    assert not died.exists() and sorted(p.name for p in root.iterdir()) == [".locks", entry.name]
+    assert not died.exists() and running.is_dir()
+    assert sorted(p.name for p in root.iterdir()) == [running.name, ".locks", entry.name]
+    # Staging folders are named by host, process and a random part (replicas may share a PID).
+    out = Path(export.commands[-1][export.commands[-1].index("--out") + 1])
+    assert out.name.startswith(f".{entry.name}.partial-{socket.gethostname()}-{os.getpid()}-")
+
+
+def test_a_link_or_a_folder_inside_an_entry_is_not_trusted(weights, tmp_path):
+    entry = OnnxExportCache(_source(weights), tmp_path).export(run=StandInExport()).path
+    key = json.loads((entry / ENTRY_FILE).read_text())["key"]
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes((entry / "model.onnx").read_bytes())
+    (entry / "model.onnx").unlink()
+    (entry / "model.onnx").symlink_to(outside)  # the same bytes, through a link
+    assert "model.onnx changed" in str(entry_problem(entry, key))
+    (entry / "model.onnx").unlink()
+    (entry / "model.onnx").write_bytes(outside.read_bytes())
+    assert entry_problem(entry, key) is None
+    (entry / "sub").mkdir()
+    assert "sub changed" in str(entry_problem(entry, key))
 
 
 def test_a_failed_export_is_remembered_not_retried(weights, tmp_path):
@@ -190,11 +227,33 @@ def test_a_failed_export_is_remembered_not_retried(weights, tmp_path):
     assert len(working.commands) == 1 and not marker.exists()
 
 
-def test_a_user_error_of_the_exporter_is_no_export_failure(weights, tmp_path):
-    with pytest.raises(UserError, match="cannot be loaded") as info:
-        OnnxExportCache(_source(weights), tmp_path).export(run=StandInExport(status=2))
-    assert not isinstance(info.value, ExportCacheError)
+@pytest.mark.parametrize("status", [-9, -15, 137, 139])
+def test_a_killed_or_crashed_export_is_not_remembered(weights, tmp_path, status):
+    """The OOM killer, a stop or a crash may not happen again: no marker, the next run exports."""
+    with pytest.raises(ExportCacheError, match=f"exit status {status}"):
+        OnnxExportCache(_source(weights), tmp_path).export(run=StandInExport(status=status))
     assert not list(tmp_path.glob("*.failed"))
+    working = StandInExport()
+    assert OnnxExportCache(_source(weights), tmp_path).export(run=working).how == "exported"
+
+
+def test_a_file_system_without_locks_is_an_export_cache_error(weights, tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ExportCacheError, match="does not support locks; point DYHEAD_SERVE_CACHE"):
+        OnnxExportCache(_source(weights), tmp_path).export(run=StandInExport())
+
+
+def test_a_cache_that_cannot_be_written_is_an_export_cache_error(weights, tmp_path):
+    root = tmp_path / "afile"
+    root.write_text("")  # the cache folder's place is taken by a file
+    with pytest.raises(ExportCacheError, match="cannot be written"):
+        OnnxExportCache(_source(weights), root / "onnx").export(run=StandInExport())
 
 
 def _first_run(root: str, weights: str, log: str, results: multiprocessing.Queue) -> None:
@@ -222,7 +281,8 @@ def test_two_first_runs_at_once_export_once(weights, tmp_path):
     assert log.read_text() == "export\n"
 
 
-def test_the_engine_cache_command_and_its_failures(weights):
+def test_the_engine_cache_command_and_its_failures(weights, monkeypatch):
+    monkeypatch.delenv("DYHEAD_ENGINE_PRECISION", raising=False)
     calls: list[list[str]] = []
 
     def stand_in(command: Sequence[str]) -> tuple[int, str]:
@@ -236,6 +296,13 @@ def test_the_engine_cache_command_and_its_failures(weights):
     assert calls == [[*exporter, "engine", "--model", ATSS, "--weights", str(weights), "--max-batch", "4"]]
     with pytest.raises(ExportCacheError, match="exit status 3"):
         cached_engine(_source(weights), run=lambda command: (3, ""))
+    # predict and eval (no batch size): one image; beyond the largest preset, 8 (run in chunks);
+    # the GPU image's precision variable counts here too.
+    monkeypatch.setenv("DYHEAD_ENGINE_PRECISION", "fp32")
+    for max_batch, expected in ((None, "1"), (16, "8")):
+        with pytest.raises(ExportCacheError):
+            cached_engine(_source(weights), max_batch, run=stand_in)
+        assert calls[-1][-4:] == ["--max-batch", expected, "--precision", "fp32"]
 
 
 def test_the_exporter_runs_where_stderr_is_no_file(monkeypatch):
@@ -273,6 +340,50 @@ def test_auto_falls_back_to_torch_with_one_line_naming_why(weights, tiny_weights
     assert backend.name == "torch"
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auto:")]
     assert "runs in torch, not onnxruntime" in line and "exit status 1" in line
+
+
+@pytest.mark.parametrize("status", [1, 2])
+def test_auto_falls_back_whatever_the_export_failure(tiny_weights, monkeypatch, caplog, status):
+    """Exit status 2 is `error: ...` in the child: a graph that fails its checks, a full disk. The
+    model itself loaded here first, so it serves in torch."""
+    monkeypatch.setattr(export_cache, "run_exporter", StandInExport(status=status))
+    options = ModelOptions(config=ATSS, weights=tiny_weights, overrides=tuple(TINY_OVERRIDES), device="cpu")
+    with caplog.at_level(logging.WARNING, logger="dyhead_serve.runtime"):
+        assert load_backend(options).name == "torch"
+    assert f"exit status {status}" in caplog.text
+
+
+def test_auto_falls_back_where_the_cache_cannot_be_locked(tiny_weights, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    options = ModelOptions(config=ATSS, weights=tiny_weights, overrides=tuple(TINY_OVERRIDES), device="cpu")
+    with caplog.at_level(logging.WARNING, logger="dyhead_serve.runtime"):
+        assert load_backend(options).name == "torch"
+    assert "does not support locks" in caplog.text
+
+
+def test_a_read_only_cache_with_the_entry_serves(tiny_weights, tmp_path, monkeypatch):
+    """A volume mounted read-only with the export already in it: found and served without
+    writing anything (the cache folder's write probe came first and sent it to torch)."""
+    monkeypatch.setenv("DYHEAD_SERVE_CACHE", str(tmp_path))
+    source = resolve_model(config=ATSS, weights=str(tiny_weights), overrides=TINY_OVERRIDES)
+    shipped = resolve_model().weights.parent  # a real graph to put in the entry: the embedded model's
+    entry = OnnxExportCache(source, tmp_path / "onnx").export(run=StandInExport(copy_from=shipped)).path
+    from dyhead_serve.checkpoint import cache as cache_module
+
+    def no_writing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cache that holds the entry must not be written")
+
+    monkeypatch.setattr(cache_module, "cache_folder", no_writing)
+    monkeypatch.setattr(OnnxExportCache, "_export_locked", no_writing)
+    options = ModelOptions(config=ATSS, weights=tiny_weights, overrides=tuple(TINY_OVERRIDES), device="cpu")
+    backend = load_backend(options)
+    assert isinstance(backend, OnnxRuntimeBackend) and backend.model_dir == entry
 
 
 def test_backend_torch_forces_torch(tiny_weights, monkeypatch):
