@@ -132,3 +132,41 @@ def test_refuses_cuda_and_a_folder_without_model_onnx(tmp_path):
         OpenVinoBackend(EMBEDDED_MODEL_DIR, device="cuda")
     with pytest.raises(BackendError, match=r"no model\.onnx"):
         OpenVinoBackend(tmp_path)
+
+
+def test_backend_openvino_runs_an_exported_folder_and_the_embedded_model(tiny_export):
+    backend = load_backend(ModelOptions(tiny_export, backend="openvino", device="cpu", threads=1))
+    assert isinstance(backend, OpenVinoBackend) and backend.model_dir == tiny_export
+    embedded = load_backend(ModelOptions(backend="openvino", device="auto"))
+    assert isinstance(embedded, OpenVinoBackend) and embedded.model_dir == EMBEDDED_MODEL_DIR
+    with pytest.raises(BackendError, match="runs on the CPU"):
+        load_backend(ModelOptions(tiny_export, backend="openvino", device="cuda"))
+
+
+def test_backend_openvino_runs_a_config_from_the_onnx_export_cache(tiny_weights, tmp_path, monkeypatch):
+    """A config with weights: exported once into the cache (a child `dyhead-export onnx`, verified
+    against PyTorch), then OpenVINO and ONNX Runtime both run that one cached model.onnx."""
+    from dyhead_serve.runtime import export_cache
+
+    monkeypatch.setenv("DYHEAD_SERVE_CACHE", str(tmp_path))
+    options = ModelOptions(
+        config="dyhead_r50_atss_fpn_1x",
+        weights=tiny_weights,
+        overrides=tuple(TINY_OVERRIDES),
+        backend="openvino",
+        device="cpu",
+    )
+    first = load_backend(options)
+    assert isinstance(first, OpenVinoBackend)
+    assert first.model_dir.parent == tmp_path / "onnx"
+
+    def no_export(command: object) -> int:
+        raise AssertionError("the second load must reuse the cached export")
+
+    monkeypatch.setattr(export_cache, "run_exporter", no_export)
+    second = load_backend(options)
+    onnxruntime = load_backend(ModelOptions(**{**options.__dict__, "backend": "onnxruntime"}))
+    assert second.model_dir == first.model_dir == onnxruntime.model_dir  # type: ignore[attr-defined]
+    reference = load_backend(ModelOptions(**{**options.__dict__, "backend": "torch"}))
+    report = compare_backends(reference, second, synthetic_photo(256, 256, seed=3))
+    assert report.ok, report.format()
