@@ -40,6 +40,7 @@ Backends: ``torch`` (eager PyTorch, torchvision's deformable conv), ``onnxruntim
 ``dyhead-export onnx`` writes, in :class:`OnnxRuntimeBackend` as shipped), ``openvino`` (the
 same graph in :class:`OpenVinoBackend` as shipped: OpenVINO's ONNX reader with our
 ``DeformConv`` conversion, dynamic shapes; ``pip install 'dyhead-serve[openvino]'``),
+``openvino-static`` (the same with ``compiled_shapes=1``: a model compiled for the input's shape),
 ``openvino-convert`` (not a dyhead-serve runtime, for comparison: the torch model converted in
 this process by ``openvino.convert_model``, shapes fixed to the input's; about 50 s per
 conversion of ATSS R-50). ``--ort-variants`` adds ONNX Runtime with one session setting changed
@@ -83,7 +84,7 @@ from dyhead_serve.runtime.openvino_backend import OpenVinoBackend
 from dyhead_serve.runtime.options import ModelOptions
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-convert")
+BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-static", "openvino-convert")
 DEFAULT_SIZES = {"dyhead_r50_atss_fpn_1x": "800x1344"}
 
 
@@ -265,9 +266,13 @@ def onnxruntime_variant_run(model_dir: Path, images: Tensor, sizes: Tensor, vari
     return run
 
 
-def openvino_run(model_dir: Path, images: Tensor, sizes: Tensor) -> Run:
-    """:class:`OpenVinoBackend` as shipped, on an export of the model."""
-    backend = OpenVinoBackend(model_dir)
+def openvino_run(model_dir: Path, images: Tensor, sizes: Tensor, compiled_shapes: int = 0) -> Run:
+    """:class:`OpenVinoBackend` on an export of the model: as shipped (dynamic shapes), or with
+    ``compiled_shapes`` (a model compiled for the input's shape; ``load s`` then includes the
+    first call, which compiles it)."""
+    backend = OpenVinoBackend(model_dir, compiled_shapes=compiled_shapes)
+    if compiled_shapes:
+        backend.infer(images, sizes)
 
     def run() -> dict[str, np.ndarray]:
         return as_numpy(backend.infer(images, sizes))
@@ -505,9 +510,12 @@ def measure_model(name: str, size: str | None, backends: list[str], args: argpar
                 )
             if args.profile:
                 result.profiles.append(("onnxruntime", onnxruntime_profile(model_dir, images, sizes)))
-        if "openvino" in backends:
+        openvino_shapes = {"openvino": 0, "openvino-static": 1}  # backend -> compiled_shapes
+        if set(openvino_shapes) & set(backends):
             onnx_dir = model_dir or stack.enter_context(onnx_export_of(reference))
-            builders["openvino"] = lambda: openvino_run(onnx_dir, images, sizes)
+            for backend_name, shapes in openvino_shapes.items():
+                if backend_name in backends:
+                    builders[backend_name] = functools.partial(openvino_run, onnx_dir, images, sizes, shapes)
         if "openvino-convert" in backends:
             builders["openvino-convert"] = functools.partial(
                 openvino_convert_run, reference, images, sizes, args.profile

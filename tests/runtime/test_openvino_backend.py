@@ -118,6 +118,19 @@ def test_tiny_model_matches_pytorch_at_two_sizes_and_batch_two(tiny_backend, tin
     _assert_raw_outputs_close(tiny_backend, backend, images, sizes)
 
 
+def test_models_compiled_per_shape_match_pytorch_and_the_least_recent_is_dropped(tiny_backend, tiny_export):
+    backend = OpenVinoBackend(tiny_export, compiled_shapes=2)
+    torch.manual_seed(2)
+    shapes = [(1, 3, 256, 256), (2, 3, 256, 384), (1, 3, 256, 256), (1, 3, 384, 256)]
+    for shape in shapes:
+        sizes = torch.tensor([list(shape[2:])] * shape[0])
+        _assert_raw_outputs_close(tiny_backend, backend, torch.randn(*shape), sizes)
+    # Of the three shapes, 256x384 at batch 2 was used least recently: dropped.
+    assert [key[0] for key in backend._by_shape] == [(1, 3, 256, 256), (1, 3, 384, 256)]
+    with pytest.raises(BackendError, match="compiled_shapes"):
+        OpenVinoBackend(tiny_export, compiled_shapes=-1)
+
+
 def test_embedded_default_model_matches_pytorch():
     reference = load_backend(ModelOptions("default", backend="torch", device="cpu"))
     backend = OpenVinoBackend(EMBEDDED_MODEL_DIR, threads=1)
