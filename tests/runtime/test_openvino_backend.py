@@ -134,6 +134,7 @@ def test_models_compiled_per_shape_match_pytorch_and_the_least_recent_is_dropped
 def test_embedded_default_model_matches_pytorch():
     reference = load_backend(ModelOptions("default", backend="torch", device="cpu"))
     backend = OpenVinoBackend(EMBEDDED_MODEL_DIR, threads=1)
+    assert backend._dynamic.get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1
     report = compare_backends(reference, backend, synthetic_photo(300, 400, seed=1))
     assert report.ok, report.format()
     torch.manual_seed(1)
