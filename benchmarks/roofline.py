@@ -37,19 +37,13 @@ each table prints the mean |offset|.
     python benchmarks/roofline.py --flops-only                     # FLOP count and SGEMM peak only
 
 Backends: ``torch`` (eager PyTorch, torchvision's deformable conv), ``onnxruntime`` (the graph
-``dyhead-export onnx`` writes, in :class:`OnnxRuntimeBackend` as shipped), ``openvino`` (the
-same graph in :class:`OpenVinoBackend` as shipped: OpenVINO's ONNX reader with our
-``DeformConv`` conversion, dynamic shapes; ``pip install 'dyhead-serve[openvino]'``),
-``openvino-static`` (the same with ``compiled_shapes=1``: a model compiled for the input's shape),
-``openvino-convert`` (not a dyhead-serve runtime, for comparison: the torch model converted in
-this process by ``openvino.convert_model``, shapes fixed to the input's; about 50 s per
-conversion of ATSS R-50). ``--ort-variants`` adds ONNX Runtime with one session setting changed
-at a time (:data:`ORT_VARIANTS`). ``load s`` is the time to make the backend ready from the
-exported folder (ONNX Runtime: the session; OpenVINO: read + compile; ``openvino-convert``: the
-conversion + compile; torch: 0, the model is built once for all). ``max|diff|`` is the largest
-absolute difference of the raw outputs from torch's on the same input. ATSS R-50 at 800x1344
-takes about 8 s per image in torch eager on 2 cores: choose ``--backends`` and ``--iters``
-accordingly.
+``dyhead-export onnx`` writes, in :class:`OnnxRuntimeBackend` as shipped), ``openvino`` (not a
+dyhead-serve runtime: measured for comparison, ``pip install openvino``; the torch model
+converted in this process by ``openvino.convert_model``, as OpenVINO's ONNX reader has no
+``DeformConv``). ``--ort-variants`` adds ONNX Runtime with one session setting changed at a
+time (:data:`ORT_VARIANTS`). ``max|diff|`` is the largest absolute difference of the raw outputs
+from torch's on the same input. ATSS R-50 at 800x1344 takes about 8 s per image in torch eager
+on 2 cores: choose ``--backends`` and ``--iters`` accordingly.
 """
 
 from __future__ import annotations
@@ -80,11 +74,10 @@ from dyhead_serve.export.onnx_export import export_onnx
 from dyhead_serve.ops.deform_conv import ModulatedDeformConv2d
 from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from dyhead_serve.runtime.openvino_backend import OpenVinoBackend
 from dyhead_serve.runtime.options import ModelOptions
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-static", "openvino-convert")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 DEFAULT_SIZES = {"dyhead_r50_atss_fpn_1x": "800x1344"}
 
 
@@ -266,23 +259,9 @@ def onnxruntime_variant_run(model_dir: Path, images: Tensor, sizes: Tensor, vari
     return run
 
 
-def openvino_run(model_dir: Path, images: Tensor, sizes: Tensor, compiled_shapes: int = 0) -> Run:
-    """:class:`OpenVinoBackend` on an export of the model: as shipped (dynamic shapes), or with
-    ``compiled_shapes`` (a model compiled for the input's shape; ``load s`` then includes the
-    first call, which compiles it)."""
-    backend = OpenVinoBackend(model_dir, compiled_shapes=compiled_shapes)
-    if compiled_shapes:
-        backend.infer(images, sizes)
-
-    def run() -> dict[str, np.ndarray]:
-        return as_numpy(backend.infer(images, sizes))
-
-    return run
-
-
-def openvino_convert_run(reference: TorchBackend, images: Tensor, sizes: Tensor, profile: bool) -> Run:
-    """OpenVINO's CPU plugin on the torch model converted by ``openvino.convert_model``, shapes
-    fixed to the input's, float32 inference."""
+def openvino_run(reference: TorchBackend, images: Tensor, sizes: Tensor, profile: bool) -> Run:
+    """OpenVINO's CPU plugin on the torch model converted by ``openvino.convert_model`` (its
+    ONNX reader has no ``DeformConv``), shapes fixed to the input's, float32 inference."""
     import openvino as ov
 
     with torch.no_grad(), warnings.catch_warnings():
@@ -397,7 +376,7 @@ def main() -> None:
         "--backends",
         default="torch,onnxruntime",
         help=f"comma-separated, from {', '.join(BACKENDS)} (default torch,onnxruntime; "
-        "openvino and openvino-convert need `pip install 'dyhead-serve[openvino]'`)",
+        "openvino needs `pip install openvino`)",
     )
     parser.add_argument("--iters", type=int, default=3, help="timed runs per backend (default 3)")
     parser.add_argument(
@@ -409,9 +388,7 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="print ONNX Runtime's (and openvino-convert's) time per op type",
+        "--profile", action="store_true", help="print ONNX Runtime's (and OpenVINO's) time per op type"
     )
     parser.add_argument(
         "--offset-gain",
@@ -445,11 +422,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(
         describe(threads)
-        + (
-            f" | openvino {importlib.metadata.version('openvino')}"
-            if any(b.startswith("openvino") for b in backends)
-            else ""
-        )
+        + (f" | openvino {importlib.metadata.version('openvino')}" if "openvino" in backends else "")
     )
     # Measured before and after the models, the best of both counting: a neighbour's load during
     # one measurement would otherwise lower the peak and flatter every fraction.
@@ -473,8 +446,7 @@ class ModelResult:
     height: int
     width: int
     flops: FlopCount
-    # backend, load seconds, times, max|diff|
-    rows: list[tuple[str, float, list[float], float]] = field(default_factory=list)
+    rows: list[tuple[str, list[float], float]] = field(default_factory=list)  # backend, times, max|diff|
     profiles: list[tuple[str, dict[str, float]]] = field(default_factory=list)
 
 
@@ -500,7 +472,6 @@ def measure_model(name: str, size: str | None, backends: list[str], args: argpar
     with contextlib.ExitStack() as stack:
         if "torch" in backends:
             builders["torch"] = lambda: torch_run(reference, images, sizes)
-        model_dir: Path | None = None
         if "onnxruntime" in backends:
             model_dir = stack.enter_context(onnx_export_of(reference))
             builders["onnxruntime"] = lambda: onnxruntime_run(model_dir, images, sizes)
@@ -510,25 +481,16 @@ def measure_model(name: str, size: str | None, backends: list[str], args: argpar
                 )
             if args.profile:
                 result.profiles.append(("onnxruntime", onnxruntime_profile(model_dir, images, sizes)))
-        openvino_shapes = {"openvino": 0, "openvino-static": 1}  # backend -> compiled_shapes
-        if set(openvino_shapes) & set(backends):
-            onnx_dir = model_dir or stack.enter_context(onnx_export_of(reference))
-            for backend_name, shapes in openvino_shapes.items():
-                if backend_name in backends:
-                    builders[backend_name] = functools.partial(openvino_run, onnx_dir, images, sizes, shapes)
-        if "openvino-convert" in backends:
-            builders["openvino-convert"] = functools.partial(
-                openvino_convert_run, reference, images, sizes, args.profile
-            )
+        if "openvino" in backends:
+            builders["openvino"] = lambda: openvino_run(reference, images, sizes, args.profile)
         for backend_name, build in builders.items():
-            t0 = time.perf_counter()
             run = build()
-            load_s = 0.0 if backend_name == "torch" else time.perf_counter() - t0
             difference = max_difference(run(), expected)
-            times = time_runs(run, args.iters, args.warmup, args.min_seconds)
-            result.rows.append((backend_name, load_s, times, difference))
-            if args.profile and backend_name == "openvino-convert":
-                result.profiles.append((backend_name, openvino_profile(run)))
+            result.rows.append(
+                (backend_name, time_runs(run, args.iters, args.warmup, args.min_seconds), difference)
+            )
+            if args.profile and backend_name == "openvino":
+                result.profiles.append(("openvino", openvino_profile(run)))
             del run
     return result
 
@@ -545,15 +507,13 @@ def print_result(result: ModelResult, peak: float, flops_only: bool) -> None:
     )
     if flops_only:
         return
-    columns = (
-        "model", "input", "backend", "GFLOP", "roofline ms", "load s", "median ms", "p90 ms", "of roofline"
-    )  # fmt: skip
-    print("{:24s} {:>9s} {:18s} {:>6s} {:>11s} {:>7s} {:>9s} {:>8s} {:>11s} max|diff|".format(*columns))
+    columns = ("model", "input", "backend", "GFLOP", "roofline ms", "median ms", "p90 ms", "of roofline")
+    print("{:24s} {:>9s} {:18s} {:>6s} {:>11s} {:>9s} {:>8s} {:>11s} max|diff|".format(*columns))
     label = f"{result.name:24s} {result.height:4d}x{result.width:<4d}"
-    for backend_name, load_s, times, difference in result.rows:
+    for backend_name, times, difference in result.rows:
         median, p90 = statistics.median(times), float(np.percentile(times, 90))
         print(
-            f"{label} {backend_name:18s} {flops.total / 1e9:6.1f} {1000 * roofline_s:11.1f} {load_s:7.2f} "
+            f"{label} {backend_name:18s} {flops.total / 1e9:6.1f} {1000 * roofline_s:11.1f} "
             f"{1000 * median:9.1f} {1000 * p90:8.1f} {100 * roofline_s / median:10.1f}% {difference:9.1e}"
         )
     for backend_name, per_type in result.profiles:

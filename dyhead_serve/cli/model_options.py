@@ -141,8 +141,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, defaults: bool = T
         "--threads",
         type=int,
         default=_DEFAULTS.threads if defaults else None,
-        help=f"ONNX Runtime intra-op / OpenVINO inference threads (0: the runtime's default; "
-        f"default {_DEFAULTS.threads})",
+        help=f"ONNX Runtime intra-op threads (0: its default; default {_DEFAULTS.threads})",
     )
 
 

@@ -28,7 +28,7 @@ class Backend(Protocol):
     ``centerness`` [N, R] for dense detectors), so one :attr:`decoder` serves them all.
     """
 
-    name: str  # "torch" | "onnxruntime" | "openvino" | "tensorrt"
+    name: str  # "torch" | "onnxruntime" | "tensorrt"
     model_name: str
     input_spec: InputSpec
     class_names: list[str]

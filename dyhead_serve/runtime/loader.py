@@ -103,11 +103,7 @@ def _load_exported(model_dir: Path, options: ModelOptions, backend: str | None =
     if backend == "torch":
         return _exported_torch_backend(model_dir, options.device)
     if not (model_dir / "model.onnx").is_file():
-        raise BackendError(f"{model_dir}: no model.onnx to run with {backend}")
-    if backend == "openvino":
-        from dyhead_serve.runtime.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend(model_dir, device=options.device, threads=options.threads)
+        raise BackendError(f"{model_dir}: no model.onnx to run with onnxruntime")
     from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(model_dir, device=options.device, intra_op_threads=options.threads)
@@ -216,9 +212,9 @@ def load_backend(options: ModelOptions | None = None) -> Backend:
     ``options.backend`` ``auto`` runs the model in the fastest verified runtime of this host (see
     :func:`fastest_runtime`): a zoo model or a config with weights is exported once into the cache
     and verified (:mod:`dyhead_serve.runtime.export_cache`), then reused; where that fails, it
-    runs in torch, with one log line saying why. ``onnxruntime``, ``openvino`` (the same cached
-    model.onnx) and ``tensorrt`` go through the same caches and fail rather than fall back;
-    ``torch`` builds the PyTorch detector. See :class:`ModelOptions` for the rest.
+    runs in torch, with one log line saying why. ``onnxruntime`` and ``tensorrt`` go through the
+    same caches and fail rather than fall back; ``torch`` builds the PyTorch detector. See
+    :class:`ModelOptions` for the rest.
 
     Raises:
         BackendError, ExportCacheError, ModelSourceError, ZooError, ConfigError, CheckpointError.
@@ -239,7 +235,7 @@ def load_backend(options: ModelOptions | None = None) -> Backend:
         # The embedded model ships exported (model.onnx + model.json beside its weights).
         assert source.weights is not None
         return _load_exported(source.weights.parent, options)
-    if backend in ("onnxruntime", "openvino"):  # asked for: an export that failed before is tried again
+    if backend == "onnxruntime":  # asked for: an export that failed before is tried again
         return _load_exported(_onnx_cache(source).export(retry_failed=True).path, options, backend)
     if backend == "tensorrt":
         return _load_exported(cached_engine(source, options.max_batch), options, backend)

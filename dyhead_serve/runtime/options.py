@@ -9,16 +9,15 @@ from typing import Literal, get_args
 
 __all__ = ["BACKENDS", "BACKEND_HELP", "DEVICE_HELP", "PRECISIONS", "BackendName", "ModelOptions"]
 
-BackendName = Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"]
+BackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 # The runtime backends a model can run in (``auto``: chosen from what the model is).
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 BACKEND_HELP = (
     "auto: the fastest verified runtime of this host: for a zoo name or a config, ONNX Runtime on a "
     "CPU (exported once into the cache, then reused), a cached TensorRT engine on a GPU host with "
-    "TensorRT, else torch; for an exported folder, its engine or its model.onnx. openvino: the "
-    "same model.onnx in OpenVINO's CPU plugin (pip install 'dyhead-serve[openvino]')"
+    "TensorRT, else torch; for an exported folder, its engine or its model.onnx"
 )
-DEVICE_HELP = "cpu, cuda or auto (cuda when available; openvino: cpu)"
+DEVICE_HELP = "cpu, cuda or auto (cuda when available)"
 # An exported network's precision (model.json's provenance.precision; fp16: a mixed-precision
 # graph or a float16 engine). Files written before it was recorded are fp32.
 PRECISIONS = ("fp32", "fp16")
@@ -37,8 +36,7 @@ class ModelOptions:
         overrides: flattened ``KEY VALUE`` config overrides (torch backend).
         backend: one of :data:`BACKENDS`.
         device: ``auto``, ``cpu`` or ``cuda``.
-        threads: ONNX Runtime intra-op threads, OpenVINO inference threads (0: the runtime's
-            default).
+        threads: ONNX Runtime intra-op threads (0: its default).
         max_batch: the most images one call runs, which a TensorRT engine built for ``auto`` must
             take (None: the server's batch size).
     """

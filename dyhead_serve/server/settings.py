@@ -48,9 +48,7 @@ class ServerSettings(BaseSettings):
     backend: BackendName = Field(default=_MODEL_DEFAULTS.backend, description=BACKEND_HELP)
     device: str = Field(default=_MODEL_DEFAULTS.device, description=DEVICE_HELP)
     threads: int = Field(
-        default=_MODEL_DEFAULTS.threads,
-        ge=0,
-        description="ONNX Runtime intra-op / OpenVINO inference threads (0: the runtime's default)",
+        default=_MODEL_DEFAULTS.threads, ge=0, description="ONNX Runtime intra-op threads (0: its default)"
     )
     overrides: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="config overrides KEY VALUE KEY VALUE ... (torch backend)"

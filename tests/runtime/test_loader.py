@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -27,14 +25,6 @@ def test_folder_without_onnx(tmp_path):
         load_backend(ModelOptions(tmp_path, backend="onnxruntime"))
     with pytest.raises(BackendError, match="torch backend needs"):
         load_backend(ModelOptions(tmp_path, backend="torch"))
-    with pytest.raises(BackendError, match=r"no model\.onnx to run with openvino"):
-        load_backend(ModelOptions(tmp_path, backend="openvino"))
-
-
-def test_backend_openvino_without_openvino_says_how_to_install_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
-    with pytest.raises(BackendError, match=r"pip install 'dyhead-serve\[openvino\]'"):
-        load_backend(ModelOptions(backend="openvino", device="cpu"))  # the embedded model's folder
 
 
 def test_unknown_zoo_name_lists_known_ones():
