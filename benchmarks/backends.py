@@ -21,15 +21,13 @@ import warnings
 
 import numpy as np
 import torch
-from environment import describe
+from environment import describe, torch_backend_for
 
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export.onnx_export import export_onnx
 from dyhead_serve.pipeline.preprocess import preprocess
 from dyhead_serve.runtime.base import Backend
-from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from dyhead_serve.runtime.options import ModelOptions
 
 
 def time_backend(backend: Backend, images: list[np.ndarray], iters: int, warmup: int) -> list[float]:
@@ -43,12 +41,6 @@ def time_backend(backend: Backend, images: list[np.ndarray], iters: int, warmup:
         if i >= warmup:
             runs.append(time.perf_counter() - t0)
     return runs
-
-
-def torch_backend_for(name: str) -> Backend:
-    if name == "default":
-        return load_backend(ModelOptions("default", backend="torch", device="cpu"))
-    return load_torch_backend(name, None, device="cpu")
 
 
 def main() -> None:

@@ -1,11 +1,16 @@
 """One line naming what a benchmark ran on: package versions, CPU and threads, so that every
-table in docs/benchmarks.md says which versions produced it."""
+table in docs/benchmarks.md says which versions produced it; and the torch model a benchmark
+measures."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dyhead_serve.runtime.torch_backend import TorchBackend
 
 
 def _version(distribution: str) -> str:
@@ -36,3 +41,18 @@ def describe(threads: int | None = None) -> str:
         cpu += f", {threads} threads"
     parts.append(cpu)
     return " | ".join(parts)
+
+
+def torch_backend_for(name: str) -> TorchBackend:
+    """The torch backend a benchmark measures: the embedded model with its trained weights
+    (``default``), any other zoo or config name built with random weights (timing does not depend
+    on them; nothing is downloaded)."""
+    from dyhead_serve.runtime.loader import load_backend, load_torch_backend
+    from dyhead_serve.runtime.options import ModelOptions
+    from dyhead_serve.runtime.torch_backend import TorchBackend
+
+    if name == "default":
+        backend = load_backend(ModelOptions("default", backend="torch", device="cpu"))
+        assert isinstance(backend, TorchBackend)
+        return backend
+    return load_torch_backend(name, None, device="cpu")

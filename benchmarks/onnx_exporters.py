@@ -26,23 +26,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxscript
-from environment import describe
+from environment import describe, torch_backend_for
 
 from dyhead_serve.data.sample_image import synthetic_photo
 from dyhead_serve.export.onnx_export import EXPORTERS, export_onnx
 from dyhead_serve.pipeline.preprocess import preprocess
-from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from dyhead_serve.runtime.options import ModelOptions
-from dyhead_serve.runtime.torch_backend import TorchBackend
-
-
-def torch_backend_for(name: str) -> TorchBackend:
-    if name == "default":
-        backend = load_backend(ModelOptions("default", backend="torch", device="cpu"))
-        assert isinstance(backend, TorchBackend)
-        return backend
-    return load_torch_backend(name, None, device="cpu")
 
 
 def main() -> None:

@@ -66,15 +66,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from environment import describe
+from environment import describe, torch_backend_for
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dyhead_serve.export.onnx_export import export_onnx
 from dyhead_serve.ops.deform_conv import ModulatedDeformConv2d
-from dyhead_serve.runtime.loader import load_backend, load_torch_backend
 from dyhead_serve.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from dyhead_serve.runtime.options import ModelOptions
 from dyhead_serve.runtime.torch_backend import TorchBackend
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -186,14 +184,6 @@ def time_runs(run: Run, iters: int, warmup: int, min_seconds: float = 0.0) -> li
         run()
         runs.append(time.perf_counter() - t0)
     return runs
-
-
-def torch_backend_for(name: str) -> TorchBackend:
-    if name == "default":
-        backend = load_backend(ModelOptions("default", backend="torch", device="cpu"))
-        assert isinstance(backend, TorchBackend)
-        return backend
-    return load_torch_backend(name, None, device="cpu")
 
 
 def as_numpy(outputs: dict[str, Tensor]) -> dict[str, np.ndarray]:

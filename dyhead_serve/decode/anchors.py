@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dyhead_serve.decode.raw_outputs import RawOutputs, check_output_dim
+
 __all__ = ["AnchorGenerator", "broadcast_per_level", "cell_anchors"]
 
 
@@ -110,4 +112,16 @@ class AnchorGenerator:
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
             anchors.append((shifts.view(-1, 1, 4) + base.to(device).view(1, -1, 4)).reshape(-1, 4))
+        return anchors
+
+    def dense_anchors(
+        self, outputs: RawOutputs, padded_hw: tuple[int, int], num_classes: int
+    ) -> list[Tensor]:
+        """The anchors of every level for a dense head's raw outputs on a ``padded_hw`` input,
+        once ``logits`` is checked to hold ``num_classes`` scores for each of them."""
+        check_output_dim(outputs, "logits", -1, num_classes, "class scores")
+        grid = self.grid_sizes(padded_hw)
+        anchors = self.grid_anchors(grid, device=outputs["logits"].device)
+        count = sum(len(a) for a in anchors)
+        check_output_dim(outputs, "logits", 1, count, f"anchors for a {padded_hw} input")
         return anchors

@@ -19,7 +19,7 @@ from dyhead_serve.decode.anchors import AnchorGenerator
 from dyhead_serve.decode.base import DecodedDetections
 from dyhead_serve.decode.box_coding import BoxCoder
 from dyhead_serve.decode.dense_format import DENSE_HEAD_KINDS, DENSE_TYPE, read_dense_spec
-from dyhead_serve.decode.raw_outputs import RawOutputs, check_output_dim
+from dyhead_serve.decode.raw_outputs import RawOutputs
 from dyhead_serve.decode.rescale import RescaledAfterDecoding
 
 __all__ = ["Detectron2DenseDecoder", "Detectron2DenseSpec"]
@@ -109,11 +109,8 @@ class Detectron2DenseDecoder(RescaledAfterDecoding):
             image_sizes: (h, w) of each resized image before padding.
             score_threshold: overrides the configured threshold when given.
         """
-        check_output_dim(outputs, "logits", -1, self.spec.num_classes, "class scores")
-        grid = self.anchor_generator.grid_sizes(padded_hw)
-        anchors = self.anchor_generator.grid_anchors(grid, device=outputs["logits"].device)
+        anchors = self.anchor_generator.dense_anchors(outputs, padded_hw, self.spec.num_classes)
         counts = [len(a) for a in anchors]
-        check_output_dim(outputs, "logits", 1, sum(counts), f"anchors for a {padded_hw} input")
         threshold = self.spec.score_threshold if score_threshold is None else score_threshold
         logits = outputs["logits"].float().split(counts, dim=1)
         deltas = outputs["deltas"].float().split(counts, dim=1)

@@ -21,7 +21,7 @@ from dyhead_serve.decode.base import DecodedDetections
 from dyhead_serve.decode.box_coding import decode_delta_xywh
 from dyhead_serve.decode.class_offset_nms import batched_nms_class_offset
 from dyhead_serve.decode.dense_format import DENSE_TYPE, read_dense_spec
-from dyhead_serve.decode.raw_outputs import RawOutputs, check_output_dim
+from dyhead_serve.decode.raw_outputs import RawOutputs
 
 __all__ = ["MMDetATSSDecoder", "MMDetATSSSpec"]
 
@@ -116,11 +116,8 @@ class MMDetATSSDecoder:
             original_sizes: (h, w) of each image before resizing.
             score_threshold: overrides the configured threshold when given.
         """
-        check_output_dim(outputs, "logits", -1, self.spec.num_classes, "class scores")
-        grid = self.anchor_generator.grid_sizes(padded_hw)
-        anchors = self.anchor_generator.grid_anchors(grid, device=outputs["logits"].device)
+        anchors = self.anchor_generator.dense_anchors(outputs, padded_hw, self.spec.num_classes)
         counts = [len(a) for a in anchors]
-        check_output_dim(outputs, "logits", 1, sum(counts), f"anchors for a {padded_hw} input")
         threshold = self.spec.score_threshold if score_threshold is None else score_threshold
         if len(original_sizes) != len(image_sizes):
             raise ValueError("the mmdet decoder rules need the original size of every image")

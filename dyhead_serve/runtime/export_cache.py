@@ -131,6 +131,12 @@ NOT_THE_NETWORK = (
 )  # fmt: skip
 
 
+def _network_overrides(overrides: Sequence[str]) -> list[str]:
+    """Flattened ``KEY VALUE`` overrides without those of :data:`NOT_THE_NETWORK`."""
+    pairs = zip(overrides[::2], overrides[1::2], strict=True)
+    return [item for key, value in pairs if not _outside_the_network(key) for item in (key, value)]
+
+
 def _outside_the_network(key: str) -> bool:
     return any(key == name or key.startswith(f"{name}.") for name in NOT_THE_NETWORK)
 
@@ -163,13 +169,11 @@ def model_fingerprint(source: ModelSource) -> dict[str, Any]:
             node = node.get(part, {})
         node.pop(leaf, None)
     config_text = json.dumps(config, sort_keys=True, default=str)
-    pairs = zip(source.overrides[::2], source.overrides[1::2], strict=True)
-    overrides = [item for key, value in pairs if not _outside_the_network(key) for item in (key, value)]
     return {
         "name": source.name,
         "weights_sha256": sha256_of(source.weights),
         "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
-        "overrides": overrides,
+        "overrides": _network_overrides(source.overrides),
         "dyhead_serve": __version__,
         "code_sha256": _code_digest(),
         "packages": {name: _package_version(name) for name in _GRAPH_PACKAGES},
@@ -184,9 +188,7 @@ def source_arguments(source: ModelSource) -> tuple[str, ...]:
     name = ("--model", source.name) if source.kind == "zoo" else ("--config", str(source.config))
     # A zoo model's own weights are found by the command itself (they are cached by now).
     weights = ("--weights", str(source.weights)) if source.weights_given else ()
-    pairs = zip(source.overrides[::2], source.overrides[1::2], strict=True)
-    network = [item for key, value in pairs if not _outside_the_network(key) for item in (key, value)]
-    return (*name, *weights, *override_flags(network))
+    return (*name, *weights, *override_flags(_network_overrides(source.overrides)))
 
 
 @contextmanager
